@@ -1,0 +1,208 @@
+"""Per-bin sums of activations without upsampling them.
+
+The paper aligns a ``[B, K, h, w]`` feature map with an ``[B, H, W]`` bin map
+by bilinear upsampling, then sums each unit's upsampled response per bin.
+Bilinear interpolation is linear and separable, ``up(A) = Uh A Uw^T``, so
+
+    sum_p up(A)_p [bin_p = d]  =  sum_q A_q (Uh^T M_d Uw)_q
+
+where ``M_d`` is the one-hot mask of bin ``d``. ``W = Uh^T M Uw`` (one
+``[h, w]`` weight map per bin and image) is built with four scatter-adds over
+the depth pixels, and the per-bin sums become one batched matrix product
+``A [B,K,hw] @ W^T [B,hw,Nb]``. The ``[B, K, H, W]`` upsampled tensor is never
+materialised, and nothing of activation size is kept for backward beyond the
+activation itself (autograd already holds it).
+
+``method="upsample"`` keeps the plain path (interpolate, then scatter by bin)
+for checking.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ActivationShapeError, ShapeMismatchError
+
+__all__ = ["check_inputs", "interp_weights", "bin_weight_maps", "binned_sums", "bin_counts", "METHODS"]
+
+METHODS = ("adjoint", "upsample")
+
+
+@lru_cache(maxsize=256)
+def _interp_taps(out_size: int, in_size: int, align_corners: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the two source indices and weights per output index, as PyTorch computes them."""
+    dst = torch.arange(out_size, dtype=torch.float64)
+    if align_corners:
+        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        src = dst * scale
+    else:
+        # F.interpolate(size=...) uses scale = in/out and clamps negative sources at 0.
+        src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    w1 = (src - i0.to(torch.float64)).clamp(0.0, 1.0)
+    w0 = 1.0 - w1
+    return i0, i1, w0, w1
+
+
+def interp_weights(out_size: int, in_size: int, align_corners: bool = False) -> torch.Tensor:
+    """Dense 1-D bilinear interpolation matrix ``U [out_size, in_size]`` (float64).
+
+    ``F.interpolate(x, size=(H, W), mode="bilinear", align_corners=ac)`` equals
+    ``interp_weights(H, h, ac) @ x @ interp_weights(W, w, ac).T`` per channel.
+    """
+    i0, i1, w0, w1 = _interp_taps(out_size, in_size, align_corners)
+    u = torch.zeros(out_size, in_size, dtype=torch.float64)
+    rows = torch.arange(out_size)
+    u.index_put_((rows, i0), w0, accumulate=True)
+    u.index_put_((rows, i1), w1, accumulate=True)
+    return u
+
+
+def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Valid-pixel count per image and bin: ``int64 [B, Nb]`` from ``bins [B, H, W]``."""
+    b = bins.shape[0]
+    flat = bins.reshape(b, -1)
+    valid = flat >= 0
+    idx = torch.where(valid, flat, torch.zeros_like(flat)) + (
+        torch.arange(b, device=bins.device).unsqueeze(1) * num_bins
+    )
+    counts = torch.zeros(b * num_bins, dtype=torch.int64, device=bins.device)
+    counts.index_add_(0, idx[valid], torch.ones_like(idx[valid]))
+    return counts.view(b, num_bins)
+
+
+def bin_weight_maps(
+    bins: torch.Tensor, num_bins: int, feat_size: tuple[int, int], align_corners: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``W [B, Nb, h, w]``: the adjoint of bilinear upsampling applied to bin masks.
+
+    ``W[b, d, q]`` is the total interpolation weight that feature location ``q``
+    contributes to the pixels of bin ``d`` in image ``b``. Summed over ``q`` it
+    equals the pixel count of bin ``d``.
+    """
+    bsz, height, width = bins.shape
+    h, w = feat_size
+    dev = bins.device
+    y0, y1, wy0, wy1 = (t.to(dev) for t in _interp_taps(height, h, align_corners))
+    x0, x1, wx0, wx1 = (t.to(dev) for t in _interp_taps(width, w, align_corners))
+    valid = bins >= 0
+    b_idx, py, px = valid.nonzero(as_tuple=True)
+    d = bins[b_idx, py, px]
+    base = (b_idx * num_bins + d) * (h * w)
+    out = torch.zeros(bsz * num_bins * h * w, dtype=torch.float64, device=dev)
+    # Four taps of the bilinear kernel; accumulate in float64 so that the
+    # weights of the many pixels that share a feature location add exactly.
+    for ys, wys in ((y0, wy0), (y1, wy1)):
+        for xs, wxs in ((x0, wx0), (x1, wx1)):
+            out.index_add_(0, base + ys[py] * w + xs[px], wys[py] * wxs[px])
+    return out.view(bsz, num_bins, h, w).to(dtype)
+
+
+class _BinnedSum(torch.autograd.Function):
+    """``S = f(A) @ W^T`` with ``f`` identity or ``abs``, saving only ``A`` and ``W``.
+
+    A plain ``torch.bmm(A.abs(), W)`` would keep ``|A|`` (activation-sized) for
+    backward; here the gradient ``sign(A) * (dS @ W)`` is rebuilt from ``A``,
+    which autograd holds anyway for the layers around it.
+    """
+
+    @staticmethod
+    def forward(ctx, act: torch.Tensor, weights: torch.Tensor, use_abs: bool) -> torch.Tensor:  # type: ignore[override]
+        ctx.use_abs = use_abs
+        ctx.save_for_backward(act, weights)
+        a = act.abs() if use_abs else act
+        return torch.bmm(a, weights.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+        act, weights = ctx.saved_tensors
+        grad_act = None
+        if ctx.needs_input_grad[0]:
+            grad_act = torch.bmm(grad, weights)
+            if ctx.use_abs:
+                grad_act = grad_act * act.sign()
+        return grad_act, None, None
+
+
+def check_inputs(act: torch.Tensor, bins: torch.Tensor, num_bins: int) -> None:
+    """Raise a :class:`~depthsel.DepthselError` unless activations and bins fit together."""
+    if act.ndim != 4:
+        raise ActivationShapeError(
+            f"activations must be [B, K, h, w], got shape {tuple(act.shape)}; register an "
+            "adapter (e.g. depthsel.TokenGridAdapter) for layers that output tokens"
+        )
+    if bins.ndim != 3:
+        raise ShapeMismatchError(f"bins must be [B, H, W], got shape {tuple(bins.shape)}")
+    if act.shape[0] != bins.shape[0]:
+        raise ShapeMismatchError(
+            f"activation batch size {act.shape[0]} differs from depth batch size {bins.shape[0]}; "
+            "pass the depth of the same batch the model just ran on"
+        )
+    if bins.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ShapeMismatchError(f"bins must be an integer tensor, got {bins.dtype}")
+    if num_bins < 1:
+        raise ShapeMismatchError("num_bins must be >= 1")
+
+
+def binned_sums(
+    act: torch.Tensor,
+    bins: torch.Tensor,
+    num_bins: int,
+    *,
+    use_abs: bool = False,
+    align_corners: bool = False,
+    method: str = "adjoint",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-image, per-unit, per-bin sums of the bilinearly aligned activations.
+
+    Parameters
+    ----------
+    act
+        ``[B, K, h, w]`` activations (any float dtype; differentiable).
+    bins
+        ``int [B, H, W]`` bin indices, ``-1`` invalid.
+    num_bins
+        Number of bins ``Nb``.
+    use_abs
+        Sum ``|A|`` (taken at feature resolution, before alignment, as the
+        reference code does) instead of ``A``.
+    align_corners
+        Bilinear convention of the alignment.
+    method
+        ``"adjoint"`` (default, exact, no upsampled tensor) or ``"upsample"``.
+    weights
+        Precomputed :func:`bin_weight_maps` for this batch and feature size
+        (shared between layers of equal resolution).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, K, Nb]`` sums in ``act``'s dtype.
+    """
+    check_inputs(act, bins, num_bins)
+    bins = bins.long()
+    bsz, k, h, w = act.shape
+    if method == "adjoint":
+        if weights is None:
+            weights = bin_weight_maps(bins, num_bins, (h, w), align_corners, dtype=act.dtype)
+        wmat = weights.reshape(bsz, num_bins, h * w).to(act.dtype)
+        return _BinnedSum.apply(act.reshape(bsz, k, h * w), wmat, use_abs)
+    if method == "upsample":
+        a = act.abs() if use_abs else act
+        height, width = bins.shape[-2:]
+        if (h, w) != (height, width):
+            a = F.interpolate(a, size=(height, width), mode="bilinear", align_corners=align_corners)
+        flat_bins = bins.reshape(bsz, 1, -1)
+        valid = flat_bins >= 0
+        idx = torch.where(valid, flat_bins, torch.full_like(flat_bins, num_bins))
+        a = a.reshape(bsz, k, -1)
+        out = torch.zeros(bsz, k, num_bins + 1, dtype=a.dtype, device=a.device)
+        out = out.scatter_add(2, idx.expand(bsz, k, -1), a)
+        return out[..., :num_bins]
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -1,0 +1,228 @@
+"""Capturing layer outputs with hooks that can never leak.
+
+:class:`Capture` is a context manager that owns every hook handle it creates
+and removes all of them in ``finally``, whatever happens inside the block.
+Outputs are kept with their graph (for training) or detached (for dissection),
+adapted to ``[B, K, h, w]`` where a layer emits tokens, and checked for a
+module that fires twice in one forward pass (a reused module, whose captured
+output would then be ambiguous).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .errors import ActivationShapeError, CaptureError
+from .layers import LayerSelector, LayerSpec, unwrap_model
+
+__all__ = ["Capture", "RepeatedHookWarning", "TokenGridAdapter", "Adapter", "count_hooks"]
+
+Adapter = Callable[[Any], torch.Tensor]
+
+
+class RepeatedHookWarning(UserWarning):
+    """A hooked module ran more than once in one forward pass."""
+
+
+class TokenGridAdapter:
+    """Reshape ``[B, N, C]`` tokens into a ``[B, C, h, w]`` grid (ViT/DPT layers).
+
+    Parameters
+    ----------
+    grid
+        ``(h, w)`` of the patch grid, or ``None`` for a square grid inferred from ``N``.
+    skip_tokens
+        Leading tokens that are not patches (1 for a class token).
+    """
+
+    def __init__(self, grid: tuple[int, int] | None = None, skip_tokens: int = 0) -> None:
+        self.grid = grid
+        self.skip_tokens = skip_tokens
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        tokens = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
+            raise ActivationShapeError(
+                f"TokenGridAdapter expects [B, N, C] tokens, got {getattr(tokens, 'shape', type(tokens))}"
+            )
+        tokens = tokens[:, self.skip_tokens:]
+        b, n, c = tokens.shape
+        h, w = self.grid if self.grid is not None else (math.isqrt(n), math.isqrt(n))
+        if h * w != n:
+            raise ActivationShapeError(
+                f"{n} patch tokens do not form a {h}x{w} grid; pass grid=(h, w) and skip_tokens"
+            )
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+    def __repr__(self) -> str:
+        return f"TokenGridAdapter(grid={self.grid}, skip_tokens={self.skip_tokens})"
+
+
+def _default_adapter(output: Any) -> Any:
+    # Many blocks return (features, extras); the feature map comes first.
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Total forward/backward hooks registered on ``model`` and its submodules."""
+    total = 0
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                     "_backward_pre_hooks", "_forward_hooks_with_kwargs"):
+            hooks = getattr(m, attr, None)
+            if isinstance(hooks, Mapping) and attr != "_forward_hooks_with_kwargs":
+                total += len(hooks)
+    return total
+
+
+class Capture:
+    """Context manager that records the outputs of selected layers.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module`` (DDP / ``torch.compile`` wrappers are looked through).
+    layers
+        A layer specification (see :class:`~depthsel.LayerSelector`).
+    detach
+        Keep detached copies (dissection) or the live graph (training).
+    adapters
+        ``{layer: callable}`` mapping a raw module output to ``[B, K, h, w]``.
+    on_output
+        Optional ``callback(name, tensor)`` called as each output is captured,
+        for streaming consumers that do not want outputs kept.
+    keep
+        Keep outputs in :attr:`outputs` (set ``False`` with ``on_output``).
+
+    Examples
+    --------
+    >>> with Capture(model, ["decode_conv5"]) as cap:     # doctest: +SKIP
+    ...     model(x)
+    ...     fmap = cap.outputs["decode_conv5"]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec | Mapping[str, nn.Module],
+        *,
+        detach: bool = True,
+        adapters: Mapping[str, Adapter] | None = None,
+        on_output: Callable[[str, torch.Tensor], None] | None = None,
+        keep: bool = True,
+    ) -> None:
+        self.model = model
+        self.modules = dict(layers) if isinstance(layers, Mapping) else LayerSelector(layers).resolve(model)
+        self.detach = detach
+        self.adapters = dict(adapters or {})
+        unknown = set(self.adapters) - set(self.modules)
+        if unknown:
+            raise CaptureError(f"adapters given for layers that are not hooked: {sorted(unknown)}")
+        self.on_output = on_output
+        self.keep = keep
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        self._fired: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self._active = False
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Hooked layer names, in order."""
+        return list(self.modules)
+
+    @property
+    def active(self) -> bool:
+        """Whether hooks are currently registered."""
+        return self._active
+
+    def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        adapter = self.adapters.get(name, _default_adapter)
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            count = self._fired.get(name, 0) + 1
+            self._fired[name] = count
+            if count > 1 and name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"layer {name!r} ran {count} times in one forward pass; only its last "
+                    "output is kept. Hook a module that runs once, or a wrapper around the reuse",
+                    RepeatedHookWarning,
+                    stacklevel=2,
+                )
+            out = adapter(output)
+            if not isinstance(out, torch.Tensor) or out.ndim != 4:
+                raise ActivationShapeError(
+                    f"layer {name!r} produced {getattr(out, 'shape', type(out).__name__)}, not "
+                    "[B, K, h, w]; pass adapters={name: depthsel.TokenGridAdapter(...)} or hook a "
+                    "layer with a spatial output"
+                )
+            if self.detach:
+                out = out.detach()
+            if self.keep:
+                self.outputs[name] = out
+            if self.on_output is not None:
+                self.on_output(name, out)
+
+        return hook
+
+    def _reset_forward(self, *_args: Any) -> None:
+        # A new forward of the root model starts: reset per-forward fire counts.
+        self._fired.clear()
+
+    def clear(self) -> None:
+        """Drop captured outputs (frees their memory and graph)."""
+        self.outputs = {}
+        self._fired.clear()
+
+    def __enter__(self) -> "Capture":
+        if self._active:
+            raise CaptureError("this Capture is already active; do not nest the same instance")
+        try:
+            root = unwrap_model(self.model)
+            self._handles.append(root.register_forward_pre_hook(self._reset_forward))
+            if root is not self.model:
+                self._handles.append(self.model.register_forward_pre_hook(self._reset_forward))
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        self._active = True
+        return self
+
+    def _remove(self) -> None:
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.remove()
+        self._active = False
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._remove()
+        finally:
+            self._fired.clear()
+            if exc[0] is not None:
+                # On error, drop outputs so their graph cannot keep memory alive.
+                self.outputs = {}
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(self.outputs.items())
+
+
+@contextmanager
+def captured(model: nn.Module, layers: LayerSpec, **kwargs: Any) -> Iterator[Capture]:
+    """Functional spelling of ``with Capture(model, layers, ...) as cap``."""
+    cap = Capture(model, layers, **kwargs)
+    with cap:
+        yield cap

@@ -1,0 +1,230 @@
+"""Safe weight loading and atomic writing.
+
+Pickle is never loaded implicitly. ``.safetensors`` files are read as such;
+``.pth``/``.pt``/``.tar`` files go through ``torch.load(weights_only=True)``,
+which refuses arbitrary objects. A checkpoint that holds a whole pickled module
+(FastDepth's releases do) is refused with an explanation unless the caller
+passes ``trust_pickle=True``, which means: *I trust whoever made this file with
+running code on my machine*.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, UntrustedFileError
+
+__all__ = [
+    "load_state_dict",
+    "load_weights",
+    "save_state_dict",
+    "atomic_write",
+    "atomic_write_bytes",
+    "strip_prefix",
+]
+
+# Keys under which training scripts commonly nest the weights.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Write a file atomically: temporary file in the same folder, fsync, rename.
+
+    Parameters
+    ----------
+    path
+        Final destination.
+    write
+        Called with the temporary path; must create the file there.
+
+    Returns
+    -------
+    Path
+        The final path. If ``write`` raises, nothing appears at ``path``.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        # fsync the directory so the rename itself survives a crash.
+        try:
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+        except OSError:
+            dir_fd = None
+        if dir_fd is not None:
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Remove a DataParallel/DDP ``module.`` prefix when every key has it."""
+    keys = list(state)
+    if keys and all(k.startswith(prefix) for k in keys):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _unnest(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        for key in _NESTED_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(
+                isinstance(v, torch.Tensor) for v in inner.values()
+            ):
+                return inner
+            if isinstance(inner, nn.Module):
+                return inner
+    return obj
+
+
+def _is_pickle_refusal(exc: Exception) -> bool:
+    text = str(exc)
+    return isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text or (
+        "weights_only" in text
+    )
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], *, trust_pickle: bool = False, map_location: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors or PyTorch checkpoint, safely.
+
+    Parameters
+    ----------
+    path
+        ``.safetensors``, or a ``torch.save`` file (``.pth``, ``.pt``, ``.tar``, ...).
+    trust_pickle
+        Allow a full unpickle (arbitrary code execution) when the file holds a
+        pickled module or other objects. Never on by default.
+    map_location
+        Device to load tensors onto.
+
+    Returns
+    -------
+    dict
+        Tensor state dict, with a uniform ``module.`` prefix removed and common
+        nesting (``{"state_dict": ...}``, ``{"model": ...}``) unwrapped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist: check the path")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(p), device=map_location)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{str(p)!r} is not a readable safetensors file ({exc}); re-export it"
+            ) from exc
+        return strip_prefix(state)
+    try:
+        obj = torch.load(str(p), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types here
+        if not _is_pickle_refusal(exc) and not isinstance(
+            exc, (EOFError, RuntimeError, zipfile.BadZipFile, ValueError)
+        ):
+            raise
+        if not _is_pickle_refusal(exc):
+            raise CheckpointError(
+                f"{str(p)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); is it truncated?"
+            ) from exc
+        if not trust_pickle:
+            raise UntrustedFileError(
+                f"{str(p)!r} contains pickled Python objects (for example a whole nn.Module), "
+                "and unpickling it would run code from the file. If you trust its author, "
+                "pass trust_pickle=True (CLI: --trust-pickle), then save it as safetensors "
+                "with `depthsel convert`."
+            ) from exc
+        warnings.warn(
+            f"unpickling {str(p)!r} with trust_pickle=True: this runs code from the file",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        obj = torch.load(str(p), map_location=map_location, weights_only=False)
+    obj = _unnest(obj)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{str(p)!r} holds no tensor state dict (found {type(obj).__name__}); "
+            "save model.state_dict() instead"
+        )
+    return strip_prefix({str(k): v for k, v in obj.items()})
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = True,
+    trust_pickle: bool = False,
+) -> nn.Module:
+    """Load a checkpoint into ``model``; mismatches raise :class:`CheckpointError`.
+
+    Parameters
+    ----------
+    model
+        The network to fill.
+    path
+        Checkpoint path (see :func:`load_state_dict`).
+    strict
+        Require the key sets to match exactly.
+    trust_pickle
+        See :func:`load_state_dict`.
+    """
+    state = load_state_dict(path, trust_pickle=trust_pickle)
+    target = getattr(model, "module", model)
+    try:
+        target.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:500]
+        raise CheckpointError(
+            f"{str(path)!r} does not fit {type(target).__name__}: {detail}. "
+            "Check the model name and width, or pass strict=False to load a subset."
+        ) from exc
+    return model
+
+
+def save_state_dict(
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Atomically write a state dict as safetensors (shared storage is cloned)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().clone().cpu() for k, v in state.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -1,0 +1,95 @@
+"""The dataset contract shared by every dataset plugin, analyzer and the trainer.
+
+A depthsel dataset is a ``torch.utils.data.Dataset`` whose items are dicts:
+
+``image``
+    ``float32 [3, H, W]`` in ``[0, 1]`` (not normalised: models normalise).
+``depth``
+    ``float32 [1, H, W]`` in metres, ``0`` where invalid.
+``valid``
+    ``bool [1, H, W]``; ``depth > 0`` and finite, after every transform.
+``name``
+    ``str``, a stable identifier of the sample (a relative file path).
+
+Optional keys: ``sparse_depth`` (``float32 [1, H, W]``, 0 where not sampled) for
+depth completion models. Default collation stacks them into batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+import torch
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+
+__all__ = ["DepthSample", "validate_sample", "dataset_fingerprint", "collate"]
+
+
+class DepthSample(TypedDict, total=False):
+    """One item of a depthsel dataset (see the module docstring)."""
+
+    image: torch.Tensor
+    depth: torch.Tensor
+    valid: torch.Tensor
+    name: str
+    sparse_depth: torch.Tensor
+
+
+def validate_sample(sample: Mapping[str, Any], where: str = "sample") -> None:
+    """Raise :class:`DatasetError` unless ``sample`` follows the contract."""
+    for key in ("image", "depth", "valid"):
+        if key not in sample:
+            raise DatasetError(f"{where} has no {key!r} entry; a dataset item must have image, depth, valid")
+    image, depth, valid = sample["image"], sample["depth"], sample["valid"]
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise DatasetError(f"{where}: image must be [3, H, W], got {tuple(image.shape)}")
+    if depth.ndim != 3 or depth.shape[0] != 1:
+        raise DatasetError(f"{where}: depth must be [1, H, W], got {tuple(depth.shape)}")
+    if image.shape[-2:] != depth.shape[-2:]:
+        raise DatasetError(
+            f"{where}: image {tuple(image.shape[-2:])} and depth {tuple(depth.shape[-2:])} "
+            "differ in size; resize them jointly"
+        )
+    if valid.shape != depth.shape or valid.dtype != torch.bool:
+        raise DatasetError(f"{where}: valid must be a bool tensor shaped like depth")
+
+
+def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack a list of samples into a batch (tensors stacked, strings listed)."""
+    if not samples:
+        raise DatasetError("cannot collate an empty list of samples")
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        else:
+            out[key] = list(values)
+    return out
+
+
+def dataset_fingerprint(dataset: Dataset[Any], config: Mapping[str, Any] | None = None) -> str:
+    """Return a short stable hash that identifies a dataset and its configuration.
+
+    Uses ``dataset.fingerprint()`` when the dataset defines it, else its length,
+    class and the names of up to 64 samples spread over it.
+    """
+    custom = getattr(dataset, "fingerprint", None)
+    h = hashlib.sha256()
+    if callable(custom):
+        h.update(str(custom()).encode())
+    else:
+        n = len(dataset)  # type: ignore[arg-type]
+        h.update(f"{type(dataset).__qualname__}:{n}".encode())
+        names = getattr(dataset, "names", None)
+        if callable(names):
+            for name in names():
+                h.update(str(name).encode())
+    if config:
+        h.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]

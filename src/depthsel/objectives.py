@@ -1,0 +1,105 @@
+"""The abstract :class:`SelectivityObjective` and per-batch layer statistics.
+
+An objective turns one layer's batch statistics (per-bin sums of ``|A|`` and
+valid-pixel counts, pooled over the batch) into a scalar *selectivity score*
+to be maximised; the regularizer returns ``-weight * score`` as a loss term.
+Built-in objectives (``assign``, ``regularize``) are plugins.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .selectivity import ABSENT_POLICIES, selectivity_from_stats
+
+__all__ = ["BatchStats", "SelectivityObjective", "ObjectiveOutput"]
+
+
+@dataclass
+class BatchStats:
+    """One layer's statistics over a batch.
+
+    Attributes
+    ----------
+    sums
+        ``[K, Nb]`` sums of the aligned ``|A|`` (or ``A``) per unit and bin,
+        differentiable with respect to the activations.
+    counts
+        ``[Nb]`` valid-pixel counts per bin.
+    assigned
+        ``int64 [K]`` assigned bins.
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    assigned: torch.Tensor
+
+    @property
+    def present(self) -> torch.Tensor:
+        """``bool [Nb]``: bins with at least one valid pixel in the batch."""
+        return self.counts > 0
+
+    def responses(self) -> torch.Tensor:
+        """Average responses ``[K, Nb]`` (0 at absent bins; use :attr:`present`)."""
+        return self.sums / self.counts.clamp(min=1).to(self.sums.dtype)
+
+
+@dataclass
+class ObjectiveOutput:
+    """The score of one layer and what to log about it."""
+
+    score: torch.Tensor
+    ds: torch.Tensor
+    defined: torch.Tensor
+
+    def stats(self) -> dict[str, float]:
+        """Per-layer numbers for logging (no graph)."""
+        ds = self.ds.detach()
+        d = self.defined
+        n = int(d.sum())
+        return {
+            "score": float(self.score.detach()),
+            "mean_ds": float(ds[d].mean()) if n else float("nan"),
+            "units_counted": float(n),
+        }
+
+
+class SelectivityObjective(ABC):
+    """Base class of training objectives built on depth selectivity.
+
+    Parameters
+    ----------
+    absent
+        ``"exclude"``: units whose assigned bin is absent from the batch leave
+        the layer mean (default); ``"zero"``: they score 0 and still count, and
+        absent bins enter every unit's "other bins" mean as zeros (reference).
+    """
+
+    name: str = "custom"
+    #: Whether the objective needs ``|A|`` (True for every built-in objective).
+    uses_abs: bool = True
+
+    def __init__(self, absent: str = "exclude") -> None:
+        if absent not in ABSENT_POLICIES:
+            raise ValueError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
+        self.absent = absent
+
+    @abstractmethod
+    def layer_score(self, stats: BatchStats) -> ObjectiveOutput:
+        """Return the selectivity score of one layer (higher is more selective)."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable configuration."""
+        return {"name": self.name, "absent": self.absent}
+
+    # Shared by the built-ins: mean DS over the units for which it is defined.
+    def _mean_ds(self, stats: BatchStats, assigned: torch.Tensor | None) -> ObjectiveOutput:
+        r = stats.responses().abs()
+        ds, defined = selectivity_from_stats(r, stats.present, assigned, absent=self.absent)
+        n = defined.sum()
+        score = (ds * defined.to(ds.dtype)).sum() / n.clamp(min=1).to(ds.dtype)
+        return ObjectiveOutput(score=score, ds=ds, defined=defined)

@@ -1,0 +1,332 @@
+"""The training-loop wrapper: depth selectivity as one extra loss term.
+
+::
+
+    reg = depthsel.SelectivityRegularizer(model, layers=["decode_conv5"],
+                                          binner=binner, objective="assign", weight=0.1)
+    with reg.attach():                  # hooks on; removed on exit, even on error
+        pred = model(x)
+        loss = criterion(pred, depth) + reg.loss(depth)
+
+The architecture is untouched: forward hooks capture the hooked layers'
+outputs with their graph, and :meth:`SelectivityRegularizer.loss` turns them
+into ``-weight * mean DS`` using the exact adjoint alignment, in float32 (or
+float64) even under autocast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums
+from .binning import Binner
+from .capture import Adapter, Capture
+from .errors import BinCountError, CaptureError, ShapeMismatchError
+from .layers import LayerSelector, LayerSpec
+from .objectives import BatchStats, SelectivityObjective
+from .selectivity import assign_bins
+
+__all__ = ["SelectivityRegularizer", "PRESETS"]
+
+#: Named bundles of options. ``reference`` reproduces the published training code.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"absent": "exclude", "layer_reduction": "mean"},
+    "reference": {"absent": "zero", "layer_reduction": "sum"},
+}
+
+
+def _resolve_objective(objective: str | SelectivityObjective, absent: str) -> SelectivityObjective:
+    if isinstance(objective, SelectivityObjective):
+        return objective
+    from .api import get_objective
+
+    return get_objective(objective, absent=absent)
+
+
+def _resolve_binner(binner: Binner | str | Mapping[str, Any]) -> Binner:
+    if isinstance(binner, Binner):
+        return binner
+    from .api import get_binner
+
+    if isinstance(binner, str):
+        return get_binner(binner)
+    if isinstance(binner, Mapping) and "name" in binner:
+        cfg = dict(binner)
+        return get_binner(cfg.pop("name"), **cfg)
+    raise BinCountError(f"binner must be a Binner, a registry name or a config dict, got {binner!r}")
+
+
+class SelectivityRegularizer:
+    """Adds a depth-selectivity term to any training loop.
+
+    Parameters
+    ----------
+    model
+        The depth network (plain, DDP-wrapped or compiled).
+    layers
+        Layer specification (names, globs, types, predicates).
+    binner
+        A :class:`~depthsel.Binner`, a registry name, or ``{layer: binner}``.
+    objective
+        ``"assign"`` (Eq. 5, default), ``"regularize"`` (Eq. 4), or an instance.
+    weight
+        ``lambda``; the loss is ``-weight * score``. Mutable, for schedules.
+    assignment
+        ``None``/``"paper"`` for Eq. 6, or ``{layer: int64 [K]}`` (e.g. from
+        :func:`~depthsel.matched_assignment`).
+    fit_bins_to_units
+        When a layer has fewer units than bins, rebuild its binner with
+        ``K`` bins (the paper's rule) instead of raising.
+    layer_reduction
+        ``"mean"`` over layers (default) or ``"sum"`` (reference code).
+    absent
+        Never-seen bins policy (see :class:`~depthsel.SelectivityObjective`).
+    preset
+        ``"reference"`` sets ``absent="zero"`` and ``layer_reduction="sum"``.
+    align_corners, method
+        Alignment convention and path (``"adjoint"`` or ``"upsample"``).
+    stats_dtype
+        Dtype of the statistics (float32 or float64), independent of autocast.
+    sync_stats
+        Under ``torch.distributed``, all-reduce per-bin sums and counts through
+        autograd so DS is taken over the global batch.
+    adapters
+        ``{layer: callable}`` reshaping non-spatial outputs to ``[B, K, h, w]``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec,
+        binner: Binner | str | Mapping[str, Any],
+        objective: str | SelectivityObjective = "assign",
+        weight: float = 0.1,
+        *,
+        assignment: str | Mapping[str, torch.Tensor] | None = None,
+        fit_bins_to_units: bool = False,
+        layer_reduction: str | None = None,
+        absent: str | None = None,
+        preset: str = "default",
+        align_corners: bool = False,
+        method: str = "adjoint",
+        stats_dtype: torch.dtype = torch.float32,
+        sync_stats: bool = False,
+        adapters: Mapping[str, Adapter] | None = None,
+    ) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        opts = dict(PRESETS[preset])
+        if absent is not None:
+            opts["absent"] = absent
+        if layer_reduction is not None:
+            opts["layer_reduction"] = layer_reduction
+        if opts["layer_reduction"] not in ("mean", "sum"):
+            raise ValueError("layer_reduction must be 'mean' or 'sum'")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if stats_dtype not in (torch.float32, torch.float64):
+            raise ValueError("stats_dtype must be torch.float32 or torch.float64")
+        self.model = model
+        self.modules = LayerSelector(layers).resolve(model)
+        self.layers = list(self.modules)
+        if isinstance(binner, Mapping) and "name" not in binner:
+            missing = set(self.layers) - set(binner)
+            if missing:
+                raise BinCountError(f"no binner given for layers {sorted(missing)}")
+            self._binners = {n: _resolve_binner(binner[n]) for n in self.layers}
+        else:
+            shared = _resolve_binner(binner)  # type: ignore[arg-type]
+            self._binners = {n: shared for n in self.layers}
+        self.objective = _resolve_objective(objective, opts["absent"])
+        self.weight = float(weight)
+        self.layer_reduction = opts["layer_reduction"]
+        self.preset = preset
+        self.fit_bins_to_units = fit_bins_to_units
+        self.align_corners = align_corners
+        self.method = method
+        self.stats_dtype = stats_dtype
+        self.sync_stats = sync_stats
+        self.adapters = dict(adapters or {})
+        self._assigned: dict[str, torch.Tensor] = {}
+        if isinstance(assignment, Mapping):
+            for name, value in assignment.items():
+                self.set_assignment(name, value)
+        elif assignment not in (None, "paper"):
+            raise ValueError("assignment must be None, 'paper', or {layer: tensor}")
+        self._capture: Capture | None = None
+        self._last: dict[str, dict[str, float]] = {}
+        self.skipped_batches = 0
+
+    # ------------------------------------------------------------ assignment
+    def binner_for(self, layer: str) -> Binner:
+        """The binner used for ``layer`` (after any rebinning to its unit count)."""
+        return self._binners[layer]
+
+    def set_assignment(self, layer: str, assigned: torch.Tensor) -> None:
+        """Fix the bins of ``layer``'s units (broadcast from rank 0 under torch.distributed)."""
+        if layer not in self.modules:
+            raise BinCountError(f"{layer!r} is not a hooked layer ({self.layers})")
+        t = torch.as_tensor(assigned, dtype=torch.long).flatten().cpu()
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            # Every rank must optimise the same assignment.
+            dist.broadcast(t, src=0)
+        self._assigned[layer] = t
+
+    def assignment(self, layer: str, num_units: int) -> torch.Tensor:
+        """Assigned bins of ``layer`` (Eq. 6 unless set explicitly)."""
+        binner = self._binners[layer]
+        if num_units < binner.num_bins:
+            if not self.fit_bins_to_units:
+                raise BinCountError(
+                    f"layer {layer!r} has {num_units} units but the binner has {binner.num_bins} "
+                    f"bins; under the paper rule N_b = K, so pass a binner with num_bins={num_units} "
+                    "for this layer, or fit_bins_to_units=True"
+                )
+            self._binners[layer] = binner = binner.with_num_bins(num_units)
+        if layer not in self._assigned:
+            self._assigned[layer] = assign_bins(num_units, binner.num_bins)
+        a = self._assigned[layer]
+        if a.numel() != num_units or int(a.max()) >= binner.num_bins or int(a.min()) < 0:
+            raise BinCountError(
+                f"assignment of {layer!r} has {a.numel()} entries in [{int(a.min())}, {int(a.max())}] "
+                f"but the layer has {num_units} units and {binner.num_bins} bins"
+            )
+        return a
+
+    # --------------------------------------------------------------- hooks
+    @contextmanager
+    def attach(self) -> Iterator["SelectivityRegularizer"]:
+        """Register the capture hooks for the duration of the block; always removed."""
+        if self._capture is not None and self._capture.active:
+            raise CaptureError("the regularizer is already attached; do not nest attach()")
+        self._capture = Capture(self.model, self.modules, detach=False, adapters=self.adapters)
+        try:
+            with self._capture:
+                yield self
+        finally:
+            if self._capture is not None:
+                self._capture.clear()
+
+    @property
+    def attached(self) -> bool:
+        """Whether hooks are registered now."""
+        return self._capture is not None and self._capture.active
+
+    # ---------------------------------------------------------------- loss
+    def loss(self, depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Return ``-weight * score`` for the activations of the last forward pass.
+
+        Parameters
+        ----------
+        depth
+            Ground truth ``[B, H, W]`` or ``[B, 1, H, W]`` in metres for the batch
+            the model just ran on.
+        valid
+            Optional validity mask of the same shape.
+        """
+        if self._capture is None or not self._capture.outputs:
+            raise CaptureError(
+                "no activations were captured: call reg.loss(depth) after model(x), inside "
+                "`with reg.attach():`"
+            )
+        outputs = self._capture.outputs
+        self._capture.clear()
+        missing = [n for n in self.layers if n not in outputs]
+        if missing:
+            raise CaptureError(f"layers {missing} did not run in the last forward pass")
+        scores: list[torch.Tensor] = []
+        stats_log: dict[str, dict[str, float]] = {}
+        bins_cache: dict[int, torch.Tensor] = {}
+        weights_cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        first = next(iter(outputs.values()))
+        device_type = first.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            for name in self.layers:
+                act = outputs[name]
+                if act.shape[0] != depth.shape[0]:
+                    raise ShapeMismatchError(
+                        f"layer {name!r} saw a batch of {act.shape[0]} but depth has {depth.shape[0]}; "
+                        "pass the depth of the batch the model just ran on"
+                    )
+                assigned = self.assignment(name, act.shape[1]).to(act.device)
+                binner = self._binners[name]
+                key = id(binner)
+                if key not in bins_cache:
+                    d = depth.to(act.device)
+                    v = None if valid is None else valid.to(act.device)
+                    bins_cache[key] = binner(d, v)
+                bins = bins_cache[key]
+                nb = binner.num_bins
+                act = act.to(self.stats_dtype)
+                w = None
+                if self.method == "adjoint":
+                    wkey = (key, act.shape[2], act.shape[3])
+                    if wkey not in weights_cache:
+                        weights_cache[wkey] = bin_weight_maps(
+                            bins, nb, (act.shape[2], act.shape[3]), self.align_corners, self.stats_dtype
+                        )
+                    w = weights_cache[wkey]
+                sums = binned_sums(act, bins, nb, use_abs=self.objective.uses_abs,
+                                   align_corners=self.align_corners, method=self.method,
+                                   weights=w).sum(0)
+                counts = bin_counts(bins, nb).sum(0)
+                sums, counts = self._maybe_sync(sums, counts)
+                if int(counts.sum()) == 0:
+                    self.skipped_batches += 1
+                    stats_log[name] = {"score": float("nan"), "mean_ds": float("nan"),
+                                       "units_counted": 0.0}
+                    continue
+                out = self.objective.layer_score(BatchStats(sums, counts, assigned))
+                scores.append(out.score)
+                stats_log[name] = out.stats()
+        if not scores:
+            total = torch.zeros((), device=first.device, dtype=self.stats_dtype)
+        else:
+            stacked = torch.stack(scores)
+            total = stacked.sum() if self.layer_reduction == "sum" else stacked.mean()
+        loss = -self.weight * total
+        stats_log["_total"] = {"score": float(total.detach()), "loss": float(loss.detach())}
+        self._last = stats_log
+        return loss
+
+    def _maybe_sync(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.sync_stats:
+            return sums, counts
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return sums, counts
+        from torch.distributed.nn.functional import all_reduce
+
+        # Autograd-aware all_reduce: gradients flow back to every rank's activations.
+        sums = all_reduce(sums, op=dist.ReduceOp.SUM)
+        counts = counts.clone()
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        return sums, counts
+
+    def last_stats(self) -> dict[str, dict[str, float]]:
+        """Per-layer ``score``, ``mean_ds`` and ``units_counted`` of the last :meth:`loss`."""
+        return {k: dict(v) for k, v in self._last.items()}
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable configuration (for run directories)."""
+        return {
+            "layers": self.layers,
+            "binners": {n: b.config() for n, b in self._binners.items()},
+            "objective": self.objective.config(),
+            "weight": self.weight,
+            "layer_reduction": self.layer_reduction,
+            "preset": self.preset,
+            "align_corners": self.align_corners,
+            "method": self.method,
+            "stats_dtype": str(self.stats_dtype).replace("torch.", ""),
+            "sync_stats": self.sync_stats,
+            "assignment": {n: a.tolist() for n, a in self._assigned.items()},
+        }
