@@ -155,8 +155,9 @@ class Binner(ABC):
         return f"{type(self).__name__}(num_bins={self.num_bins}, range=({float(e[0]):.4g}, {float(e[-1]):.4g}])"
 
 
-def check_edges(edges: torch.Tensor) -> torch.Tensor:
+def check_edges(edges: torch.Tensor | list[float]) -> torch.Tensor:
     """Validate and return edges as a contiguous float64 tensor."""
+    # Build float64 directly: going through torch's float32 default would round edges.
     e = torch.as_tensor(edges, dtype=torch.float64).flatten().contiguous()
     if e.numel() < 2:
         raise BinCountError("a binner needs at least 2 edges (1 bin)")
@@ -184,7 +185,7 @@ class EdgesBinner(Binner):
     """
 
     def __init__(self, edges: torch.Tensor | list[float], name: str = "edges") -> None:
-        self._edges = check_edges(torch.as_tensor(edges))
+        self._edges = check_edges(edges)
         self.name = name
 
     @property

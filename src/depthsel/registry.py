@@ -294,6 +294,7 @@ class PluginManager:
     def create(self, kind: str, name: str, /, **config: Any) -> Any:
         """Build the named object with keyword configuration."""
         entry = self.entry(kind, name)
+        _check_config(entry, config)
         return entry.factory(**config)
 
     def statuses(self) -> list[PluginStatus]:
@@ -309,6 +310,27 @@ class PluginManager:
         """Forget cached registries so the next lookup calls every hook again."""
         with self._lock:
             self._registries = None
+
+
+def _check_config(entry: PluginEntry, config: dict[str, Any]) -> None:
+    """Refuse unknown keyword options with a list of the accepted ones."""
+    import inspect
+
+    try:
+        sig = inspect.signature(entry.factory)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                       inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [k for k in config if k not in accepted]
+    if unknown:
+        raise PluginError(
+            f"{entry.kind[:-1]} {entry.name!r} got unknown option(s) {unknown}; "
+            f"it accepts: {', '.join(accepted) or '(no options)'}"
+        )
 
 
 _DEFAULT: PluginManager | None = None

@@ -1,0 +1,180 @@
+"""``depthsel analyze NAME`` and its shortcut ``depthsel dissect``.
+
+One command runs any registered analyzer on any registered model and dataset:
+the analyzer is built from ``--set key=value`` options, the model from
+``--model``/``--model-config``/``--width``/``--weights``, the data from a
+DATASPEC, and the :class:`~depthsel.results.Result` is saved to ``--out``
+together with the command's own configuration in the result's ``meta``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..analysis import AnalysisContext
+from ..errors import DepthselError
+from .common import build_dataset, build_model, parse_model_config, parse_settings, split_layers
+from .errors import CliError, handle_errors
+from .output import FormatOption, OutputFormat, emit, emit_json, key_value_rows, message
+
+__all__ = ["register", "run_analysis"]
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name (`depthsel models`).")]
+DataOpt = Annotated[str, typer.Option("--data", "-d",
+                    help="DATASPEC: NAME or NAME:PATH, e.g. synthetic or folder:../shared/data/nyu2_mini_test.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Directory the result is saved to.")]
+LayersOpt = Annotated[list[str] | None, typer.Option("--layers", "-l",
+                      help="Layer names or globs; repeat or comma-separate. Default: the model's suggested layers.")]
+ModelConfigOpt = Annotated[str | None, typer.Option("--model-config",
+                           help="Model factory options as a JSON object or JSON file.")]
+WidthOpt = Annotated[float | None, typer.Option("--width", help="Model width multiplier (shortcut for --model-config).")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w",
+                       help="Checkpoint to load (.safetensors, or .pth with weights only).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle",
+                     help="Allow unpickling the checkpoint: runs code from the file. Only for files you trust.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s",
+                   help="Analyzer option key=value (JSON values); repeatable.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device, e.g. cpu or cuda:0.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for model initialisation and the analysis.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Use only the first N samples.")]
+DataSetOpt = Annotated[list[str] | None, typer.Option("--data-set",
+                       help="Dataset option key=value (JSON values), e.g. size=[96,128]; repeatable.")]
+
+
+def run_analysis(
+    name: str,
+    *,
+    model: str,
+    data: str,
+    out: Path,
+    layers: list[str] | None = None,
+    model_config: str | None = None,
+    width: float | None = None,
+    weights: Path | None = None,
+    trust_pickle: bool = False,
+    settings: list[str] | None = None,
+    data_settings: list[str] | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    seed: int = 0,
+    limit: int | None = None,
+) -> tuple[Any, Path]:
+    """Build everything from command-line strings, run analyzer ``name``, save the result.
+
+    Returns
+    -------
+    tuple
+        ``(result, directory)``.
+    """
+    import torch
+
+    from ..api import get_analyzer
+
+    analyzer_cfg = parse_settings(settings)
+    try:
+        analyzer = get_analyzer(name, **analyzer_cfg)
+    except TypeError as exc:
+        raise CliError(f"analyzer {name!r} rejected its --set options {analyzer_cfg}: {exc}") from exc
+    torch.manual_seed(seed)
+    built = build_model(model, config=parse_model_config(model_config, width), weights=weights,
+                        trust_pickle=trust_pickle, device=device)
+    dataset = build_dataset(data, limit=limit, **parse_settings(data_settings))
+    layer_list = split_layers(layers)
+    if not layer_list and not built.info.suggested_layers:
+        raise CliError(f"model {model!r} suggests no layers; pass --layers (see `depthsel layers {model}`)")
+    describe = getattr(dataset, "describe", None)
+    if callable(describe):
+        message(f"data: {describe()}", style="dim")
+    ctx = AnalysisContext(model=built.model, dataset=dataset, info=built.info, layers=layer_list,
+                          device=device, batch_size=batch_size, seed=seed)
+    result = analyzer.run(ctx)
+    if result is None or not hasattr(result, "save"):
+        raise DepthselError(f"analyzer {name!r} returned {type(result).__name__}, not a depthsel Result")
+    # Record how the run was invoked, so `depthsel report` and re-runs can show it.
+    result.meta.setdefault("cli", {
+        "analyzer": name,
+        "analyzer_config": analyzer_cfg,
+        "model": built.describe(),
+        "data": data,
+        "limit": limit,
+        "layers": ctx.layers,
+        "batch_size": batch_size,
+        "device": device,
+        "seed": seed,
+    })
+    directory = result.save(out)
+    return result, Path(directory)
+
+
+def _print_result(result: Any, directory: Path, fmt: OutputFormat) -> None:
+    summary = result.summary() if hasattr(result, "summary") else {}
+    if fmt is OutputFormat.json:
+        emit_json({"out": str(directory), "kind": getattr(result, "kind", None), "summary": summary})
+        return
+    emit(fmt, list(key_value_rows(summary)), ["key", "value"], title=f"{getattr(result, 'kind', 'result')}")
+    message(f"saved to {directory}", style="green")
+
+
+@handle_errors
+def analyze(
+    name: Annotated[str, typer.Argument(help="Registered analyzer name (`depthsel analyzers`).")],
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    layers: LayersOpt = None,
+    model_config: ModelConfigOpt = None,
+    width: WidthOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustOpt = False,
+    settings: SetOpt = None,
+    data_settings: DataSetOpt = None,
+    batch_size: BatchOpt = 4,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    limit: LimitOpt = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Run analyzer NAME on a model and a dataset; save the result to --out."""
+    result, directory = run_analysis(
+        name, model=model, data=data, out=out, layers=layers, model_config=model_config,
+        width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
+        data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+    )
+    _print_result(result, directory, fmt)
+
+
+@handle_errors
+def dissect(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    layers: LayersOpt = None,
+    model_config: ModelConfigOpt = None,
+    width: WidthOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustOpt = False,
+    settings: SetOpt = None,
+    data_settings: DataSetOpt = None,
+    batch_size: BatchOpt = 4,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    limit: LimitOpt = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Dissect a model's layers for depth selectivity (= `analyze dissection`)."""
+    result, directory = run_analysis(
+        "dissection", model=model, data=data, out=out, layers=layers, model_config=model_config,
+        width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
+        data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+    )
+    _print_result(result, directory, fmt)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``analyze`` and ``dissect`` to ``app``."""
+    app.command("analyze")(analyze)
+    app.command("dissect")(dissect)

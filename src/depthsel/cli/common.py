@@ -1,0 +1,272 @@
+"""Command-line inputs shared by every command that needs a model or data.
+
+``analyze``, ``dissect``, ``layers`` and the lead's ``train``/``demo`` commands
+all turn the same strings into objects: a DATASPEC (``name`` or
+``name:PATH``) into a dataset, ``--model``/``--model-config``/``--width``/
+``--weights`` into a network with its :class:`~depthsel.ModelInfo`, ``--set
+key=value`` into keyword configuration, and ``HxW`` into a size. Keeping that
+here means every command reports bad input with the same one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import DepthselError
+from ..zoo import ModelInfo
+from .errors import CliError
+
+__all__ = [
+    "DataSpec",
+    "BuiltModel",
+    "parse_dataspec",
+    "build_dataset",
+    "build_model",
+    "parse_settings",
+    "parse_model_config",
+    "parse_size",
+    "split_layers",
+    "LimitedDataset",
+]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed DATASPEC: a dataset plugin name and an optional root folder."""
+
+    name: str
+    root: str | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.root is None else f"{self.name}:{self.root}"
+
+
+def parse_dataspec(spec: str) -> DataSpec:
+    """Parse ``name`` or ``name:PATH`` (``folder:../shared/data/nyu2_mini_test``).
+
+    Only the first colon separates, so Windows drive letters and colons in
+    paths survive (``folder:C:/data``).
+    """
+    text = spec.strip()
+    if not text:
+        raise CliError("the data spec is empty; pass NAME or NAME:PATH, e.g. synthetic or folder:DIR")
+    name, sep, root = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise CliError(f"data spec {spec!r} has no dataset name before ':'; e.g. folder:{root}")
+    if sep and not root.strip():
+        raise CliError(f"data spec {spec!r} has an empty path after ':'; pass {name}:PATH or just {name}")
+    return DataSpec(name=name, root=os.path.expanduser(root.strip()) if sep else None)
+
+
+class LimitedDataset(Dataset[Any]):
+    """The first ``limit`` items of a dataset, keeping its names and fingerprint meaningful."""
+
+    def __init__(self, dataset: Dataset[Any], limit: int) -> None:
+        self.dataset = dataset
+        self.limit = min(int(limit), len(dataset))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __getitem__(self, index: int) -> Any:
+        if not -self.limit <= index < self.limit:
+            raise IndexError(f"index {index} out of range for {self.limit} samples")
+        return self.dataset[index % self.limit]
+
+    def names(self) -> list[str]:
+        """Names of the kept samples (when the wrapped dataset has names)."""
+        names = getattr(self.dataset, "names", None)
+        return list(names())[: self.limit] if callable(names) else [str(i) for i in range(self.limit)]
+
+    def fingerprint(self) -> str:
+        """The wrapped dataset's fingerprint plus the limit."""
+        from ..data import dataset_fingerprint
+
+        return f"{dataset_fingerprint(self.dataset)}:first{self.limit}"
+
+    def describe(self) -> str:
+        """Delegate to the wrapped dataset and say what was cut."""
+        inner = getattr(self.dataset, "describe", None)
+        text = inner() if callable(inner) else type(self.dataset).__name__
+        return f"{text} (first {self.limit} samples)"
+
+
+def build_dataset(spec: str | DataSpec, *, limit: int | None = None, **config: Any) -> Dataset[Any]:
+    """Build the dataset a DATASPEC names, optionally cut to ``limit`` items."""
+    from ..api import get_dataset
+
+    ds = parse_dataspec(spec) if isinstance(spec, str) else spec
+    if ds.root is not None:
+        if not Path(ds.root).exists():
+            raise CliError(f"dataset path {ds.root!r} does not exist; check the path after '{ds.name}:'")
+        config = {"root": ds.root, **config}
+    try:
+        dataset = get_dataset(ds.name, **config)
+    except TypeError as exc:
+        # The factory's signature did not accept what the spec implied (e.g. root=).
+        raise CliError(f"dataset {ds.name!r} rejected its options: {exc}") from exc
+    if limit is not None:
+        if limit < 1:
+            raise CliError(f"--limit must be >= 1, got {limit}")
+        dataset = LimitedDataset(dataset, limit)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise CliError(f"dataset {str(ds)!r} has no samples")
+    return dataset
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as JSON (numbers, booleans, lists), else keep the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
+    """Turn ``["num_bins=32", "above_range=first_bin"]`` into keyword configuration.
+
+    Values are read as JSON when they parse (``32``, ``true``, ``[1, 2]``) and
+    as strings otherwise. Dotted keys nest: ``binner.num_bins=32`` gives
+    ``{"binner": {"num_bins": 32}}``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CliError(f"--set {item!r} is not key=value; e.g. --set num_bins=32")
+        target = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = target.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise CliError(f"--set {item!r} conflicts with an earlier --set {part}=...")
+            target = nxt
+        target[parts[-1]] = parse_value(value.strip())
+    return out
+
+
+def parse_model_config(model_config: str | None, width: float | None) -> dict[str, Any]:
+    """Read ``--model-config`` (a JSON object, or a path to a JSON file) and ``--width``."""
+    config: dict[str, Any] = {}
+    if model_config:
+        text = model_config
+        path = Path(model_config).expanduser()
+        if not model_config.lstrip().startswith("{") and path.is_file():
+            text = path.read_text()
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(
+                f"--model-config is not a JSON object or a JSON file ({exc.msg}); "
+                "e.g. --model-config '{\"width\": 0.25}'"
+            ) from exc
+        if not isinstance(parsed, dict):
+            raise CliError("--model-config must be a JSON object, e.g. '{\"width\": 0.25}'")
+        config.update(parsed)
+    if width is not None:
+        if not width > 0:
+            raise CliError(f"--width must be > 0, got {width}")
+        config["width"] = width
+    return config
+
+
+@dataclass
+class BuiltModel:
+    """A model built from the command line, with what built it."""
+
+    model: nn.Module
+    info: ModelInfo
+    name: str
+    config: dict[str, Any]
+    weights: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable provenance for run configs and reports."""
+        return {"name": self.name, "config": self.config, "weights": self.weights}
+
+
+def build_model(
+    name: str,
+    *,
+    config: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+    strict: bool = True,
+    device: str = "cpu",
+) -> BuiltModel:
+    """Build a registered model, load weights into it, and fetch its :class:`ModelInfo`.
+
+    Parameters
+    ----------
+    name
+        Registry name (``depthsel models`` lists them).
+    config
+        Keyword configuration of the factory, e.g. ``{"width": 0.25}``.
+    weights
+        Optional checkpoint (``.safetensors`` or a ``torch.save`` file).
+    trust_pickle
+        Allow unpickling; see :func:`depthsel.load_state_dict`.
+    strict
+        Require the checkpoint's keys to match the model's.
+    device
+        Where to put the model.
+    """
+    from ..api import get_model, get_model_info
+    from ..checkpoints import load_weights
+
+    cfg = dict(config or {})
+    info = get_model_info(name)
+    try:
+        model = get_model(name, **cfg)
+    except TypeError as exc:
+        raise CliError(
+            f"model {name!r} rejected its configuration {cfg}: {exc}; "
+            "check --model-config/--width against the model's factory"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise DepthselError(f"model plugin {name!r} returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        load_weights(model, weights, strict=strict, trust_pickle=trust_pickle)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise CliError(f"cannot move the model to device {device!r}: {exc}") from exc
+    return BuiltModel(model=model, info=info, name=name, config=cfg,
+                      weights=None if weights is None else str(weights))
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """Parse ``HxW`` (``224x224``) or a single side (``224``)."""
+    if text is None:
+        return None
+    parts = text.lower().replace("*", "x").replace(",", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise CliError(f"size {text!r} is not HxW, e.g. 224x304") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise CliError(f"size {text!r} is not HxW with positive sides, e.g. 224x304")
+    return nums[0], nums[1]
+
+
+def split_layers(values: Sequence[str] | None) -> list[str]:
+    """Flatten repeated and comma-separated ``--layers`` values, keeping order."""
+    out: list[str] = []
+    for value in values or ():
+        for part in value.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    return out

@@ -1,0 +1,440 @@
+"""Depth-estimation accuracy metrics with an explicit evaluation protocol.
+
+Published numbers are computed under different protocols (see the project
+README, "What the published reference code does differently"): per-image or
+pooled averaging, ``<`` or ``<=`` in the δ thresholds, a depth cap, the Eigen
+crop, metres or millimetres. Comparing numbers across protocols is
+meaningless, so every result here carries the protocol name, and each
+published behaviour is a named preset of :class:`MetricProtocol`.
+
+Metrics (over the valid pixels of the protocol):
+
+* ``abs_rel = mean |p-g|/g``, ``sq_rel = mean (p-g)^2/g``, ``mae = mean |p-g|``
+* ``rmse`` and ``rmse_log`` (natural log), ``log10 = mean |log10 p - log10 g|``
+* ``delta1..3``: fraction with ``max(p/g, g/p) < 1.25^k``; ``delta_1.02/1.05/1.10``
+  for depth completion.
+
+With ``reduction="image"`` each metric is computed per image and averaged over
+images (images without a valid pixel are skipped). RMSE then follows
+``rmse_mode``: ``"sqrt_of_mean_mse"`` (Hu) or ``"mean_of_rmse"`` (You, BTS,
+FastDepth). With ``reduction="pixel"`` all valid pixels of all images are pooled.
+
+Predictions of another spatial size than the ground truth are upsampled
+bilinearly (``align_corners=False``) to the ground-truth size first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DepthselError, InvalidDepthError, ShapeMismatchError, suggest
+
+__all__ = [
+    "MetricProtocolError",
+    "MetricProtocol",
+    "PRESETS",
+    "get_protocol",
+    "crop_mask",
+    "eigen_crop_mask",
+    "garg_crop_mask",
+    "DepthMetrics",
+    "compute_metrics",
+    "metrics_by_bin",
+]
+
+
+class MetricProtocolError(DepthselError):
+    """A metric protocol is unknown or inconsistent."""
+
+
+@dataclass(frozen=True)
+class MetricProtocol:
+    """How accuracy is measured. Fields are validated on construction.
+
+    Parameters
+    ----------
+    name
+        Recorded in every result.
+    reduction
+        ``"image"``: per-image metrics averaged over images; ``"pixel"``: pooled.
+    crop
+        ``None``, ``"eigen"`` or ``"garg"`` (see :func:`crop_mask`).
+    crop_dataset
+        Which Eigen crop: ``"nyu"`` (rows 45:471, cols 41:601 of 480x640) or ``"kitti"``.
+    max_depth
+        Ground truth above it is invalid (``None``: no cap).
+    max_op
+        Keep ``gt <= max_depth`` or ``gt < max_depth`` (BTS).
+    min_depth
+        Ground truth must exceed it to count.
+    delta_op
+        ``"<"`` or ``"<="`` in ``max(p/g, g/p) op threshold``.
+    rmse_mode
+        ``"sqrt_of_mean_mse"`` or ``"mean_of_rmse"`` (only for ``reduction="image"``).
+    clamp_pred
+        Clamp predictions to ``[min_depth, max_depth]`` (BTS) before measuring.
+    units
+        ``"m"`` or ``"mm"``: the unit of rmse, mae and sq_rel (FastDepth reports mm).
+    mask_op
+        ``"and"``: a pixel counts when its ground truth is valid. ``"or"``:
+        when ground truth *or* prediction is positive (FastDepth's bug).
+    deltas
+        δ thresholds.
+    description
+        One line for listings.
+    """
+
+    name: str = "default"
+    reduction: Literal["image", "pixel"] = "pixel"
+    crop: Literal["eigen", "garg"] | None = None
+    crop_dataset: Literal["nyu", "kitti"] = "nyu"
+    max_depth: float | None = None
+    max_op: Literal["<", "<="] = "<="
+    min_depth: float = 1e-3
+    delta_op: Literal["<", "<="] = "<"
+    rmse_mode: Literal["sqrt_of_mean_mse", "mean_of_rmse"] = "sqrt_of_mean_mse"
+    clamp_pred: bool = True
+    units: Literal["m", "mm"] = "m"
+    mask_op: Literal["and", "or"] = "and"
+    deltas: tuple[float, ...] = (1.25, 1.25**2, 1.25**3, 1.02, 1.05, 1.10)
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        choices: dict[str, tuple[Any, ...]] = {
+            "reduction": ("image", "pixel"), "crop": (None, "eigen", "garg"),
+            "crop_dataset": ("nyu", "kitti"), "max_op": ("<", "<="), "delta_op": ("<", "<="),
+            "rmse_mode": ("sqrt_of_mean_mse", "mean_of_rmse"), "units": ("m", "mm"),
+            "mask_op": ("and", "or"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise MetricProtocolError(f"MetricProtocol.{key}={getattr(self, key)!r}; use one of {allowed}")
+        if self.crop == "garg" and self.crop_dataset != "kitti":
+            raise MetricProtocolError("the Garg crop is defined for KITTI only; set crop_dataset='kitti'")
+        if self.max_depth is not None and not self.max_depth > self.min_depth:
+            raise MetricProtocolError(f"max_depth {self.max_depth} must exceed min_depth {self.min_depth}")
+        if not self.deltas or any(d <= 1 for d in self.deltas):
+            raise MetricProtocolError(f"deltas must be thresholds > 1, got {self.deltas}")
+
+    def delta_names(self) -> list[str]:
+        """Result keys of the δ thresholds: ``delta1..3`` for powers of 1.25, else ``delta_1.05``."""
+        names = []
+        for d in self.deltas:
+            k = next((k for k in (1, 2, 3) if math.isclose(d, 1.25**k)), None)
+            names.append(f"delta{k}" if k else f"delta_{d:.2f}")
+        return names
+
+
+PRESETS: dict[str, MetricProtocol] = {
+    p.name: p
+    for p in (
+        MetricProtocol(description="pooled over pixels; '<'; no crop, no cap; predictions clamped"),
+        MetricProtocol(
+            "hu2019", reduction="image", delta_op="<=", rmse_mode="sqrt_of_mean_mse", clamp_pred=False,
+            description="Hu et al. 2019: per-image MSE averaged then square-rooted; '<='; no crop, no cap",
+        ),
+        MetricProtocol(
+            "you2021", reduction="image", rmse_mode="mean_of_rmse", max_depth=10.0,
+            description="You et al. 2021: per-image RMSE averaged; '<'; 10 m cap; no Eigen crop",
+        ),
+        MetricProtocol(
+            "bts", reduction="image", rmse_mode="mean_of_rmse", crop="eigen", crop_dataset="nyu",
+            max_depth=10.0, max_op="<",
+            description="BTS on NYU: Eigen crop; 1e-3 < gt < 10; predictions clamped; '<'",
+        ),
+        MetricProtocol(
+            "bts_kitti", reduction="image", rmse_mode="mean_of_rmse", crop="eigen",
+            crop_dataset="kitti", max_depth=80.0, max_op="<",
+            description="BTS on KITTI: KITTI Eigen crop; 1e-3 < gt < 80; predictions clamped; '<'",
+        ),
+        MetricProtocol(
+            "fastdepth", reduction="image", rmse_mode="mean_of_rmse", units="mm",
+            description="FastDepth, fixed: millimetres, per-image averages, mask = valid ground truth",
+        ),
+        MetricProtocol(
+            "fastdepth_reference", reduction="image", rmse_mode="mean_of_rmse", units="mm",
+            mask_op="or", min_depth=0.0, clamp_pred=False,
+            description=(
+                "FastDepth as released: mask (gt>0) OR (pred>0), a bug: pixels without ground "
+                "truth count, so abs_rel and log10 become inf and rmse grows"
+            ),
+        ),
+    )
+}
+
+
+def get_protocol(protocol: MetricProtocol | str) -> MetricProtocol:
+    """Return a preset by name (or the protocol itself)."""
+    if isinstance(protocol, MetricProtocol):
+        return protocol
+    if protocol not in PRESETS:
+        raise MetricProtocolError(
+            f"unknown metric protocol {protocol!r}; {suggest(str(protocol), PRESETS)} "
+            "(or build a MetricProtocol(...))"
+        )
+    return PRESETS[protocol]
+
+
+def eigen_crop_mask(h: int, w: int, dataset: Literal["nyu", "kitti"] = "nyu") -> torch.Tensor:
+    """Boolean ``[h, w]`` mask of the Eigen evaluation crop.
+
+    NYU: rows 45:471, cols 41:601 of a 480x640 frame (scaled to other sizes).
+    KITTI: rows 0.3324324h:0.91351351h, cols 0.0359477w:0.96405229w (Eigen et al.).
+    """
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    if dataset == "nyu":
+        mask[round(45 * h / 480) : round(471 * h / 480), round(41 * w / 640) : round(601 * w / 640)] = True
+    elif dataset == "kitti":
+        mask[int(0.3324324 * h) : int(0.91351351 * h), int(0.0359477 * w) : int(0.96405229 * w)] = True
+    else:
+        raise MetricProtocolError(f"unknown Eigen crop dataset {dataset!r}; use 'nyu' or 'kitti'")
+    return mask
+
+
+def garg_crop_mask(h: int, w: int) -> torch.Tensor:
+    """Boolean ``[h, w]`` mask of the Garg et al. KITTI crop."""
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[int(0.40810811 * h) : int(0.99189189 * h), int(0.03594771 * w) : int(0.96405229 * w)] = True
+    return mask
+
+
+def crop_mask(crop: str | None, h: int, w: int, dataset: Literal["nyu", "kitti"] = "nyu") -> torch.Tensor:
+    """Mask of ``crop`` (``None`` = everything, ``"eigen"``, ``"garg"``)."""
+    if crop is None:
+        return torch.ones(h, w, dtype=torch.bool)
+    if crop == "eigen":
+        return eigen_crop_mask(h, w, dataset)
+    if crop == "garg":
+        return garg_crop_mask(h, w)
+    raise MetricProtocolError(f"unknown crop {crop!r}; use None, 'eigen' or 'garg'")
+
+
+def _as_b1hw(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.ndim == 2:
+        return t[None, None]
+    if t.ndim == 3:
+        return t[:, None]
+    if t.ndim == 4 and t.shape[1] == 1:
+        return t
+    raise InvalidDepthError(f"{what} must be [B,1,H,W], [B,H,W] or [H,W], got {tuple(t.shape)}")
+
+
+_TERMS = ("abs", "sq", "abs_rel", "sq_rel", "log_sq", "log10")
+
+
+def _pixel_terms(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None, p: MetricProtocol
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Return ``(mask [B,1,H,W], per-pixel float64 terms zeroed outside mask, gt [B,1,H,W])``."""
+    gt = _as_b1hw(gt.detach(), "gt").to(torch.float64)
+    pred = _as_b1hw(pred.detach(), "pred").to(torch.float64)
+    if pred.shape[0] != gt.shape[0]:
+        raise ShapeMismatchError(f"pred has batch {pred.shape[0]} but gt has {gt.shape[0]}; pass matching batches")
+    if pred.shape[-2:] != gt.shape[-2:]:
+        pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)
+    ok = torch.isfinite(gt) & (gt > p.min_depth)
+    if p.max_depth is not None:
+        ok &= (gt < p.max_depth) if p.max_op == "<" else (gt <= p.max_depth)
+    if valid is not None:
+        valid = _as_b1hw(valid.detach(), "valid")
+        if valid.shape != gt.shape:
+            raise ShapeMismatchError(f"valid {tuple(valid.shape)} must match gt {tuple(gt.shape)}")
+        ok &= valid.bool()
+    if p.mask_op == "or":
+        ok = ok | (pred > 0)  # FastDepth's released mask; see the preset's description
+    ok &= crop_mask(p.crop, gt.shape[-2], gt.shape[-1], p.crop_dataset).to(ok.device)
+    if p.clamp_pred:
+        hi = p.max_depth if p.max_depth is not None else math.inf
+        pred = torch.nan_to_num(pred, nan=p.min_depth, posinf=hi).clamp(p.min_depth, hi)
+    scale = 1000.0 if p.units == "mm" else 1.0
+    ps, gs = pred * scale, gt * scale
+    diff = ps - gs
+    with torch.no_grad():
+        terms = {
+            "abs": diff.abs(),
+            "sq": diff**2,
+            "abs_rel": diff.abs() / gs,
+            "sq_rel": diff**2 / gs,
+            "log_sq": (torch.log(ps) - torch.log(gs)) ** 2,
+            "log10": (torch.log10(ps) - torch.log10(gs)).abs(),
+        }
+        ratio = torch.maximum(ps / gs, gs / ps)
+        for name, thr in zip(p.delta_names(), p.deltas):
+            terms[name] = ((ratio < thr) if p.delta_op == "<" else (ratio <= thr)).double()
+    zero = torch.zeros((), dtype=torch.float64, device=gt.device)
+    return ok, {k: torch.where(ok, v, zero) for k, v in terms.items()}, gt
+
+
+class DepthMetrics:
+    """Streaming accumulator; results do not depend on how data is split into batches.
+
+    It keeps additive float64 sums only (pooled pixel sums *and* sums of
+    per-image means), so :meth:`merge` of two accumulators equals one
+    accumulator fed both streams, for either reduction.
+
+    Examples
+    --------
+    >>> m = DepthMetrics("hu2019")
+    >>> for batch in loader:  # doctest: +SKIP
+    ...     m.update(model(batch["image"]), batch["depth"], batch["valid"])
+    >>> m.compute()["rmse"]  # doctest: +SKIP
+    """
+
+    def __init__(self, protocol: MetricProtocol | str = "default") -> None:
+        self.protocol = get_protocol(protocol)
+        self.reset()
+
+    def _keys(self) -> list[str]:
+        return list(_TERMS) + self.protocol.delta_names()
+
+    def reset(self) -> None:
+        """Forget everything accumulated."""
+        keys = self._keys()
+        self._sums: dict[str, float] = {f"px_{k}": 0.0 for k in keys}
+        self._sums.update({f"img_{k}": 0.0 for k in keys})
+        self._sums.update(count=0.0, images=0.0, img_rmse=0.0, img_rmse_log=0.0)
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Add a batch: ``pred`` [B,1,h,w] (upsampled if needed), ``gt``/``valid`` [B,1,H,W]."""
+        mask, terms, _ = _pixel_terms(pred, gt, valid, self.protocol)
+        counts = mask.flatten(1).sum(1).double()
+        has = counts > 0
+        self._sums["count"] += float(counts.sum())
+        self._sums["images"] += float(has.sum())
+        for k, v in terms.items():
+            per_image = v.flatten(1).sum(1)
+            self._sums[f"px_{k}"] += float(per_image.sum())
+            self._sums[f"img_{k}"] += float((per_image[has] / counts[has]).sum())
+            if k in ("sq", "log_sq"):
+                key = "img_rmse" if k == "sq" else "img_rmse_log"
+                self._sums[key] += float((per_image[has] / counts[has]).sqrt().sum())
+
+    def merge(self, other: DepthMetrics | Mapping[str, Any]) -> DepthMetrics:
+        """Add another accumulator (or its :meth:`state_dict`) into this one; returns ``self``."""
+        state = other.state_dict() if isinstance(other, DepthMetrics) else other
+        if _protocol_from(state) != self.protocol:
+            raise MetricProtocolError(
+                f"cannot merge metrics of protocol {state.get('protocol', {}).get('name')!r} into "
+                f"{self.protocol.name!r}; accumulate each protocol separately"
+            )
+        for k, v in state["sums"].items():
+            if k not in self._sums:
+                raise MetricProtocolError(f"unknown metric state entry {k!r}; the state is from another version")
+            self._sums[k] += float(v)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (protocol and sums)."""
+        proto = asdict(self.protocol)
+        proto["deltas"] = list(proto["deltas"])
+        return {"protocol": proto, "sums": dict(self._sums)}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> DepthMetrics:
+        """Rebuild an accumulator from :meth:`state_dict`."""
+        out = cls(_protocol_from(state))
+        return out.merge(state)
+
+    def compute(self) -> dict[str, Any]:
+        """Return ``{metric: float}`` plus ``count``, ``images`` and ``protocol`` (its name, a str).
+
+        Metrics are NaN when nothing valid was seen.
+        """
+        s, p = self._sums, self.protocol
+        out: dict[str, Any] = {"protocol": p.name}
+        if p.reduction == "pixel":
+            n = s["count"]
+            mean = {k: (s[f"px_{k}"] / n if n else math.nan) for k in self._keys()}
+            rmse, rmse_log = math.sqrt(mean["sq"]), math.sqrt(mean["log_sq"])
+        else:
+            n = s["images"]
+            mean = {k: (s[f"img_{k}"] / n if n else math.nan) for k in self._keys()}
+            if p.rmse_mode == "mean_of_rmse":
+                rmse = s["img_rmse"] / n if n else math.nan
+                rmse_log = s["img_rmse_log"] / n if n else math.nan
+            else:
+                rmse, rmse_log = math.sqrt(mean["sq"]), math.sqrt(mean["log_sq"])
+        out.update(
+            abs_rel=mean["abs_rel"], sq_rel=mean["sq_rel"], rmse=rmse, rmse_log=rmse_log,
+            log10=mean["log10"], mae=mean["abs"],
+        )
+        out.update({k: mean[k] for k in p.delta_names()})
+        out.update(count=s["count"], images=s["images"])
+        return out
+
+
+def _protocol_from(state: Mapping[str, Any]) -> MetricProtocol:
+    try:
+        fields = dict(state["protocol"])
+        fields["deltas"] = tuple(fields["deltas"])
+        return MetricProtocol(**fields)
+    except (KeyError, TypeError) as exc:
+        raise MetricProtocolError(f"malformed metric state ({exc}); pass DepthMetrics.state_dict() output") from None
+
+
+def compute_metrics(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None,
+    protocol: MetricProtocol | str = "default",
+) -> dict[str, Any]:
+    """One-shot :class:`DepthMetrics` over a batch."""
+    m = DepthMetrics(protocol)
+    m.update(pred, gt, valid)
+    return m.compute()
+
+
+def metrics_by_bin(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    binner_edges: torch.Tensor | Sequence[float],
+    valid: torch.Tensor | None = None,
+    protocol: MetricProtocol | str = "default",
+) -> list[dict[str, Any]]:
+    """Metrics per ground-truth depth bin ``(e_i, e_{i+1}]`` (pixels pooled within a bin).
+
+    Parameters
+    ----------
+    pred, gt, valid
+        As in :meth:`DepthMetrics.update`.
+    binner_edges
+        Increasing bin edges in metres (float64 tensor, e.g. a binner's edges).
+        Pixels outside ``(e_0, e_last]`` are left out.
+    protocol
+        Masking/crop/cap/units come from it; the reduction is always ``"pixel"``.
+
+    Returns
+    -------
+    list of dict
+        One per bin: ``bin``, ``low``, ``high``, ``count``, ``protocol`` and the
+        metrics (NaN for an empty bin). Counts add up to the pooled count of
+        pixels inside the edges.
+    """
+    p = replace(get_protocol(protocol), reduction="pixel")
+    edges = torch.as_tensor(binner_edges, dtype=torch.float64).reshape(-1)
+    if edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
+        raise InvalidDepthError("binner_edges must hold at least 2 strictly increasing values (metres)")
+    mask, terms, gt64 = _pixel_terms(pred, gt, valid, p)
+    nb = edges.numel() - 1
+    # bucketize(right=False) gives i with e[i-1] < x <= e[i]: right-closed bins.
+    idx = torch.bucketize(gt64.nan_to_num(-1.0), edges.to(gt64.device), right=False) - 1
+    keep = mask & (idx >= 0) & (idx < nb)
+    idx = idx[keep]
+    counts = torch.bincount(idx, minlength=nb).double()
+    sums = {k: torch.bincount(idx, weights=v[keep], minlength=nb) for k, v in terms.items()}
+    out = []
+    for b in range(nb):
+        n = float(counts[b])
+        mean = {k: (float(sums[k][b]) / n if n else math.nan) for k in sums}
+        row: dict[str, Any] = {
+            "bin": b, "low": float(edges[b]), "high": float(edges[b + 1]), "count": n, "protocol": p.name,
+            "abs_rel": mean["abs_rel"], "sq_rel": mean["sq_rel"], "rmse": math.sqrt(mean["sq"]),
+            "rmse_log": math.sqrt(mean["log_sq"]), "log10": mean["log10"], "mae": mean["abs"],
+        }
+        row.update({k: mean[k] for k in p.delta_names()})
+        out.append(row)
+    return out

@@ -1,0 +1,240 @@
+"""A single self-contained HTML report of a run or result directory.
+
+:func:`write_report` gathers what a run directory holds: the run config
+(``config.json`` and friends, and the ``config``/``meta`` of ``result.json``),
+metrics from every other ``*.json``/``*.jsonl`` and ``*.csv`` file as tables,
+and every PNG/JPEG below it as an embedded ``data:`` URI. The page has no
+scripts, no external stylesheet, font or image, and a Content-Security-Policy
+that forbids the browser to fetch anything, so it can be mailed, archived or
+opened offline and always shows the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import atomic_write_bytes
+from .errors import ResultFormatError
+
+__all__ = ["Report", "Table", "collect_report", "render_report", "write_report"]
+
+CONFIG_NAMES = {"config.json", "run.json", "run_config.json", "hparams.json", "args.json",
+                "config.yaml", "config.yml", "config.toml", "hparams.yaml"}
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+MAX_ROWS = 200
+MAX_IMAGE_BYTES = 25 * 1024 * 1024
+MAX_TEXT_BYTES = 2 * 1024 * 1024
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
+padding:0 1rem;color:#222;line-height:1.4}
+h1{font-size:1.6rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:.85rem;max-height:40rem}
+figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85rem;color:#555}
+.note{color:#777;font-size:.85rem}
+"""
+
+
+@dataclass
+class Table:
+    """One table of the report: a title, column names, rows and a note (e.g. truncation)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """Everything a report shows, before rendering."""
+
+    title: str
+    configs: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    images: list[tuple[str, str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _files(root: Path, suffixes: Iterable[str]) -> list[Path]:
+    wanted = set(suffixes)
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in wanted
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        if len(value) <= 16 and all(isinstance(v, (int, float, str, bool)) or v is None for v in value):
+            return ", ".join(str(v) for v in value)
+        return f"[{len(value)} values]"
+    if isinstance(value, Mapping):
+        return "{...}"
+    return value
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows.extend(_flatten(value, f"{name}."))
+        else:
+            rows.append([name, _scalar(value)])
+    return rows
+
+
+def _records_table(title: str, records: list[Mapping[str, Any]]) -> Table:
+    columns: list[str] = []
+    for rec in records:
+        columns.extend(str(k) for k in rec if str(k) not in columns)
+    rows = [[_scalar(rec.get(c, "")) for c in columns] for rec in records[:MAX_ROWS]]
+    note = f"first {MAX_ROWS} of {len(records)} rows" if len(records) > MAX_ROWS else ""
+    return Table(title, columns, rows, note)
+
+
+def _kv_table(title: str, data: Mapping[str, Any]) -> Table:
+    rows = _flatten(data)
+    note = f"first {MAX_ROWS} of {len(rows)} entries" if len(rows) > MAX_ROWS else ""
+    return Table(title, ["key", "value"], rows[:MAX_ROWS], note)
+
+
+def _json_tables(rel: str, payload: Any, report: Report) -> None:
+    if isinstance(payload, Mapping) and payload.get("format") == "depthsel-result":
+        # A saved Result: its data are the metrics, its config and meta are the run config.
+        data = payload.get("data") or {}
+        report.tables.append(_kv_table(f"{rel} ({payload.get('kind', 'result')})", data))
+        for part in ("config", "meta"):
+            if payload.get(part):
+                report.configs.append((f"{rel} [{part}]", json.dumps(payload[part], indent=2, default=str)))
+    elif isinstance(payload, Mapping):
+        report.tables.append(_kv_table(rel, payload))
+    elif isinstance(payload, list) and payload and all(isinstance(r, Mapping) for r in payload):
+        report.tables.append(_records_table(rel, payload))
+    else:
+        report.tables.append(Table(rel, ["value"], [[_scalar(payload)]]))
+
+
+def collect_report(run_dir: str | Path, *, title: str | None = None, exclude: Iterable[Path] = ()) -> Report:
+    """Gather configs, tables and images from ``run_dir`` (recursively)."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ResultFormatError(f"{str(root)!r} is not a directory; pass a run or result directory")
+    skip = {Path(p).resolve() for p in exclude}
+    report = Report(title=title or root.resolve().name)
+    for path in _files(root, {".json", ".jsonl", ".csv", ".yaml", ".yml", ".toml"}):
+        if path.resolve() in skip:
+            continue
+        rel = path.relative_to(root).as_posix()
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            report.skipped.append(f"{rel} (over {MAX_TEXT_BYTES // 1024 // 1024} MiB)")
+            continue
+        text = path.read_text(errors="replace")
+        if path.name in CONFIG_NAMES:
+            report.configs.append((rel, text))
+            continue
+        try:
+            if path.suffix == ".json":
+                _json_tables(rel, json.loads(text), report)
+            elif path.suffix == ".jsonl":
+                records = [json.loads(line) for line in text.splitlines() if line.strip()]
+                if records and all(isinstance(r, Mapping) for r in records):
+                    report.tables.append(_records_table(rel, records))
+            elif path.suffix == ".csv":
+                records = list(csv.DictReader(text.splitlines()))
+                if records:
+                    report.tables.append(_records_table(rel, records))
+        except (json.JSONDecodeError, csv.Error) as exc:
+            report.skipped.append(f"{rel} (unreadable: {exc})")
+    for path in _files(root, IMAGE_TYPES):
+        rel = path.relative_to(root).as_posix()
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            report.skipped.append(f"{rel} (image over {MAX_IMAGE_BYTES // 1024 // 1024} MiB)")
+            continue
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        report.images.append((rel, IMAGE_TYPES[path.suffix.lower()], encoded))
+    return report
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return f"<td>{html.escape(str(value))}</td>"
+    if isinstance(value, float):
+        return f'<td class="num">{value:.6g}</td>'
+    if isinstance(value, int):
+        return f'<td class="num">{value}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def render_report(report: Report) -> str:
+    """Render a :class:`Report` as one HTML page (no scripts, no external resources)."""
+    from . import __version__
+
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>depthsel report: {e(report.title)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>depthsel report: {e(report.title)}</h1>",
+        f'<p class="note">generated {e(time.strftime("%Y-%m-%d %H:%M:%S"))} by depthsel {e(__version__)}</p>',
+        "<h2>Metrics</h2>",
+    ]
+    if not report.tables:
+        out.append('<p class="note">no JSON or CSV metrics found</p>')
+    for table in report.tables:
+        out.append(f'<table class="metrics"><caption>{e(table.title)}</caption><thead><tr>')
+        out.extend(f"<th>{e(c)}</th>" for c in table.columns)
+        out.append("</tr></thead><tbody>")
+        for row in table.rows:
+            out.append("<tr>" + "".join(_cell(v) for v in row) + "</tr>")
+        out.append("</tbody></table>")
+        if table.note:
+            out.append(f'<p class="note">{e(table.note)}</p>')
+    out.append("<h2>Figures</h2>")
+    if not report.images:
+        out.append('<p class="note">no images found</p>')
+    for rel, mime, data in report.images:
+        out.append(f'<figure><img src="data:{mime};base64,{data}" alt="{e(rel)}">'
+                   f"<figcaption>{e(rel)}</figcaption></figure>")
+    out.append("<h2>Run configuration</h2>")
+    if not report.configs:
+        out.append('<p class="note">no run configuration found</p>')
+    for rel, text in report.configs:
+        out.append(f"<h3>{e(rel)}</h3><pre>{e(text)}</pre>")
+    if report.skipped:
+        out.append("<h2>Skipped files</h2><ul>")
+        out.extend(f"<li>{e(s)}</li>" for s in report.skipped)
+        out.append("</ul>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Write ``report.html`` for ``run_dir`` (default ``run_dir/report.html``) atomically.
+
+    Returns
+    -------
+    Path
+        Where the report was written.
+    """
+    root = Path(run_dir)
+    target = Path(out) if out is not None else root / "report.html"
+    report = collect_report(root, title=title, exclude=[target])
+    return atomic_write_bytes(target, render_report(report).encode("utf-8"))

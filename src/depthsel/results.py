@@ -1,0 +1,213 @@
+"""Result objects that save as safetensors + JSON (+ CSV), never pickle.
+
+A result directory holds ``result.safetensors`` (tensors), ``result.json``
+(kind, format version, config, provenance, tensor specs, scalars) and
+optionally ``result.csv`` (a flat table for spreadsheets). Every file is
+written atomically; on load, the JSON is validated and every tensor's shape
+and dtype is checked against the specs recorded at save time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .checkpoints import atomic_write, atomic_write_bytes
+from .errors import ResultFormatError
+
+__all__ = ["Result", "load_result", "provenance", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_TENSORS = "result.safetensors"
+_JSON = "result.json"
+_CSV = "result.csv"
+_REGISTRY: dict[str, type["Result"]] = {}
+
+
+def provenance(dataset_fingerprint: str | None = None) -> dict[str, Any]:
+    """Versions and environment recorded with every result."""
+    from . import __version__
+
+    return {
+        "depthsel_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created_unix": time.time(),
+        "dataset_fingerprint": dataset_fingerprint,
+    }
+
+
+@dataclass
+class Result:
+    """Base class of analysis results.
+
+    Subclasses set :attr:`kind`, hold tensors in :attr:`tensors` and
+    JSON-serialisable values in :attr:`data`, and may override :meth:`rows`
+    to provide a CSV table.
+    """
+
+    kind: ClassVar[str] = "result"
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            _REGISTRY[cls.kind] = cls
+
+    # ----------------------------------------------------------------- table
+    def rows(self) -> list[dict[str, Any]]:
+        """Flat rows for ``result.csv``; empty means no CSV is written."""
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        """A compact JSON-serialisable summary (what ``--format json`` prints)."""
+        return {"kind": self.kind, **{k: v for k, v in self.data.items() if _is_scalarish(v)}}
+
+    # ------------------------------------------------------------------- I/O
+    def save(self, directory: str | Path) -> Path:
+        """Write the result into ``directory`` atomically; returns the directory."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu().clone() for k, v in self.tensors.items()}
+        specs = {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+                 for k, v in tensors.items()}
+        payload = {
+            "format": "depthsel-result",
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "config": self.config,
+            "meta": self.meta,
+            "data": self.data,
+            "tensor_specs": specs,
+        }
+        text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+        # Tensors first, JSON last: a directory whose JSON exists is complete.
+        atomic_write(out / _TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+        rows = self.rows()
+        if rows:
+            atomic_write_bytes(out / _CSV, _csv_bytes(rows))
+        atomic_write_bytes(out / _JSON, text.encode())
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Result":
+        """Load and validate a result saved by :meth:`save`."""
+        return load_result(directory, expected=cls)
+
+
+def _is_scalarish(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None or (
+        isinstance(v, (list, dict)) and len(json.dumps(v, default=str)) < 4000
+    )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj).replace("torch.", "")
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    fields: list[str] = []
+    for r in rows:
+        fields.extend(k for k in r if k not in fields)
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def load_result(directory: str | Path, expected: type[Result] | None = None) -> Result:
+    """Load any saved result, validating its JSON and tensor specs.
+
+    Parameters
+    ----------
+    directory
+        A directory written by :meth:`Result.save`.
+    expected
+        When given, the stored kind must be this class's kind (or a subclass's).
+    """
+    d = Path(directory)
+    jpath, tpath = d / _JSON, d / _TENSORS
+    if not jpath.is_file():
+        raise ResultFormatError(f"{str(d)!r} holds no {_JSON}; is it a depthsel result directory?")
+    try:
+        payload = json.loads(jpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultFormatError(f"{str(jpath)!r} is not valid JSON ({exc}); the file is corrupt") from exc
+    if not isinstance(payload, Mapping) or payload.get("format") != "depthsel-result":
+        raise ResultFormatError(f"{str(jpath)!r} is not a depthsel result")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ResultFormatError(
+            f"{str(jpath)!r} has format version {version!r}; this depthsel reads {FORMAT_VERSION}"
+        )
+    for key, typ in (("kind", str), ("config", dict), ("meta", dict), ("data", dict),
+                     ("tensor_specs", dict)):
+        if not isinstance(payload.get(key), typ):
+            raise ResultFormatError(f"{str(jpath)!r}: field {key!r} must be a {typ.__name__}")
+    kind = payload["kind"]
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        _load_analyzer_plugins()
+        cls = _REGISTRY.get(kind, Result)
+    if expected is not None and expected is not Result and not issubclass(cls, expected):
+        raise ResultFormatError(f"{str(d)!r} holds a {kind!r} result, not {expected.kind!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    specs = payload["tensor_specs"]
+    if specs:
+        if not tpath.is_file():
+            raise ResultFormatError(f"{str(d)!r} lacks {_TENSORS}; the result is incomplete")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(tpath))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ResultFormatError(f"{str(tpath)!r} is corrupt ({exc})") from exc
+    for name, spec in specs.items():
+        t = tensors.get(name)
+        if t is None:
+            raise ResultFormatError(f"tensor {name!r} is listed in {_JSON} but missing")
+        if list(t.shape) != list(spec.get("shape", [])) or str(t.dtype).replace("torch.", "") != spec.get("dtype"):
+            raise ResultFormatError(
+                f"tensor {name!r} is {list(t.shape)} {t.dtype}, but {_JSON} says "
+                f"{spec.get('shape')} {spec.get('dtype')}: the files do not belong together"
+            )
+    extra = set(tensors) - set(specs)
+    if extra:
+        raise ResultFormatError(f"{_TENSORS} holds tensors not listed in {_JSON}: {sorted(extra)}")
+    obj = cls(tensors=tensors, data=dict(payload["data"]), config=dict(payload["config"]),
+              meta=dict(payload["meta"]))
+    return obj
+
+
+def _load_analyzer_plugins() -> None:
+    # Result classes of plugin analyzers register when their module is imported.
+    from .registry import get_plugin_manager
+
+    try:
+        get_plugin_manager().entries("analyzers")
+    except Exception:  # noqa: BLE001 - loading is best effort; the caller falls back to Result
+        pass
