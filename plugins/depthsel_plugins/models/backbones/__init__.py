@@ -1,0 +1,1 @@
+"""Classification backbones with torchvision parameter names, for the depth model plugins."""
