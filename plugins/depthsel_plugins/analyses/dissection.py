@@ -1,0 +1,344 @@
+"""Network dissection for depth (You et al. 2021, Sec. 3): the ``dissection`` analyzer.
+
+For each hooked layer it streams the dataset once
+(:func:`depthsel.dissect.collect_responses`) and reports the responses ``R``
+(mean of ``|A|`` and signed mean, Eq. 1), per-bin pixel counts, DS with the
+argmax bin and with the assigned bin (Eq. 2), peak-on-target, dead units, a
+:class:`~depthsel.LayerSummary`, and a permutation p-value per unit (see
+:mod:`.dissection_stats` for the sampling approximation).
+
+Presets
+-------
+``"default"``
+    ``R`` = mean of ``|A|``; bins never seen are left out of the other-bins mean.
+``"reference"``
+    As the published ``dissect.py``: ``R`` = ``|mean of A|`` (signed mean, then
+    abs), argmax bin, never-seen bins counted as zeros (inflates DS).
+
+The analyzer dissects one dataset per run and labels it with ``split``. To hold
+train and test in one result use :func:`dissect_splits`, or pass ``splits`` =
+``{"train": {"name": "folder", ...}, "test": {...}}`` (dataset-plugin configs,
+built with :func:`depthsel.get_dataset`; ``ctx.dataset`` is then not used).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from depthsel import get_binner, get_dataset
+from depthsel.accumulator import ResponseAccumulator
+from depthsel.analysis import AnalysisContext, Analyzer
+from depthsel.binning import Binner, EdgesBinner
+from depthsel.capture import Capture
+from depthsel.data import collate
+from depthsel.dissect import collect_responses
+from depthsel.errors import BinCountError, DepthselError, ResultFormatError
+from depthsel.results import provenance
+from depthsel.selectivity import assign_bins, depth_selectivity, matched_assignment, summarize_layer
+from depthsel.zoo import ModelInfo
+
+from .dissection_result import DissectionResult
+from .dissection_stats import PixelReservoir, permutation_pvalues
+
+__all__ = ["DissectionAnalyzer", "DissectionResult", "DissectionConfigError", "dissect_splits",
+           "make_binner", "register_analyzers"]
+
+PRESETS = ("default", "reference")
+
+
+class DissectionConfigError(DepthselError):
+    """The dissection configuration is invalid."""
+
+
+def make_binner(spec: str | Mapping[str, Any] | Binner) -> Binner:
+    """Build a binner from a registry name, a config dict (``Binner.config()``) or an instance.
+
+    A dict with parameters besides ``name``/``edges`` is rebuilt through the
+    registry (so it can change its bin count); one with only ``edges`` becomes
+    an :class:`~depthsel.EdgesBinner`.
+    """
+    if isinstance(spec, Binner):
+        return spec
+    if isinstance(spec, str):
+        return cast(Binner, get_binner(spec))
+    if not isinstance(spec, Mapping) or "name" not in spec and "edges" not in spec:
+        raise DissectionConfigError(
+            "binner must be a name such as 'sid' or a dict like "
+            f"{{'name': 'sid', 'num_bins': 64}}, got {spec!r}"
+        )
+    d = dict(spec)
+    name, edges = d.pop("name", "edges"), d.pop("edges", None)
+    if d:
+        return cast(Binner, get_binner(str(name), **d))
+    if edges is not None:
+        return EdgesBinner(edges, name=str(name))
+    return cast(Binner, get_binner(str(name)))
+
+
+def _load_assignment(spec: Any, layer: str, r: torch.Tensor, nb: int) -> torch.Tensor:
+    k = r.shape[0]
+    if spec is None:
+        return assign_bins(k, nb)
+    if spec == "matched":
+        return matched_assignment(r, nb)
+    if isinstance(spec, Mapping):
+        table = spec
+    else:
+        path = Path(str(spec))
+        if not path.is_file():
+            raise DissectionConfigError(
+                f"assignment file {str(path)!r} does not exist; pass a JSON {{layer: [bins]}} or "
+                "safetensors file, 'matched', or None for the paper rule"
+            )
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            table = load_file(str(path))
+        else:
+            table = json.loads(path.read_text())
+    if layer not in table:
+        raise DissectionConfigError(f"the assignment lists no layer {layer!r}; add it or use assignment=None")
+    out = torch.as_tensor(table[layer], dtype=torch.long).flatten()
+    if out.shape != (k,) or bool(((out < 0) | (out >= nb)).any()):
+        raise BinCountError(f"assignment of {layer!r} must hold {k} bins in [0, {nb}); fix the file")
+    return out
+
+
+class _Tap:
+    """Duck-types :class:`ModelInfo` for ``collect_responses`` to see each batch's depth.
+
+    ``collect_responses`` calls ``info.forward(model, batch)`` and then the
+    capture adapters of the hooked layers, so recording the batch here lets the
+    adapters feed the permutation reservoirs during the same streaming pass.
+    """
+
+    def __init__(self, info: ModelInfo, binners: Mapping[str, Binner],
+                 reservoirs: Mapping[str, PixelReservoir], seed: int) -> None:
+        self.info, self.binners, self.reservoirs = info, binners, reservoirs
+        self.gen = torch.Generator().manual_seed(seed)
+        self.batch: Mapping[str, Any] = {}
+        self.keys: torch.Tensor | None = None
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
+        self.batch = batch
+        d = batch["depth"]
+        self.keys = torch.rand(d.shape[0], d.shape[-2], d.shape[-1], generator=self.gen,
+                               dtype=torch.float64).to(d.device)
+        return self.info.forward(model, batch)
+
+    def adapter(self, name: str, inner: Any = None) -> Any:
+        def adapt(output: Any) -> torch.Tensor:
+            if inner is not None:
+                out = inner(output)
+            else:
+                out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and self.keys is not None:
+                bins = self.binners[name](self.batch["depth"], self.batch.get("valid"))
+                self.reservoirs[name].update(out.detach(), bins, self.keys)
+            return out
+        return adapt
+
+
+class DissectionAnalyzer(Analyzer):
+    """Dissect hooked layers: responses, DS, target DS, dead units, p-values.
+
+    Parameters
+    ----------
+    binner
+        Registry name, config dict or :class:`~depthsel.Binner` (default ``"sid"``:
+        NYU preset, 64 bins).
+    preset
+        ``"default"`` or ``"reference"`` (see the module docstring).
+    permutations
+        Label shuffles of the permutation test (0 disables it).
+    permutation_samples
+        Size of the streamed pixel sample the test runs on.
+    assignment
+        ``None`` (paper rule, Eq. 6), ``"matched"`` (Hungarian matching of the
+        paper's bin slots to each unit's profile), a ``{layer: [bins]}`` dict,
+        or a path to such a JSON/safetensors file.
+    fit_bins_to_units
+        Use ``K`` bins for a layer with ``K < Nb`` units, as the paper does.
+    split
+        Label of ``ctx.dataset`` in the result.
+    splits
+        Optional ``{split: dataset config}``; dissects each instead of ``ctx.dataset``.
+    align_corners, max_batches, checkpoint
+        Passed to :func:`~depthsel.dissect.collect_responses` (the checkpoint
+        stem gets ``.{split}`` appended). After a resume, the permutation
+        sample covers only the batches processed in the resumed run.
+    """
+
+    name = "dissection"
+    description = "per-unit depth responses, DS, target DS, dead units and permutation p-values"
+
+    def __init__(self, *, binner: str | Mapping[str, Any] | Binner = "sid", preset: str = "default",
+                 permutations: int = 200, permutation_samples: int = 20000,
+                 assignment: str | Mapping[str, Any] | None = None, fit_bins_to_units: bool = False,
+                 split: str = "test", splits: Mapping[str, Mapping[str, Any]] | None = None,
+                 align_corners: bool = False, max_batches: int | None = None,
+                 checkpoint: str | None = None) -> None:
+        if preset not in PRESETS:
+            raise DissectionConfigError(f"preset must be one of {PRESETS}, got {preset!r}")
+        if int(permutations) < 0:
+            raise DissectionConfigError(
+                f"permutations must be >= 0 (0 disables the test), got {permutations}")
+        self.binner = make_binner(binner)
+        super().__init__(binner=self.binner.config(), preset=preset, permutations=int(permutations),
+                         permutation_samples=int(permutation_samples),
+                         assignment=assignment if not isinstance(assignment, Mapping) else "inline",
+                         fit_bins_to_units=bool(fit_bins_to_units), split=split,
+                         splits=dict(splits) if splits else None, align_corners=bool(align_corners),
+                         max_batches=max_batches, checkpoint=checkpoint)
+        self.preset, self.permutations = preset, int(permutations)
+        self.permutation_samples, self.assignment = int(permutation_samples), assignment
+        self.fit_bins_to_units, self.split, self.splits = bool(fit_bins_to_units), split, splits
+        self.align_corners, self.max_batches, self.checkpoint = align_corners, max_batches, checkpoint
+
+    # ------------------------------------------------------------------ run
+    def run(self, ctx: AnalysisContext) -> DissectionResult:
+        """Dissect ``ctx.dataset`` (or every configured split) and return one result."""
+        if self.splits:
+            datasets = {name: get_dataset(**dict(spec)) for name, spec in self.splits.items()}
+        else:
+            datasets = {self.split: ctx.dataset}
+        result: DissectionResult | None = None
+        for name, ds in datasets.items():
+            part = self.dissect(ctx, ds, name)
+            result = part if result is None else result.merge(part)
+        assert result is not None
+        return result
+
+    def _layer_units(self, ctx: AnalysisContext, dataset: Dataset[Any]) -> dict[str, int]:
+        # One-image probe: K per layer is needed before binning (fit_bins_to_units).
+        batch = ctx.to_device(collate([dataset[0]]))
+        was = ctx.model.training
+        ctx.model.eval()
+        try:
+            with torch.no_grad(), Capture(ctx.model, ctx.layers,
+                                          adapters=ctx.extras.get("adapters")) as cap:
+                ctx.info.forward(ctx.model, batch)
+                return {n: int(t.shape[1]) for n, t in cap.outputs.items()}
+        finally:
+            ctx.model.train(was)
+
+    def layer_binners(self, units: Mapping[str, int]) -> dict[str, Binner]:
+        """The binner of each layer (``K`` bins where ``fit_bins_to_units`` and ``K < Nb``)."""
+        out: dict[str, Binner] = {}
+        for name, k in units.items():
+            b = self.binner
+            if self.fit_bins_to_units and k < b.num_bins:
+                b = b.with_num_bins(k)
+            out[name] = b
+        return out
+
+    def dissect(self, ctx: AnalysisContext, dataset: Dataset[Any], split: str) -> DissectionResult:
+        """Dissect one dataset and label it ``split``."""
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise DissectionConfigError(f"split {split!r} is empty; give it at least one sample")
+        units = self._layer_units(ctx, dataset)
+        binners = self.layer_binners(units)
+        adapters = dict(ctx.extras.get("adapters") or {})
+        reservoirs: dict[str, PixelReservoir] = {}
+        info: Any = ctx.info
+        if self.permutations > 0:
+            reservoirs = {n: PixelReservoir(self.permutation_samples, align_corners=self.align_corners)
+                          for n in units}
+            tap = _Tap(ctx.info, binners, reservoirs, ctx.seed)
+            adapters = {n: tap.adapter(n, adapters.get(n)) for n in units}
+            info = tap
+        coll = collect_responses(
+            ctx.model, dataset, list(units), binners, info=info, batch_size=ctx.batch_size,
+            device=ctx.device, align_corners=self.align_corners, adapters=adapters or None,
+            # One checkpoint per split: each has its own dataset fingerprint.
+            checkpoint=f"{self.checkpoint}.{split}" if self.checkpoint else None,
+            num_workers=ctx.num_workers, progress=ctx.progress,
+            max_batches=self.max_batches,
+        )
+        res = DissectionResult(config=self.config(), meta={**provenance(coll.fingerprint),
+                                                           "dataset_fingerprints": {split: coll.fingerprint}})
+        res.data = {"preset": self.preset, "layers": list(units), "splits": {split: {}},
+                    "split_order": [split],
+                    "binners": {n: b.config() for n, b in binners.items()}}
+        for name, acc in coll.accumulators.items():
+            stats = self._layer_stats(name, acc, binners[name], reservoirs.get(name), ctx.seed)
+            tensors, summary = stats
+            res.tensors.update({f"{split}/{name}/{k}": v for k, v in tensors.items()})
+            summary.update(num_images=acc.num_images, num_pixels=float(acc.counts.sum()),
+                           resumed_from=coll.resumed_from)
+            res.data["splits"][split][name] = summary
+        return res
+
+    def _layer_stats(self, name: str, acc: ResponseAccumulator, binner: Binner, reservoir: PixelReservoir | None,
+                     seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        r_abs, r_signed = acc.responses("abs").cpu(), acc.responses("signed").cpu()
+        ref = self.preset == "reference"
+        absent = "zero" if ref else "exclude"
+        # Reference: |signed mean|; NaN marks unseen bins so `absent` can count them as zeros.
+        r_scored = r_signed.abs() if ref else r_abs
+        nb = binner.num_bins
+        assigned = _load_assignment(self.assignment, name, r_abs, nb)
+        dead = acc.dead_units().cpu()
+        ds = depth_selectivity(r_scored, absent=absent)
+        tds = depth_selectivity(r_scored, assigned, absent=absent)
+        masked = torch.where(torch.isnan(r_scored), torch.full_like(r_scored, -1.0), r_scored)
+        summ = summarize_layer(name, r_scored, assigned, absent=absent, dead=dead).to_dict()
+        tensors = {
+            "R_abs": r_abs, "R_signed": r_signed, "counts": acc.counts.cpu(),
+            # The reference code's R has zeros where a bin was never seen.
+            "R": torch.nan_to_num(r_scored, nan=0.0) if ref else r_scored,
+            "edges": binner.edges.to(torch.float64).cpu(), "ds": ds, "target_ds": tds,
+            "argmax_bin": masked.argmax(1), "assigned": assigned, "dead": dead,
+        }
+        summ.update(permutations=self.permutations, perm_sample_size=0)
+        if reservoir is not None and reservoir.acts is not None and len(reservoir):
+            sample_ds, pv = permutation_pvalues(
+                reservoir.acts, reservoir.bins, nb, permutations=self.permutations,
+                signed_then_abs=ref, absent=absent, seed=seed)
+            tensors.update(sample_ds=sample_ds, pvalue=pv)
+            ok = ~torch.isnan(pv)
+            summ.update(perm_sample_size=len(reservoir), pixels_offered=reservoir.pixels_seen,
+                        frac_significant=float((pv[ok] < 0.05).double().mean()) if bool(ok.any()) else None)
+        return tensors, summ
+
+
+def dissect_splits(
+    model: nn.Module,
+    info: ModelInfo,
+    datasets: Mapping[str, Dataset[Any]],
+    *,
+    layers: list[str] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    seed: int = 0,
+    progress: bool | None = None,
+    **config: Any,
+) -> DissectionResult:
+    """Dissect several datasets (e.g. ``{"train": ds1, "test": ds2}``) into one result.
+
+    Every split uses the same configuration (``config`` = :class:`DissectionAnalyzer`
+    keyword arguments) and per-layer binners.
+    """
+    if not datasets:
+        raise ResultFormatError("datasets is empty; pass e.g. {'train': train_ds, 'test': test_ds}")
+    analyzer = DissectionAnalyzer(**config)
+    result: DissectionResult | None = None
+    for split, ds in datasets.items():
+        ctx = AnalysisContext(model=model, dataset=ds, info=info, layers=list(layers or []),
+                              device=device, batch_size=batch_size, seed=seed, progress=progress)
+        part = analyzer.dissect(ctx, ds, split)
+        result = part if result is None else result.merge(part)
+    assert result is not None
+    return result
+
+
+def register_analyzers(register: Any) -> None:
+    """Register the ``dissection`` analyzer."""
+    register("dissection", DissectionAnalyzer, description=DissectionAnalyzer.description)

@@ -1,0 +1,163 @@
+"""Figures of a dissection: response curves (You Fig. 3), heatmaps, feature maps (Fig. 5).
+
+All functions use matplotlib's Agg backend (no display needed), write a PNG
+and return its path. The first two read only a :class:`DissectionResult`
+(so they work on a reloaded result); :func:`plot_feature_maps` runs the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from depthsel.binning import Binner
+from depthsel.capture import Capture
+from depthsel.data import collate
+from depthsel.errors import ShapeMismatchError
+from depthsel.selectivity import assign_bins
+from depthsel.zoo import ModelInfo
+
+from .dissection_result import DissectionResult
+
+__all__ = ["plot_response_curve", "plot_response_heatmap", "plot_feature_maps"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_path: str | Path, *,
+                        split: str | None = None, mode: str = "preset") -> Path:
+    """Response of one unit over depth bins (x: bin centres in metres).
+
+    The assigned bin is marked with a dashed line, the argmax bin with a dot.
+    """
+    plt = _pyplot()
+    r = result.responses(layer, split, mode)
+    if not 0 <= unit < r.shape[0]:
+        raise ShapeMismatchError(f"unit {unit} is out of range; {layer!r} has {r.shape[0]} units")
+    centres = result.binner(layer, split).centers().numpy()
+    y = r[unit].numpy()
+    ds = float(result.get(layer, "ds", split)[unit])
+    asg = int(result.get(layer, "assigned", split)[unit])
+    amax = int(result.get(layer, "argmax_bin", split)[unit])
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(centres, y, "-", color="tab:blue", lw=1.2)
+    ax.plot(centres[amax], y[amax], "o", color="tab:red", label=f"argmax bin {amax}")
+    ax.axvline(centres[asg], ls="--", color="tab:green", label=f"assigned bin {asg}")
+    ax.set_xlabel("depth (m, bin centre)")
+    ax.set_ylabel("average response R")
+    ax.set_title(f"{layer} unit {unit}  DS={ds:.3f}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, plt, out_path)
+
+
+def plot_response_heatmap(result: DissectionResult, layer: str, out_path: str | Path, *,
+                          split: str | None = None, mode: str = "preset") -> Path:
+    """Units x bins heatmap, rows sorted by assigned bin (then argmax), each row scaled to max 1.
+
+    A depth-selective layer trained with assigned bins shows a diagonal.
+    """
+    plt = _pyplot()
+    r = torch.nan_to_num(result.responses(layer, split, mode).abs(), nan=0.0)
+    asg = result.get(layer, "assigned", split)
+    amax = result.get(layer, "argmax_bin", split)
+    order = sorted(range(r.shape[0]), key=lambda k: (int(asg[k]), int(amax[k])))
+    rows = r[order]
+    rows = rows / rows.max(1, keepdim=True).values.clamp(min=1e-12)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    im = ax.imshow(rows.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_xlabel("depth bin")
+    ax.set_ylabel("unit (sorted by assigned bin)")
+    ax.set_title(f"{layer}: normalised responses")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, plt, out_path)
+
+
+@torch.no_grad()
+def plot_feature_maps(
+    model: nn.Module,
+    info: ModelInfo,
+    dataset: Dataset[Any],
+    layer: str,
+    units: Sequence[int],
+    binner: Binner,
+    out_path: str | Path,
+    *,
+    assigned: torch.Tensor | None = None,
+    indices: Sequence[int] = (0, 1, 2),
+    device: str | torch.device = "cpu",
+    align_corners: bool = False,
+) -> Path:
+    """Upsampled feature maps of ``units`` beside the mask of each unit's assigned bin (Fig. 5).
+
+    Rows are images; columns are the image, then for each unit its feature map
+    and the ground-truth mask of its assigned bin.
+
+    Parameters
+    ----------
+    assigned
+        ``int64 [K]`` bins; default :func:`~depthsel.assign_bins` with ``binner.num_bins``
+        (pass ``result.get(layer, "assigned")`` to match a dissection).
+    indices
+        Dataset indices of the images shown (those beyond the dataset are skipped).
+    """
+    plt = _pyplot()
+    idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
+    if not idx or not units:
+        raise ShapeMismatchError("plot_feature_maps needs at least one valid image index and one unit")
+    batch = collate([dataset[i] for i in idx])
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    was = model.training
+    model.eval()
+    try:
+        with Capture(model, [layer]) as cap:
+            info.forward(model, batch)
+            act = cap.outputs[layer]
+    finally:
+        model.train(was)
+    k = act.shape[1]
+    if any(not 0 <= u < k for u in units):
+        raise ShapeMismatchError(f"units must lie in [0, {k}) for layer {layer!r}")
+    asg = assign_bins(k, binner.num_bins) if assigned is None else assigned
+    size = batch["depth"].shape[-2:]
+    up = F.interpolate(act.float(), size=size, mode="bilinear", align_corners=align_corners).cpu()
+    bins = binner(batch["depth"], batch.get("valid")).cpu()
+    ncol = 1 + 2 * len(units)
+    fig, axes = plt.subplots(len(idx), ncol, figsize=(1.8 * ncol, 1.6 * len(idx)), squeeze=False)
+    for row in range(len(idx)):
+        axes[row, 0].imshow(batch["image"][row].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+        for j, u in enumerate(units):
+            axes[row, 1 + 2 * j].imshow(up[row, u].numpy(), cmap="magma")
+            axes[row, 2 + 2 * j].imshow((bins[row] == int(asg[u])).numpy(), cmap="gray", vmin=0, vmax=1)
+            if row == 0:
+                axes[row, 1 + 2 * j].set_title(f"unit {u}", fontsize=7)
+                axes[row, 2 + 2 * j].set_title(f"bin {int(asg[u])} mask", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, plt, out_path)
+
+
+def _save(fig: Any, plt: Any, out_path: str | Path) -> Path:
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,185 @@
+"""The saved result of a dissection: per split and layer, responses and selectivity.
+
+Tensors are stored under ``"{split}/{layer}/{name}"``:
+
+``R_abs``, ``R_signed``
+    ``float64 [K, Nb]`` mean of ``|A|`` and of ``A`` per bin (NaN: bin never seen).
+``R``
+    The response the preset scores: ``R_abs`` (default) or ``|R_signed|`` with
+    never-seen bins as 0 (reference).
+``counts``
+    ``float64 [Nb]`` valid pixels per bin.
+``edges``
+    ``float64 [Nb + 1]`` bin edges of this layer's binner.
+``ds``, ``target_ds``
+    ``float64 [K]`` DS with the argmax bin and with the assigned bin.
+``argmax_bin``, ``assigned``
+    ``int64 [K]``.
+``dead``
+    ``bool [K]``.
+``sample_ds``, ``pvalue``
+    ``float64 [K]`` permutation test (only when ``permutations > 0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from depthsel.binning import EdgesBinner
+from depthsel.errors import ResultFormatError, suggest
+from depthsel.results import Result
+from depthsel.selectivity import LayerSummary
+
+__all__ = ["DissectionResult"]
+
+
+class DissectionResult(Result):
+    """Responses, selectivity and permutation p-values per split and layer.
+
+    ``data["splits"][split][layer]`` holds the :class:`~depthsel.LayerSummary`
+    fields plus ``num_images``, ``num_pixels``, ``perm_sample_size`` and
+    ``permutations``; ``data["preset"]`` the preset. Load with
+    :func:`depthsel.results.load_result` or :meth:`DissectionResult.load`.
+    """
+
+    kind: ClassVar[str] = "dissection"
+
+    # ------------------------------------------------------------- access
+    @property
+    def splits(self) -> list[str]:
+        """Split names, in the order they were added."""
+        # JSON is saved with sorted keys, so the order is kept in its own list.
+        order = list(self.data.get("split_order", []))
+        return order + [s for s in self.data.get("splits", {}) if s not in order]
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer names (the same in every split)."""
+        return list(self.data.get("layers", []))
+
+    @property
+    def preset(self) -> str:
+        """``"default"`` or ``"reference"``."""
+        return str(self.data.get("preset", "default"))
+
+    def default_split(self) -> str:
+        """``"train"`` when present (what correction and ablation want), else the first split."""
+        if not self.splits:
+            raise ResultFormatError("this dissection result holds no split")
+        return "train" if "train" in self.splits else self.splits[0]
+
+    def _check(self, split: str | None, layer: str) -> str:
+        split = split or self.default_split()
+        if split not in self.splits:
+            raise ResultFormatError(f"no split {split!r} in this dissection; {suggest(split, self.splits)}")
+        if layer not in self.layers:
+            raise ResultFormatError(f"no layer {layer!r} in this dissection; {suggest(layer, self.layers)}")
+        return split
+
+    def get(self, layer: str, name: str, split: str | None = None) -> torch.Tensor:
+        """Tensor ``name`` (see the module docstring) of ``layer`` in ``split``."""
+        split = self._check(split, layer)
+        key = f"{split}/{layer}/{name}"
+        if key not in self.tensors:
+            raise ResultFormatError(
+                f"the dissection has no {name!r} for {layer!r}/{split!r}"
+                + ("; rerun with permutations > 0" if name in ("pvalue", "sample_ds") else "")
+            )
+        return self.tensors[key]
+
+    def responses(self, layer: str, split: str | None = None, mode: str = "preset") -> torch.Tensor:
+        """``[K, Nb]`` responses: ``"preset"`` (what DS scored), ``"abs"`` or ``"signed"``."""
+        name = {"preset": "R", "abs": "R_abs", "signed": "R_signed"}.get(mode)
+        if name is None:
+            raise ResultFormatError(f"mode must be 'preset', 'abs' or 'signed', got {mode!r}")
+        return self.get(layer, name, split)
+
+    def binner(self, layer: str, split: str | None = None) -> EdgesBinner:
+        """The layer's binner, rebuilt from its saved edges."""
+        name = self.data.get("binners", {}).get(layer, {}).get("name", "edges")
+        return EdgesBinner(self.get(layer, "edges", split), name=str(name))
+
+    def summary_for(self, layer: str, split: str | None = None) -> LayerSummary:
+        """The :class:`~depthsel.LayerSummary` of ``layer`` in ``split``."""
+        split = self._check(split, layer)
+        info = self.data["splits"][split][layer]
+        fields = LayerSummary.__dataclass_fields__
+        return LayerSummary(**{k: v for k, v in info.items() if k in fields})
+
+    # -------------------------------------------------------- combination
+    def merge(self, other: "DissectionResult") -> "DissectionResult":
+        """Add ``other``'s splits (same layers, preset and edges); returns ``self``."""
+        if set(other.layers) != set(self.layers) or other.preset != self.preset:
+            raise ResultFormatError(
+                "cannot merge dissections with different layers or presets; dissect every split "
+                "with the same configuration (see dissect_splits)"
+            )
+        clash = set(self.splits) & set(other.splits)
+        if clash:
+            raise ResultFormatError(
+                f"both results hold split(s) {sorted(clash)}; give each split a unique name")
+        for layer in self.layers:
+            mine, theirs = self.get(layer, "edges"), other.get(layer, "edges")
+            if mine.shape != theirs.shape or not torch.equal(mine, theirs):
+                raise ResultFormatError(f"layer {layer!r} was binned differently in the two results")
+        self.tensors.update(other.tensors)
+        self.data["splits"].update(other.data["splits"])
+        self.data["split_order"] = self.splits + [s for s in other.splits if s not in self.splits]
+        self.meta.setdefault("dataset_fingerprints", {}).update(other.meta.get("dataset_fingerprints", {}))
+        return self
+
+    # ------------------------------------------------------------- output
+    def rows(self) -> list[dict[str, Any]]:
+        """One CSV row per split, layer and unit."""
+        out: list[dict[str, Any]] = []
+        for split in self.splits:
+            for layer in self.layers:
+                ds, tds = self.get(layer, "ds", split), self.get(layer, "target_ds", split)
+                amax, asg = self.get(layer, "argmax_bin", split), self.get(layer, "assigned", split)
+                dead = self.get(layer, "dead", split)
+                pkey = f"{split}/{layer}/pvalue"
+                pv = self.tensors.get(pkey)
+                for k in range(ds.numel()):
+                    out.append({
+                        "split": split, "layer": layer, "unit": k,
+                        "assigned_bin": int(asg[k]), "argmax_bin": int(amax[k]),
+                        "ds": float(ds[k]), "target_ds": float(tds[k]),
+                        "peak_on_target": bool(amax[k] == asg[k]) and not bool(dead[k]),
+                        "dead": bool(dead[k]),
+                        "pvalue": float(pv[k]) if pv is not None else "",
+                    })
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Preset and, per split and layer, mean DS, target DS, peak-on-target and dead units."""
+        keys = ("mean_ds", "mean_target_ds", "peak_on_target", "dead_units", "frac_significant")
+        return {
+            "kind": self.kind, "preset": self.preset,
+            "splits": {s: {layer: {k: v.get(k) for k in keys} for layer, v in d.items()}
+                       for s, d in self.data.get("splits", {}).items()},
+        }
+
+    def plot(self, out_dir: str | Path, *, split: str | None = None,
+             units: list[int] | None = None) -> list[Path]:
+        """Write a heatmap per layer and response curves of ``units`` (default: 4 spread units).
+
+        Needs only the stored tensors, so it works on a reloaded result.
+        """
+        from .dissection_plots import plot_response_curve, plot_response_heatmap
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        split = split or self.default_split()
+        paths: list[Path] = []
+        for layer in self.layers:
+            safe = layer.replace("/", "_")
+            paths.append(plot_response_heatmap(self, layer, out / f"{split}_{safe}_heatmap.png", split=split))
+            k = int(self.get(layer, "ds", split).numel())
+            chosen = units if units is not None else sorted({0, k // 3, (2 * k) // 3, k - 1})
+            for u in chosen:
+                paths.append(plot_response_curve(self, layer, u, out / f"{split}_{safe}_unit{u}.png",
+                                                 split=split))
+        return paths

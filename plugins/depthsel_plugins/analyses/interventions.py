@@ -1,0 +1,143 @@
+"""Shared machinery of the intervention analyses (correction, ablation).
+
+* :func:`output_hooks` installs forward hooks that *replace* a layer's output
+  (PyTorch feeds a hook's return value to the rest of the network) and always
+  removes them.
+* :func:`evaluate` streams a dataset through the model and returns accuracy
+  metrics (:class:`depthsel.metrics.DepthMetrics`), optionally calling
+  ``on_batch(batch)`` first so hooks can see the batch's ground truth.
+* :func:`load_or_dissect` reads a stored dissection or computes one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from depthsel.analysis import AnalysisContext
+from depthsel.data import collate
+from depthsel.errors import ShapeMismatchError
+from depthsel.layers import LayerSelector
+from depthsel.metrics import DepthMetrics
+from depthsel.progress import track
+from depthsel.results import load_result
+from depthsel.zoo import ModelInfo
+
+from .dissection import DissectionAnalyzer
+from .dissection_result import DissectionResult
+
+__all__ = ["OracleWarning", "output_hooks", "evaluate", "load_or_dissect", "prediction"]
+
+TensorFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class OracleWarning(UserWarning):
+    """An analysis used statistics of the very data it evaluates on."""
+
+
+def prediction(output: Any) -> torch.Tensor:
+    """The depth map of a model output: a tensor, the first of a tuple, or ``["depth"]``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "depth" in output:
+        return output["depth"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ShapeMismatchError(
+        f"cannot find the depth map in a model output of type {type(output).__name__}; "
+        "return a tensor, a tuple starting with it, or a dict with 'depth'"
+    )
+
+
+def _replace(output: Any, fn: TensorFn) -> Any:
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (fn(output[0]), *output[1:])
+    if isinstance(output, list) and output and isinstance(output[0], torch.Tensor):
+        return [fn(output[0]), *output[1:]]
+    raise ShapeMismatchError(
+        f"cannot intervene on a layer output of type {type(output).__name__}; hook a layer that "
+        "returns a [B, K, h, w] tensor"
+    )
+
+
+@contextmanager
+def output_hooks(model: nn.Module, fns: Mapping[str, TensorFn]) -> Iterator[None]:
+    """Replace the output of each named layer by ``fn(output)`` inside the block."""
+    modules = LayerSelector(list(fns)).resolve(model) if fns else {}
+    handles = []
+    try:
+        for name, module in modules.items():
+            fn = fns[name]
+            handles.append(module.register_forward_hook(lambda _m, _i, out, fn=fn: _replace(out, fn)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    info: ModelInfo,
+    dataset: Dataset[Any],
+    *,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    protocol: str = "default",
+    fns: Mapping[str, TensorFn] | None = None,
+    on_batch: Callable[[Mapping[str, Any]], None] | None = None,
+    progress: bool | None = None,
+    description: str = "evaluating",
+    max_batches: int | None = None,
+) -> dict[str, Any]:
+    """Accuracy of ``model`` on ``dataset`` with optional output-replacing hooks.
+
+    Returns :meth:`DepthMetrics.compute` (``delta1``, ``rmse``, ``abs_rel``, ...).
+    """
+    metrics = DepthMetrics(protocol)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    was = model.training
+    model.eval()
+    try:
+        with output_hooks(model, fns or {}):
+            for i, batch in enumerate(track(loader, description, enabled=progress)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                if on_batch is not None:
+                    on_batch(batch)
+                pred = prediction(info.forward(model, batch))
+                metrics.update(pred, batch["depth"], batch.get("valid"))
+    finally:
+        model.train(was)
+    return metrics.compute()
+
+
+def load_or_dissect(ctx: AnalysisContext, path: str | Path | DissectionResult | None,
+                    **dissect_config: Any) -> tuple[DissectionResult, str]:
+    """A stored dissection (path or object), or a fresh one of ``ctx.dataset``.
+
+    Returns the result and a sentence saying where it came from. A fresh
+    dissection warns (:class:`OracleWarning`): its statistics come from the
+    very data the analysis then evaluates on.
+    """
+    if isinstance(path, DissectionResult):
+        return path, "dissection passed in by the caller"
+    if path is not None:
+        res = load_result(path, expected=DissectionResult)
+        assert isinstance(res, DissectionResult)
+        return res, f"stored dissection {str(path)!r}"
+    msg = ("no dissection given: dissected the evaluation data itself first, so the responses "
+           "come from the same images that are evaluated (not a held-out train split)")
+    warnings.warn(msg, OracleWarning, stacklevel=3)
+    cfg = {"permutations": 0, "split": "train", **dissect_config}
+    return DissectionAnalyzer(**cfg).run(ctx), msg
