@@ -68,8 +68,10 @@ def _lister(kind: str, columns: list[str]) -> Any:
 def plugins(fmt: FormatOption = OutputFormat.table) -> None:
     """List installed plugins with their version, hooks, source and status."""
     rows = plugin_rows()
-    emit(fmt, rows, ["name", "version", "hooks", "source", "status", "error"],
-         title="depthsel plugins", empty="no plugins found")
+    # The table drops the "register_" prefix every hook shares, to leave room for errors.
+    table = [{**r, "hooks": [h.removeprefix("register_") for h in r["hooks"]]} for r in rows]
+    emit(fmt, table, ["name", "version", "hooks", "source", "status", "error"],
+         title="depthsel plugins", empty="no plugins found", json_data=rows)
     if fmt is OutputFormat.table and any(r["status"] == "failed" for r in rows):
         from .output import warn
 
