@@ -10,6 +10,7 @@ from .registry import PluginEntry, get_plugin_manager
 from .zoo import ModelInfo
 
 __all__ = [
+    "binner_from_config",
     "get_binner",
     "get_objective",
     "get_model",
@@ -23,6 +24,47 @@ __all__ = [
 def get_binner(name: str, /, **config: Any) -> Any:
     """Build a registered :class:`~depthsel.Binner`, e.g. ``get_binner("sid", num_bins=64)``."""
     return get_plugin_manager().create("binners", name, **config)
+
+
+def binner_from_config(config: Any) -> Any:
+    """Rebuild a binner from a name, an instance, or a config dict (``Binner.config()``).
+
+    A dict with options besides ``name``/``edges`` is rebuilt through the
+    registry, passing ``edges`` along when the factory accepts it (fitted
+    binners such as ``quantile``); a dict with only edges becomes an
+    :class:`~depthsel.EdgesBinner`.
+    """
+    import inspect
+    from collections.abc import Mapping
+
+    from .binning import Binner, EdgesBinner
+    from .errors import BinCountError
+
+    if isinstance(config, Binner):
+        return config
+    if isinstance(config, str):
+        return get_binner(config)
+    if not isinstance(config, Mapping) or ("name" not in config and "edges" not in config):
+        raise BinCountError(
+            f"a binner must be a name such as 'sid', a Binner, or a dict like "
+            f"{{'name': 'sid', 'num_bins': 64}}; got {config!r}"
+        )
+    d = dict(config)
+    name, edges = str(d.pop("name", "edges")), d.pop("edges", None)
+    registry = get_plugin_manager().entries("binners")
+    if name not in registry:
+        if edges is None:
+            return get_binner(name)  # raises UnknownPluginError with suggestions
+        return EdgesBinner(edges, name=name)
+    try:
+        params = inspect.signature(registry[name].factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if edges is not None and "edges" in params:
+        return get_binner(name, edges=edges, **{k: v for k, v in d.items() if k in params and k != "num_bins"})
+    if not d and edges is not None:
+        return EdgesBinner(edges, name=name)
+    return get_binner(name, **d)
 
 
 def get_objective(name: str, /, **config: Any) -> Any:

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from .errors import DatasetError
 
-__all__ = ["DepthSample", "validate_sample", "dataset_fingerprint", "collate"]
+__all__ = ["DepthSample", "validate_sample", "dataset_fingerprint", "collate", "CachedDataset"]
 
 
 class DepthSample(TypedDict, total=False):
@@ -93,3 +93,35 @@ def dataset_fingerprint(dataset: Dataset[Any], config: Mapping[str, Any] | None 
     if config:
         h.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+class CachedDataset(Dataset[Any]):
+    """Keeps every item of a deterministic dataset in memory after its first read.
+
+    For small datasets whose items are expensive to produce (the ray-cast
+    ``synthetic`` set, decoded and resized PNGs) and are read every epoch.
+    Only use it when items do not change between epochs (no random
+    augmentation), since the first version of each item is kept.
+    """
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+        self._items: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        if index not in self._items:
+            self._items[index] = self.dataset[index]
+        return self._items[index]
+
+    def fingerprint(self) -> str:
+        """The wrapped dataset's fingerprint."""
+        return dataset_fingerprint(self.dataset)
+
+    def names(self) -> list[str]:
+        """The wrapped dataset's sample names, when it has them."""
+        names = getattr(self.dataset, "names", None)
+        return list(names()) if callable(names) else [str(i) for i in range(len(self))]
+

@@ -26,7 +26,7 @@ from torch import nn
 from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums
 from .binning import Binner
 from .capture import Adapter, Capture
-from .errors import BinCountError, CaptureError, ShapeMismatchError
+from .errors import BinCountError, CaptureError, ConfigError, InvalidDepthError, ShapeMismatchError
 from .layers import LayerSelector, LayerSpec
 from .objectives import BatchStats, SelectivityObjective
 from .selectivity import assign_bins
@@ -49,16 +49,9 @@ def _resolve_objective(objective: str | SelectivityObjective, absent: str) -> Se
 
 
 def _resolve_binner(binner: Binner | str | Mapping[str, Any]) -> Binner:
-    if isinstance(binner, Binner):
-        return binner
-    from .api import get_binner
+    from .api import binner_from_config
 
-    if isinstance(binner, str):
-        return get_binner(binner)
-    if isinstance(binner, Mapping) and "name" in binner:
-        cfg = dict(binner)
-        return get_binner(cfg.pop("name"), **cfg)
-    raise BinCountError(f"binner must be a Binner, a registry name or a config dict, got {binner!r}")
+    return binner_from_config(binner)
 
 
 class SelectivityRegularizer:
@@ -119,18 +112,18 @@ class SelectivityRegularizer:
         adapters: Mapping[str, Adapter] | None = None,
     ) -> None:
         if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+            raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         opts = dict(PRESETS[preset])
         if absent is not None:
             opts["absent"] = absent
         if layer_reduction is not None:
             opts["layer_reduction"] = layer_reduction
         if opts["layer_reduction"] not in ("mean", "sum"):
-            raise ValueError("layer_reduction must be 'mean' or 'sum'")
+            raise ConfigError("layer_reduction must be 'mean' or 'sum'")
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if stats_dtype not in (torch.float32, torch.float64):
-            raise ValueError("stats_dtype must be torch.float32 or torch.float64")
+            raise ConfigError("stats_dtype must be torch.float32 or torch.float64")
         self.model = model
         self.modules = LayerSelector(layers).resolve(model)
         self.layers = list(self.modules)
@@ -157,7 +150,7 @@ class SelectivityRegularizer:
             for name, value in assignment.items():
                 self.set_assignment(name, value)
         elif assignment not in (None, "paper"):
-            raise ValueError("assignment must be None, 'paper', or {layer: tensor}")
+            raise ConfigError("assignment must be None, 'paper', or {layer: tensor}")
         self._capture: Capture | None = None
         self._last: dict[str, dict[str, float]] = {}
         self.skipped_batches = 0
@@ -236,6 +229,12 @@ class SelectivityRegularizer:
                 "no activations were captured: call reg.loss(depth) after model(x), inside "
                 "`with reg.attach():`"
             )
+        if not isinstance(depth, torch.Tensor) or depth.ndim not in (3, 4):
+            raise InvalidDepthError(
+                f"depth must be a [B, H, W] or [B, 1, H, W] tensor, got "
+                f"{tuple(depth.shape) if isinstance(depth, torch.Tensor) else type(depth).__name__}; "
+                "add a batch dimension with depth.unsqueeze(0)"
+            )
         outputs = self._capture.outputs
         self._capture.clear()
         missing = [n for n in self.layers if n not in outputs]
@@ -287,7 +286,9 @@ class SelectivityRegularizer:
                 scores.append(out.score)
                 stats_log[name] = out.stats()
         if not scores:
-            total = torch.zeros((), device=first.device, dtype=self.stats_dtype)
+            # No valid pixel anywhere: a zero that stays in the autograd graph, so that
+            # reg.loss(depth).backward() works on its own (and DDP sees every rank's graph).
+            total = torch.nan_to_num(first.reshape(-1)[:1].to(self.stats_dtype)).sum() * 0
         else:
             stacked = torch.stack(scores)
             total = stacked.sum() if self.layer_reduction == "sum" else stacked.mean()

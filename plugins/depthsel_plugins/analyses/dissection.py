@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from depthsel import get_binner, get_dataset
+from depthsel.api import binner_from_config
 from depthsel.accumulator import ResponseAccumulator
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.binning import Binner, EdgesBinner
@@ -58,28 +59,11 @@ class DissectionConfigError(DepthselError):
 
 
 def make_binner(spec: str | Mapping[str, Any] | Binner) -> Binner:
-    """Build a binner from a registry name, a config dict (``Binner.config()``) or an instance.
-
-    A dict with parameters besides ``name``/``edges`` is rebuilt through the
-    registry (so it can change its bin count); one with only ``edges`` becomes
-    an :class:`~depthsel.EdgesBinner`.
-    """
-    if isinstance(spec, Binner):
-        return spec
-    if isinstance(spec, str):
-        return cast(Binner, get_binner(spec))
-    if not isinstance(spec, Mapping) or "name" not in spec and "edges" not in spec:
-        raise DissectionConfigError(
-            "binner must be a name such as 'sid' or a dict like "
-            f"{{'name': 'sid', 'num_bins': 64}}, got {spec!r}"
-        )
-    d = dict(spec)
-    name, edges = d.pop("name", "edges"), d.pop("edges", None)
-    if d:
-        return cast(Binner, get_binner(str(name), **d))
-    if edges is not None:
-        return EdgesBinner(edges, name=str(name))
-    return cast(Binner, get_binner(str(name)))
+    """Build a binner from a registry name, a config dict (``Binner.config()``) or an instance."""
+    try:
+        return cast(Binner, binner_from_config(spec))
+    except BinCountError as exc:
+        raise DissectionConfigError(str(exc)) from exc
 
 
 def _load_assignment(spec: Any, layer: str, r: torch.Tensor, nb: int) -> torch.Tensor:

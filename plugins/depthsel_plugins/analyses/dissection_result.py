@@ -183,3 +183,29 @@ class DissectionResult(Result):
                 paths.append(plot_response_curve(self, layer, u, out / f"{split}_{safe}_unit{u}.png",
                                                  split=split))
         return paths
+
+    def plot_feature_maps(self, model: Any, info: Any, dataset: Any, out_dir: str | Path, *,
+                          split: str | None = None, units: list[int] | None = None,
+                          indices: tuple[int, ...] = (0, 1, 2), device: str = "cpu") -> list[Path]:
+        """Fig. 5 of You et al.: feature maps of ``units`` beside the masks of their assigned bins.
+
+        Needs the model and data, so it is separate from :meth:`plot`.
+        """
+        from .dissection_plots import plot_feature_maps
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        split = split or self.default_split()
+        paths: list[Path] = []
+        for layer in self.layers:
+            k = int(self.get(layer, "ds", split).numel())
+            chosen = units if units is not None else sorted({0, k // 3, (2 * k) // 3, k - 1})
+            safe = layer.replace("/", "_")
+            paths.append(plot_feature_maps(
+                model, info, dataset, layer, chosen, self.binner(layer, split),
+                out / f"{split}_{safe}_feature_maps.png", assigned=self.get(layer, "assigned", split),
+                indices=tuple(i for i in indices if i < len(dataset)), device=device,
+                align_corners=bool(self.config.get("align_corners", False)),
+            ))
+        return paths
+

@@ -1,0 +1,97 @@
+"""Trainer: deterministic on CPU, resumes to exactly the uninterrupted result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from depthsel import ModelInfo
+from depthsel.testing import ToyDepthNet, toy_batch
+from depthsel.training import SelectivityConfig, TrainConfig, Trainer
+
+INFO = ModelInfo(input_size=(32, 32), normalization="unit", suggested_layers=("dec3",))
+
+
+class ToySet(Dataset):
+    def __init__(self, n: int = 24) -> None:
+        x, d = toy_batch(n, (32, 32), seed=7)
+        self.items = [{"image": x[i], "depth": d[i], "valid": d[i] > 0, "name": str(i)} for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def config(tmp: Path, name: str, **kw) -> TrainConfig:
+    sel = SelectivityConfig(layers=["dec3"], binner={"name": "uniform", "num_bins": 4, "min_depth": 0.5,
+                                                      "max_depth": 10.0}, weight=0.5)
+    base = dict(name=name, out_dir=str(tmp), epochs=3, batch_size=4, lr=3e-3, checkpoint_every=4,
+                selectivity=sel, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()])
+
+
+def test_deterministic_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m1 = ToyDepthNet(width=4)
+    h1 = Trainer(m1, INFO, ToySet(), config(tmp_path, "full"), eval_set=ToySet(8)).fit(resume=False)
+    torch.manual_seed(0)
+    m2 = ToyDepthNet(width=4)
+    Trainer(m2, INFO, ToySet(), config(tmp_path, "again"), eval_set=ToySet(8)).fit(resume=False)
+    assert torch.equal(weights(m1), weights(m2))
+
+    # Interrupted run: dies at step 10 (last checkpoint at step 8), then resumes in a fresh process state.
+    torch.manual_seed(0)
+    m3 = ToyDepthNet(width=4)
+    t3 = Trainer(m3, INFO, ToySet(), config(tmp_path, "killed"), eval_set=ToySet(8))
+    original = t3._train_step
+
+    def dying(*args, **kwargs):
+        if t3.step == 10:
+            raise Killed("simulated crash")
+        return original(*args, **kwargs)
+
+    t3._train_step = dying  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        t3.fit(resume=False)
+    assert (tmp_path / "killed" / "checkpoint.json").is_file()
+    torch.manual_seed(123)  # a different RNG state, which the checkpoint must override
+    m4 = ToyDepthNet(width=4)
+    h4 = Trainer(m4, INFO, ToySet(), config(tmp_path, "killed"), eval_set=ToySet(8)).fit(resume=True)
+    assert torch.equal(weights(m4), weights(m1))
+    assert h4["epochs"][-1]["eval"] == h1["epochs"][-1]["eval"]
+    assert [s["loss"] for s in h4["steps"]] == [s["loss"] for s in h1["steps"]]
+    assert (tmp_path / "killed" / "model.safetensors").is_file()
+
+
+def test_selectivity_term_is_logged_and_baseline_has_none(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    h = Trainer(ToyDepthNet(width=4), INFO, ToySet(), config(tmp_path, "sel", epochs=1)).fit(resume=False)
+    assert all("ds" in s for s in h["steps"])
+    h0 = Trainer(ToyDepthNet(width=4), INFO, ToySet(), config(tmp_path, "base", epochs=1, selectivity=None)).fit()
+    assert all("ds" not in s for s in h0["steps"])
+
+
+def test_config_round_trip_and_errors(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "x")
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    from depthsel.errors import DepthselError, ResultFormatError
+
+    with pytest.raises(ResultFormatError):
+        TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(DepthselError, match="loss"):
+        Trainer(ToyDepthNet(width=4), INFO, ToySet(), config(tmp_path, "y", loss="l3"))
