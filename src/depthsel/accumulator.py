@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs
-from .errors import ResultFormatError, ShapeMismatchError
+from .errors import ActivationShapeError, ConfigError, ResultFormatError, ShapeMismatchError
 
 __all__ = ["ResponseAccumulator"]
 
@@ -54,7 +54,7 @@ class ResponseAccumulator:
         compute_dtype: torch.dtype = torch.float64,
     ) -> None:
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if num_bins < 1:
             raise ShapeMismatchError("num_bins must be >= 1")
         self.num_bins = int(num_bins)
@@ -99,6 +99,14 @@ class ResponseAccumulator:
         weights
             Optional precomputed :func:`~depthsel.alignment.bin_weight_maps`.
         """
+        if not isinstance(activations, torch.Tensor):
+            raise ActivationShapeError(
+                f"activations must be a torch.Tensor [B, K, h, w], got {type(activations).__name__}"
+            )
+        if not isinstance(bins, torch.Tensor):
+            raise ShapeMismatchError(
+                f"bins must be an int64 torch.Tensor [B, H, W] from a Binner, got {type(bins).__name__}"
+            )
         act = activations.detach()
         if bins.ndim == 4 and bins.shape[1] == 1:
             bins = bins[:, 0]
@@ -173,7 +181,7 @@ class ResponseAccumulator:
             reference ``dissect.py`` takes ``|.|`` of this afterwards).
         """
         if mode not in ("abs", "signed"):
-            raise ValueError(f"mode must be 'abs' or 'signed', got {mode!r}")
+            raise ConfigError(f"mode must be 'abs' or 'signed', got {mode!r}")
         total = self.abs_sums if mode == "abs" else self.sums
         counts = self._counts.to(total.device)
         r = total / counts.clamp(min=1.0)

@@ -7,8 +7,8 @@ Bilinear interpolation is linear and separable, ``up(A) = Uh A Uw^T``, so
     sum_p up(A)_p [bin_p = d]  =  sum_q A_q (Uh^T M_d Uw)_q
 
 where ``M_d`` is the one-hot mask of bin ``d``. ``W = Uh^T M Uw`` (one
-``[h, w]`` weight map per bin and image) is built with four scatter-adds over
-the depth pixels, and the per-bin sums become one batched matrix product
+``[h, w]`` weight map per bin and image) is built with one float64 scatter-add
+of the four bilinear taps of every depth pixel, and the per-bin sums become one batched matrix product
 ``A [B,K,hw] @ W^T [B,hw,Nb]``. The ``[B, K, H, W]`` upsampled tensor is never
 materialised, and nothing of activation size is kept for backward beyond the
 activation itself (autograd already holds it).
@@ -24,7 +24,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .errors import ActivationShapeError, ShapeMismatchError
+from .errors import ActivationShapeError, ConfigError, ShapeMismatchError
 
 __all__ = ["check_inputs", "interp_weights", "bin_weight_maps", "binned_sums", "bin_counts", "METHODS"]
 
@@ -65,14 +65,31 @@ def interp_weights(out_size: int, in_size: int, align_corners: bool = False) -> 
 def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Valid-pixel count per image and bin: ``int64 [B, Nb]`` from ``bins [B, H, W]``."""
     b = bins.shape[0]
-    flat = bins.reshape(b, -1)
-    valid = flat >= 0
-    idx = torch.where(valid, flat, torch.zeros_like(flat)) + (
-        torch.arange(b, device=bins.device).unsqueeze(1) * num_bins
-    )
-    counts = torch.zeros(b * num_bins, dtype=torch.int64, device=bins.device)
-    counts.index_add_(0, idx[valid], torch.ones_like(idx[valid]))
-    return counts.view(b, num_bins)
+    flat = bins.reshape(b, -1).long()
+    size = b * num_bins
+    # One integer histogram over (image, bin); invalid pixels go to a last, dropped slot.
+    idx = torch.where(flat >= 0, flat + torch.arange(b, device=bins.device).unsqueeze(1) * num_bins,
+                      torch.full_like(flat, size))
+    return torch.bincount(idx.reshape(-1), minlength=size + 1)[:size].view(b, num_bins)
+
+
+@lru_cache(maxsize=16)
+def _tap_tables(
+    height: int, width: int, h: int, w: int, align_corners: bool, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per depth pixel, the flat feature index and weight of each of the 4 bilinear taps.
+
+    ``idx int64 [4, H*W]`` and ``wt float64 [4, H*W]``; they depend only on the
+    sizes, so they are built once and shared by every batch and bin.
+    """
+    y0, y1, wy0, wy1 = _interp_taps(height, h, align_corners)
+    x0, x1, wx0, wx1 = _interp_taps(width, w, align_corners)
+    idx, wt = [], []
+    for ys, wys in ((y0, wy0), (y1, wy1)):
+        for xs, wxs in ((x0, wx0), (x1, wx1)):
+            idx.append((ys[:, None] * w + xs[None, :]).reshape(-1))
+            wt.append((wys[:, None] * wxs[None, :]).reshape(-1))
+    return torch.stack(idx).to(device), torch.stack(wt).to(device)
 
 
 def bin_weight_maps(
@@ -87,20 +104,39 @@ def bin_weight_maps(
     """
     bsz, height, width = bins.shape
     h, w = feat_size
+    if min(height, width, h, w) < 1:
+        raise ShapeMismatchError(
+            f"cannot align a {h}x{w} feature map with a {height}x{width} depth map: both need at "
+            "least one pixel"
+        )
+    hw = h * w
     dev = bins.device
-    y0, y1, wy0, wy1 = (t.to(dev) for t in _interp_taps(height, h, align_corners))
-    x0, x1, wx0, wx1 = (t.to(dev) for t in _interp_taps(width, w, align_corners))
-    valid = bins >= 0
-    b_idx, py, px = valid.nonzero(as_tuple=True)
-    d = bins[b_idx, py, px]
-    base = (b_idx * num_bins + d) * (h * w)
-    out = torch.zeros(bsz * num_bins * h * w, dtype=torch.float64, device=dev)
-    # Four taps of the bilinear kernel; accumulate in float64 so that the
-    # weights of the many pixels that share a feature location add exactly.
-    for ys, wys in ((y0, wy0), (y1, wy1)):
-        for xs, wxs in ((x0, wx0), (x1, wx1)):
-            out.index_add_(0, base + ys[py] * w + xs[px], wys[py] * wxs[px])
-    return out.view(bsz, num_bins, h, w).to(dtype)
+    tidx, twt = _tap_tables(height, width, h, w, bool(align_corners), str(dev))
+    flat = bins.reshape(bsz, height * width)
+    valid = flat >= 0
+    size = bsz * num_bins * hw
+    if 2 * int(valid.sum()) >= flat.numel():
+        # Mostly valid (dense ground truth): send invalid pixels to a scratch
+        # block past the end instead of compacting the valid ones.
+        slot = (torch.arange(bsz, device=dev).unsqueeze(1) * num_bins + flat) * hw
+        slot = torch.where(valid, slot, torch.full_like(slot, size))
+        idx = (slot.unsqueeze(1) + tidx.unsqueeze(0)).reshape(-1)
+        vals = twt.unsqueeze(0).expand(bsz, -1, -1).reshape(-1)
+        total = size + hw
+    else:
+        b_idx, p = valid.nonzero(as_tuple=True)
+        slot = (b_idx * num_bins + flat[b_idx, p]) * hw
+        idx = (slot.unsqueeze(0) + tidx[:, p]).reshape(-1)
+        vals = twt[:, p].reshape(-1)
+        total = size
+    # All four taps in one float64 scatter, so that the weights of the many
+    # pixels that share a feature location add exactly.
+    if dev.type == "cpu":
+        out = torch.bincount(idx, weights=vals, minlength=total)
+    else:  # index_add_ keeps torch's deterministic-algorithms guarantees off the CPU
+        out = torch.zeros(total, dtype=torch.float64, device=dev)
+        out.index_add_(0, idx, vals)
+    return out[:size].view(bsz, num_bins, h, w).to(dtype)
 
 
 class _BinnedSum(torch.autograd.Function):
@@ -131,6 +167,10 @@ class _BinnedSum(torch.autograd.Function):
 
 def check_inputs(act: torch.Tensor, bins: torch.Tensor, num_bins: int) -> None:
     """Raise a :class:`~depthsel.DepthselError` unless activations and bins fit together."""
+    if not isinstance(act, torch.Tensor):
+        raise ActivationShapeError(f"activations must be a torch.Tensor [B, K, h, w], got {type(act).__name__}")
+    if not isinstance(bins, torch.Tensor):
+        raise ShapeMismatchError(f"bins must be an integer torch.Tensor [B, H, W], got {type(bins).__name__}")
     if act.ndim != 4:
         raise ActivationShapeError(
             f"activations must be [B, K, h, w], got shape {tuple(act.shape)}; register an "
@@ -147,6 +187,22 @@ def check_inputs(act: torch.Tensor, bins: torch.Tensor, num_bins: int) -> None:
         raise ShapeMismatchError(f"bins must be an integer tensor, got {bins.dtype}")
     if num_bins < 1:
         raise ShapeMismatchError("num_bins must be >= 1")
+    if act.shape[-2] < 1 or act.shape[-1] < 1:
+        raise ActivationShapeError(
+            f"activations have an empty spatial size {tuple(act.shape[-2:])}; hook a layer whose "
+            "output has at least one pixel"
+        )
+    if bins.shape[-2] < 1 or bins.shape[-1] < 1:
+        raise ShapeMismatchError(
+            f"the depth/bin map has an empty spatial size {tuple(bins.shape[-2:])}; pass depth with "
+            "at least one pixel"
+        )
+    if bins.numel() and int(bins.max()) >= num_bins:
+        # Out-of-range indices would otherwise crash inside index_add_ (a device assert on CUDA).
+        raise ShapeMismatchError(
+            f"bin index {int(bins.max())} is out of range for {num_bins} bins; "
+            "bin the depth with a binner of the same num_bins"
+        )
 
 
 def binned_sums(
@@ -191,6 +247,11 @@ def binned_sums(
     if method == "adjoint":
         if weights is None:
             weights = bin_weight_maps(bins, num_bins, (h, w), align_corners, dtype=act.dtype)
+        elif tuple(weights.shape) != (bsz, num_bins, h, w):
+            raise ShapeMismatchError(
+                f"weights have shape {tuple(weights.shape)}, expected {(bsz, num_bins, h, w)}; "
+                "build them with bin_weight_maps for this batch and feature size"
+            )
         wmat = weights.reshape(bsz, num_bins, h * w).to(act.dtype)
         return _BinnedSum.apply(act.reshape(bsz, k, h * w), wmat, use_abs)
     if method == "upsample":
@@ -205,4 +266,4 @@ def binned_sums(
         out = torch.zeros(bsz, k, num_bins + 1, dtype=a.dtype, device=a.device)
         out = out.scatter_add(2, idx.expand(bsz, k, -1), a)
         return out[..., :num_bins]
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    raise ConfigError(f"method must be one of {METHODS}, got {method!r}")

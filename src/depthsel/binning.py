@@ -75,7 +75,9 @@ def prepare_depth(depth: torch.Tensor, valid: torch.Tensor | None = None) -> tor
             )
         depth = torch.where(bad, torch.zeros((), dtype=depth.dtype, device=depth.device), depth)
     if valid is not None:
-        if valid.ndim == 4:
+        if not isinstance(valid, torch.Tensor):
+            raise InvalidDepthError(f"valid must be a boolean torch.Tensor, got {type(valid).__name__}")
+        if valid.ndim == 4 and valid.shape[1] == 1:
             valid = valid[:, 0]
         if valid.shape != depth.shape:
             raise InvalidDepthError(

@@ -14,7 +14,6 @@ import os
 import pickle
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -105,8 +104,23 @@ def _unnest(obj: Any) -> Any:
     return obj
 
 
-def _is_pickle_refusal(exc: Exception) -> bool:
+def _looks_like_pickle(path: Path) -> bool:
+    """Whether the file starts with a pickle PROTO opcode (protocol 2 to 5)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _is_pickle_refusal(exc: Exception, path: Path | None = None) -> bool:
     text = str(exc)
+    if "Unsupported operand" in text and (path is None or not _looks_like_pickle(path)):
+        # The weights-only unpickler met an opcode it does not know in a file that is
+        # no pickle at all (random or corrupt bytes). A real pickle of protocol 4/5
+        # (FRAME opcodes) gives the same message and is treated as a refusal.
+        return False
     return isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text or (
         "weights_only" in text
     )
@@ -150,14 +164,14 @@ def load_state_dict(
     try:
         obj = torch.load(str(p), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types here
-        if not _is_pickle_refusal(exc) and not isinstance(
-            exc, (EOFError, RuntimeError, zipfile.BadZipFile, ValueError)
-        ):
-            raise
-        if not _is_pickle_refusal(exc):
+        # Garbage and truncated files raise EOFError, RuntimeError, struct.error,
+        # IndexError, ...: anything that is not a refusal to unpickle is corruption.
+        if not _is_pickle_refusal(exc, p):
+            detail = ("bytes that are no pickle opcode" if "Unsupported operand" in str(exc)
+                      else (str(exc).splitlines() or [""])[0])
             raise CheckpointError(
                 f"{str(p)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); is it truncated?"
+                f"{detail}); is it truncated or corrupt?"
             ) from exc
         if not trust_pickle:
             raise UntrustedFileError(
@@ -171,7 +185,13 @@ def load_state_dict(
             RuntimeWarning,
             stacklevel=2,
         )
-        obj = torch.load(str(p), map_location=map_location, weights_only=False)
+        try:
+            obj = torch.load(str(p), map_location=map_location, weights_only=False)
+        except Exception as exc2:  # noqa: BLE001 - a full unpickle can raise anything
+            raise CheckpointError(
+                f"{str(p)!r} could not be unpickled ({type(exc2).__name__}: "
+                f"{str(exc2).splitlines()[0] if str(exc2) else ''}); is it a PyTorch checkpoint?"
+            ) from exc2
     obj = _unnest(obj)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()

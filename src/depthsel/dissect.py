@@ -76,20 +76,41 @@ def _save_ckpt(path: Path, images_done: int, fp: str, accs: Mapping[str, Respons
             tensors[f"{name}/{key}"] = st[key]
         meta["layers"][name] = {k: st[k] for k in ("version", "num_bins", "num_units",
                                                    "num_images", "skipped_batches")}
-    atomic_write(path.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
-    # The JSON is written last and names the tensors file, so a crash between
-    # the two writes leaves the previous, consistent checkpoint in force.
+    # Each checkpoint's tensors go to their own file, named in the JSON, which is
+    # written last: a crash between the two writes leaves the previous JSON and
+    # the previous tensors file (still on disk) in force, so they always match.
+    tname = _tensors_name(path, images_done)
+    meta["tensors"] = tname
+    atomic_write(path.parent / tname, lambda tmp: save_file(tensors, str(tmp)))
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta).encode())
+    # Only now is the previous tensors file unreferenced.
+    prefix = path.with_suffix("").name + "."
+    for old in path.parent.glob(f"{path.with_suffix('').name}.*.safetensors"):
+        middle = old.name[len(prefix):-len(".safetensors")]
+        if old.name != tname and middle.isdigit():
+            old.unlink(missing_ok=True)
+
+
+def _tensors_name(path: Path, images_done: int) -> str:
+    return f"{path.with_suffix('').name}.{images_done:010d}.safetensors"
 
 
 def _load_ckpt(path: Path, fp: str, accs: Mapping[str, ResponseAccumulator]) -> int:
-    jpath, tpath = path.with_suffix(".json"), path.with_suffix(".safetensors")
-    if not jpath.is_file() or not tpath.is_file():
+    jpath = path.with_suffix(".json")
+    if not jpath.is_file():
         return 0
     from safetensors.torch import load_file
 
     try:
         meta = json.loads(jpath.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("layers"), dict):
+            raise ValueError("the JSON is not a checkpoint description")
+        int(meta["images_done"])
+        tname = meta.get("tensors")
+        # Checkpoints written before tensors files were versioned use the plain name.
+        tpath = path.with_suffix(".safetensors") if tname is None else path.parent / Path(str(tname)).name
+        if not tpath.is_file():
+            raise FileNotFoundError(f"{tpath.name} is missing")
         tensors = load_file(str(tpath))
     except Exception as exc:  # noqa: BLE001
         raise ResultFormatError(
@@ -101,10 +122,14 @@ def _load_ckpt(path: Path, fp: str, accs: Mapping[str, ResponseAccumulator]) -> 
             "delete it or choose another checkpoint path"
         )
     for name, acc in accs.items():
-        info = meta["layers"][name]
-        state = dict(info)
-        for key in ("sums", "abs_sums", "counts"):
-            state[key] = tensors[f"{name}/{key}"]
+        try:
+            state = dict(meta["layers"][name])
+            for key in ("sums", "abs_sums", "counts"):
+                state[key] = tensors[f"{name}/{key}"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultFormatError(
+                f"dissection checkpoint {str(jpath)!r} lacks {exc} for layer {name!r}; delete it to start over"
+            ) from exc
         acc.load_state_dict(state)
     return int(meta["images_done"])
 

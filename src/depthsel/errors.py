@@ -25,6 +25,7 @@ __all__ = [
     "DatasetError",
     "ResultFormatError",
     "CaptureError",
+    "ConfigError",
     "suggest",
 ]
 
@@ -83,6 +84,10 @@ class ResultFormatError(DepthselError):
 
 class CaptureError(DepthselError):
     """Hooks were used outside their context, or captured nothing."""
+
+
+class ConfigError(DepthselError, ValueError):
+    """An option has a value outside its allowed set (also a ``ValueError``)."""
 
 
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:

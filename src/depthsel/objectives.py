@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
 from .selectivity import ABSENT_POLICIES, selectivity_from_stats
 
 __all__ = ["BatchStats", "SelectivityObjective", "ObjectiveOutput"]
@@ -85,7 +86,7 @@ class SelectivityObjective(ABC):
 
     def __init__(self, absent: str = "exclude") -> None:
         if absent not in ABSENT_POLICIES:
-            raise ValueError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
+            raise ConfigError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
         self.absent = absent
 
     @abstractmethod

@@ -295,7 +295,19 @@ class PluginManager:
         """Build the named object with keyword configuration."""
         entry = self.entry(kind, name)
         _check_config(entry, config)
-        return entry.factory(**config)
+        try:
+            return entry.factory(**config)
+        except TypeError as exc:
+            # Factories taking **config forward options to a class whose signature
+            # _check_config cannot see; a bad option then surfaces as a TypeError.
+            text = str(exc)
+            if not any(s in text for s in ("unexpected keyword argument", "required positional argument",
+                                           "required keyword-only argument")):
+                raise
+            raise PluginError(
+                f"{kind[:-1]} {name!r} rejected its options {sorted(config)}: {text}; "
+                "check the option names against its documentation"
+            ) from exc
 
     def statuses(self) -> list[PluginStatus]:
         """Return every plugin seen, loaded or failed."""

@@ -10,6 +10,7 @@ and dtype is checked against the specs recorded at save time.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -81,26 +82,52 @@ class Result:
         from safetensors.torch import save_file
 
         out = Path(directory)
+        created = not out.exists()
+        fresh = not (out / _JSON).exists()
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu().clone() for k, v in self.tensors.items()}
-        specs = {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
-                 for k, v in tensors.items()}
-        payload = {
-            "format": "depthsel-result",
-            "format_version": FORMAT_VERSION,
-            "kind": self.kind,
-            "config": self.config,
-            "meta": self.meta,
-            "data": self.data,
-            "tensor_specs": specs,
-        }
-        text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
-        # Tensors first, JSON last: a directory whose JSON exists is complete.
-        atomic_write(out / _TENSORS, lambda tmp: save_file(tensors, str(tmp)))
-        rows = self.rows()
-        if rows:
-            atomic_write_bytes(out / _CSV, _csv_bytes(rows))
-        atomic_write_bytes(out / _JSON, text.encode())
+        written: list[Path] = []
+        try:
+            tensors = {k: v.detach().contiguous().cpu().clone() for k, v in self.tensors.items()}
+            specs = {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+                     for k, v in tensors.items()}
+            payload = {
+                "format": "depthsel-result",
+                "format_version": FORMAT_VERSION,
+                "kind": self.kind,
+                "config": self.config,
+                "meta": self.meta,
+                "data": self.data,
+                "tensor_specs": specs,
+            }
+            # Serialise before touching the directory: a value JSON cannot hold fails here.
+            json.dumps(payload, default=_json_default, allow_nan=True)
+            digest: dict[str, str] = {}
+
+            def write_tensors(tmp: Path) -> None:
+                save_file(tensors, str(tmp))
+                digest["sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+
+            # Tensors first, JSON last: a directory whose JSON exists is complete. The JSON
+            # records the tensor file's hash, so an interrupted overwrite (new tensors, old
+            # JSON) is detected on load instead of mixing two results.
+            written.append(atomic_write(out / _TENSORS, write_tensors))
+            payload["tensors_sha256"] = digest["sha256"]
+            text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+            rows = self.rows()
+            if rows:
+                written.append(atomic_write_bytes(out / _CSV, _csv_bytes(rows)))
+            atomic_write_bytes(out / _JSON, text.encode())
+        except BaseException:
+            if fresh:
+                # Leave either a complete result or nothing.
+                for p in written:
+                    p.unlink(missing_ok=True)
+                if created:
+                    try:
+                        out.rmdir()
+                    except OSError:
+                        pass
+            raise
         return out
 
     @classmethod
@@ -176,6 +203,14 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
         raise ResultFormatError(f"{str(d)!r} holds a {kind!r} result, not {expected.kind!r}")
     tensors: dict[str, torch.Tensor] = {}
     specs = payload["tensor_specs"]
+    for name, spec in specs.items():
+        if (not isinstance(spec, Mapping) or not isinstance(spec.get("shape"), list)
+                or not all(isinstance(s, int) and s >= 0 for s in spec["shape"])
+                or not isinstance(spec.get("dtype"), str)):
+            raise ResultFormatError(
+                f"{str(jpath)!r}: tensor spec of {name!r} must be {{'shape': [ints], 'dtype': str}}, "
+                f"got {spec!r}; the file is corrupt"
+            )
     if specs:
         if not tpath.is_file():
             raise ResultFormatError(f"{str(d)!r} lacks {_TENSORS}; the result is incomplete")
@@ -194,6 +229,14 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
             raise ResultFormatError(
                 f"tensor {name!r} is {list(t.shape)} {t.dtype}, but {_JSON} says "
                 f"{spec.get('shape')} {spec.get('dtype')}: the files do not belong together"
+            )
+    expected_hash = payload.get("tensors_sha256")
+    if specs and isinstance(expected_hash, str):
+        actual = hashlib.sha256(tpath.read_bytes()).hexdigest()
+        if actual != expected_hash:
+            raise ResultFormatError(
+                f"{str(tpath)!r} does not match the hash recorded in {_JSON}: the files come from "
+                "different saves (an interrupted overwrite?); re-run the analysis"
             )
     extra = set(tensors) - set(specs)
     if extra:

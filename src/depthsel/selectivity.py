@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import BinCountError, ShapeMismatchError
+from .errors import BinCountError, ConfigError, ShapeMismatchError
 
 __all__ = [
     "depth_selectivity",
@@ -63,7 +63,7 @@ def selectivity_from_stats(
         seen scores 0, as in the reference.
     """
     if absent not in ABSENT_POLICIES:
-        raise ValueError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
+        raise ConfigError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
     k, nb = r_abs.shape
     pres = present.expand(k, nb) if present.ndim == 1 else present
     zero = torch.zeros((), dtype=r_abs.dtype, device=r_abs.device)
@@ -122,8 +122,12 @@ def depth_selectivity(
         :func:`selectivity_from_stats`). In ``[0, 1]`` with the argmax bin,
         ``[-1, 1]`` with assigned bins.
     """
+    if not isinstance(responses, torch.Tensor):
+        raise ShapeMismatchError(f"responses must be a torch.Tensor [K, Nb], got {type(responses).__name__}")
     if responses.ndim != 2:
         raise ShapeMismatchError(f"responses must be [K, Nb], got shape {tuple(responses.shape)}")
+    if responses.shape[1] < 1:
+        raise BinCountError("responses have no bins (shape [K, 0]); DS needs at least one depth bin")
     present = ~torch.isnan(responses).all(dim=0)
     r_abs = torch.nan_to_num(responses, nan=0.0).abs()
     ds, defined = selectivity_from_stats(r_abs, present, assigned, absent=absent)

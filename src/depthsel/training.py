@@ -5,9 +5,11 @@ trainer is just one user of the public wrapper. Runs live in ``runs/<name>/``:
 
 ``config.json``
     the full configuration;
-``checkpoint.safetensors`` + ``checkpoint.json``
+``checkpoint.json`` + ``checkpoint.<step>.safetensors``
     model, optimizer and RNG state plus the position in the data, written
-    atomically every ``checkpoint_every`` steps and at the end;
+    atomically every ``checkpoint_every`` steps and at the end (the JSON,
+    written last, names the tensors file, so a crash between the two writes
+    leaves the previous checkpoint in force);
 ``model.safetensors``
     the final weights;
 ``history.json``
@@ -234,19 +236,29 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"step": self.step, "optimizer": opt_meta, "history": self.history,
                 "reg_assignment": (self.reg.config()["assignment"] if self.reg else None)}
-        atomic_write(run / "checkpoint.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+        # Each checkpoint gets its own tensors file, named in the JSON that is written
+        # last: a crash between the two writes leaves the previous pair in force.
+        tname = f"checkpoint.{self.step}.safetensors"
+        meta["tensors"] = tname
+        atomic_write(run / tname, lambda tmp: save_file(tensors, str(tmp)))
         atomic_write_bytes(run / "checkpoint.json", json.dumps(meta, default=str).encode())
+        for old in run.glob("checkpoint.*.safetensors"):
+            if old.name != tname:
+                old.unlink(missing_ok=True)
 
     def load_checkpoint(self) -> bool:
         """Resume from ``run_dir`` if a complete checkpoint is there."""
         run = self.cfg.run_dir
-        jpath, tpath = run / "checkpoint.json", run / "checkpoint.safetensors"
-        if not (jpath.is_file() and tpath.is_file()):
+        jpath = run / "checkpoint.json"
+        if not jpath.is_file():
             return False
         from safetensors.torch import load_file
 
         try:
             meta = json.loads(jpath.read_text())
+            tpath = run / str(meta["tensors"])
+            if tpath.parent != run or not tpath.is_file():
+                raise ResultFormatError(f"the checkpoint's tensors file {tpath.name} is missing")
             tensors = load_file(str(tpath))
         except Exception as exc:  # noqa: BLE001
             raise ResultFormatError(f"checkpoint in {run} is unreadable ({exc}); delete it to start over") from exc

@@ -90,6 +90,8 @@ def safe_join(root: Path, rel: str, what: str = "path", *, strip_leading_slash: 
         If ``rel`` is absolute, contains ``..``, or resolves (through a symlink)
         outside ``root``.
     """
+    if "\x00" in rel:
+        raise DatasetError(f"{what} {rel!r} contains a NUL byte; fix the index file")
     clean = safe_relative(rel, what, strip_leading_slash=strip_leading_slash)
     root_resolved = root.resolve()
     path = (root_resolved / clean).resolve()
@@ -109,6 +111,10 @@ def _open_image(src: Source, name: str) -> Image.Image:
     except FileNotFoundError:
         raise DatasetError(
             f"{name}: file not found; check the path in the index and the dataset root"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"{name}: the image claims an implausible size ({exc}); the file is corrupt or hostile"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(

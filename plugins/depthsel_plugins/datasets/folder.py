@@ -45,7 +45,15 @@ def read_index(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+            rows = []
+            for lineno, row in enumerate(reader, start=2):
+                # DictReader puts surplus fields in a list under the key None.
+                if None in row:
+                    raise DatasetError(
+                        f"{path} line {lineno} has more fields than the header "
+                        f"({len(columns)}); quote paths that contain commas or fix the row"
+                    )
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: not a readable UTF-8 CSV ({exc}); re-save it as plain CSV") from None
     return columns, rows
