@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_one_line_error, invoke, invoke_json, run_cli
+from cli_support import assert_one_line_error, invoke, invoke_json, run_cli
 
 from depthsel.registry import reset_plugin_manager
 from depthsel.testing import ToyDepthNet
@@ -84,7 +84,7 @@ def _check_failures(rows: list[dict[str, Any]]) -> None:
 def test_every_command_still_works_in_process(runner: Any, broken_in_process: Path, tmp_path: Path) -> None:
     from depthsel import register_plugin, unregister_plugin
 
-    from conftest import ToyPlugin
+    from cli_support import ToyPlugin
 
     _check_failures(invoke_json(runner, ["plugins"]))
     binners = {r["name"] for r in invoke_json(runner, ["binners"])}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 import typer
-from conftest import ROOT, assert_one_line_error, invoke, invoke_json
+from cli_support import ROOT, assert_one_line_error, invoke, invoke_json
 
 from depthsel.api import list_plugins
 from depthsel.cli.errors import EXIT_INTERRUPTED, handle_errors

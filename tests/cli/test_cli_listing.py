@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import invoke, invoke_json
+from cli_support import invoke, invoke_json
 
 from depthsel import hookimpl, register_plugin, unregister_plugin
 from depthsel.cli import BUILTIN_COMMANDS, add_plugin_commands, listing

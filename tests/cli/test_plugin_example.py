@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from cli_support import ROOT, run_cli
 
 EXAMPLE = ROOT / "examples" / "depthsel-plugin-example"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import invoke, invoke_json
+from cli_support import invoke, invoke_json
 
 from depthsel.results import Result
 

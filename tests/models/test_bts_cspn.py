@@ -19,7 +19,7 @@ from depthsel_plugins.models import bts as bts_mod
 from depthsel_plugins.models import cspn as cspn_mod
 from depthsel_plugins.models.backbones.densenet import STAGE_NAMES, densenet161
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "models_bts_cspn.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 # Measured full-size parameter counts; the docs must quote the same numbers.
 DENSENET161_PARAMS = 28_681_000
@@ -112,13 +112,10 @@ def full_models() -> Iterator[dict[str, nn.Module]]:
     yield models
 
 
-def doc_count(label: str) -> int:
-    """Parameter count the docs report as measured for ``label``."""
-    match = re.search(
-        rf"\|\s*{re.escape(label)} measured parameters\s*\|\s*([0-9][0-9,]*)", DOC.read_text()
-    )
-    assert match, f"no measured count for {label} in {DOC.name}"
-    return int(match.group(1).replace(",", ""))
+def doc_count(count: int) -> int:
+    """Return ``count`` if docs/models.md quotes it (as measured), else fail."""
+    assert f"{count:,}" in DOC.read_text(), f"docs/models.md does not quote the measured count {count:,}"
+    return count
 
 
 # ----------------------------------------------------------------- DenseNet-161
@@ -136,7 +133,7 @@ def test_densenet_tiny_stages_and_full_channels(full_models: dict[str, nn.Module
     assert full.stage_channels == (96, 96, 192, 384, 2208)
     assert [full.channels[n] for n in STAGE_NAMES] == list(full.stage_channels)
     assert full.features.norm5.num_features == 2208 == full.classifier.in_features
-    assert n_params(full) == DENSENET161_PARAMS == doc_count("DenseNet-161")
+    assert n_params(full) == DENSENET161_PARAMS == doc_count(DENSENET161_PARAMS)
     sd = full.state_dict()
     assert sd["features.denseblock4.denselayer24.conv2.weight"].shape == (48, 192, 3, 3)
     assert sd["features.transition1.conv.weight"].shape == (192, 384, 1, 1)
@@ -230,7 +227,7 @@ def test_bts_full_size_static(full_models: dict[str, nn.Module]) -> None:
     }
     assert bts_mod.INFO.input_size == (416, 544) and bts_mod.INFO.input_multiple == 32
     assert d.bn5.momentum == 0.01 and d.bn5.eps == pytest.approx(1.1e-5)
-    assert n_params(model) == BTS_PARAMS == doc_count("BTS")
+    assert n_params(model) == BTS_PARAMS == doc_count(BTS_PARAMS)
     sd = model.state_dict()
     for key, shape in BTS_OFFICIAL_KEYS.items():
         assert tuple(sd[key].shape) == shape, key
@@ -322,7 +319,7 @@ def test_cspn_full_size_static(full_models: dict[str, nn.Module]) -> None:
         304,
     )
     assert model.post_process_layer.prop_time == 24
-    assert n_params(model) == CSPN_PARAMS == doc_count("CSPN")
+    assert n_params(model) == CSPN_PARAMS == doc_count(CSPN_PARAMS)
     sd = model.state_dict()
     for key, shape in CSPN_OFFICIAL_KEYS.items():
         assert tuple(sd[key].shape) == shape, key

@@ -107,7 +107,7 @@ def _fastdepth() -> int:
     return total + _conv(32, 1, 1) + _bn(1)
 
 
-# Measured full-size counts, as recorded in docs/models_fastdepth_hu.md.
+# Measured full-size counts, as recorded in docs/models.md.
 DOC_COUNTS: dict[str, int] = {
     "fastdepth": 3_960_930,
     "hu_mff_resnet50": 67_569_473,
@@ -258,7 +258,7 @@ def test_full_size_parameter_count(name: str) -> None:
     measured = sum(p.numel() for p in model.parameters())
     assert measured == INDEPENDENT_COUNTS[name]()
     assert measured == DOC_COUNTS[name]
-    doc = Path(__file__).resolve().parents[2] / "docs" / "models_fastdepth_hu.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "models.md"
     assert f"{measured:,}" in doc.read_text(encoding="utf-8")
 
 
