@@ -171,7 +171,7 @@ class QuantileBinner(Binner):
                  edges: torch.Tensor | list[float] | None = None, max_samples: int = 2_000_000,
                  seed: int = 0) -> None:
         if edges is not None:
-            self._edges = check_edges(torch.as_tensor(edges))
+            self._edges = check_edges(edges)
             return
         if depths is None:
             raise BinCountError("the quantile binner needs training depths (depths=...) or edges=")
