@@ -146,3 +146,35 @@ def test_explicit_assignment_and_config() -> None:
         reg.loss(d)
     cfg = reg.config()
     assert cfg["assignment"]["dec3"] == [3, 2, 1, 0] and cfg["objective"]["name"] == "assign"
+
+
+def test_liveness_hinge_pushes_weak_units_up_at_their_bin() -> None:
+    from depthsel.objectives import BatchStats
+
+    assign = depthsel.get_objective("assign")
+    live = depthsel.get_objective("assign", liveness=1.0)
+    # Unit 1 is nearly silent with negative target DS: Eq. 5 alone rewards silencing it further.
+    sums = torch.tensor([[4.0, 1.0], [0.01, 0.03]], dtype=torch.float64, requires_grad=True)
+    stats = BatchStats(sums, torch.tensor([1, 1]), torch.tensor([0, 0]))
+    plain = assign.layer_score(stats)
+    hinge = live.layer_score(stats)
+    assert hinge.score < plain.score  # the weak unit is penalised
+    torch.testing.assert_close(hinge.ds, plain.ds)  # DS itself is unchanged
+    (g_live,) = torch.autograd.grad(hinge.score, sums)
+    (g_plain,) = torch.autograd.grad(assign.layer_score(BatchStats(sums, torch.tensor([1, 1]),
+                                                                     torch.tensor([0, 0]))).score, sums)
+    assert g_live[1, 0] > g_plain[1, 0]  # more push towards responding at its own bin
+    strong = BatchStats(torch.tensor([[4.0, 1.0], [3.0, 1.0]], dtype=torch.float64), torch.tensor([1, 1]),
+                        torch.tensor([0, 0]))
+    assert live.layer_score(strong).score == assign.layer_score(strong).score  # inactive for healthy units
+    assert live.config()["liveness"] == 1.0
+
+
+def test_objective_options_reach_the_objective() -> None:
+    model = ToyDepthNet(width=4)
+    reg = SelectivityRegularizer(model, ["dec3"], binner(4), objective_options={"liveness": 0.5})
+    assert reg.config()["objective"]["liveness"] == 0.5
+    from depthsel.errors import PluginError
+
+    with pytest.raises(PluginError, match="liveness"):
+        SelectivityRegularizer(model, ["dec3"], binner(4), objective_options={"livenes": 0.5})

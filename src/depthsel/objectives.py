@@ -78,16 +78,32 @@ class SelectivityObjective(ABC):
         ``"exclude"``: units whose assigned bin is absent from the batch leave
         the layer mean (default); ``"zero"``: they score 0 and still count, and
         absent bins enter every unit's "other bins" mean as zeros (reference).
+    liveness
+        Weight of a hinge that keeps units alive (0 = the paper's objective).
+
+    Notes
+    -----
+    Why ``liveness``: a silent unit has DS = 0, which beats any negative DS,
+    so under Eq. 5 alone a unit that responds weakly at its own bin can raise
+    the score by going silent, and over long trainings units die (the
+    FastDepth follow-up reports dead units too). The hinge
+    ``relu(1 - r_k / (0.5 * mean_j r_j))``, with ``r_k`` the unit's response
+    at its target bin and the layer mean detached, is subtracted (times
+    ``liveness``) from the score: it pushes weak units to respond *at their
+    own bin*, which is what selectivity asks of them anyway.
     """
 
     name: str = "custom"
     #: Whether the objective needs ``|A|`` (True for every built-in objective).
     uses_abs: bool = True
 
-    def __init__(self, absent: str = "exclude") -> None:
+    def __init__(self, absent: str = "exclude", liveness: float = 0.0) -> None:
         if absent not in ABSENT_POLICIES:
             raise ConfigError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
+        if not liveness >= 0:
+            raise ConfigError(f"liveness must be >= 0, got {liveness!r}")
         self.absent = absent
+        self.liveness = float(liveness)
 
     @abstractmethod
     def layer_score(self, stats: BatchStats) -> ObjectiveOutput:
@@ -95,7 +111,7 @@ class SelectivityObjective(ABC):
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable configuration."""
-        return {"name": self.name, "absent": self.absent}
+        return {"name": self.name, "absent": self.absent, "liveness": self.liveness}
 
     # Shared by the built-ins: mean DS over the units for which it is defined.
     def _mean_ds(self, stats: BatchStats, assigned: torch.Tensor | None) -> ObjectiveOutput:
@@ -103,4 +119,13 @@ class SelectivityObjective(ABC):
         ds, defined = selectivity_from_stats(r, stats.present, assigned, absent=self.absent)
         n = defined.sum()
         score = (ds * defined.to(ds.dtype)).sum() / n.clamp(min=1).to(ds.dtype)
+        if self.liveness > 0:
+            target = assigned if assigned is not None else r.argmax(dim=1)
+            target = target.to(r.device)
+            r_t = r.gather(1, target.unsqueeze(1)).squeeze(1)
+            seen = stats.present.to(r.device)[target]
+            if bool(seen.any()):
+                ref = r_t[seen].mean().detach()
+                hinge = torch.relu(1 - r_t / (0.5 * ref + 1e-12))
+                score = score - self.liveness * hinge[seen].mean()
         return ObjectiveOutput(score=score, ds=ds, defined=defined)

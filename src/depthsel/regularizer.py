@@ -40,12 +40,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _resolve_objective(objective: str | SelectivityObjective, absent: str) -> SelectivityObjective:
+def _resolve_objective(objective: str | SelectivityObjective, absent: str,
+                       options: Mapping[str, Any] | None = None) -> SelectivityObjective:
     if isinstance(objective, SelectivityObjective):
         return objective
     from .api import get_objective
 
-    return get_objective(objective, absent=absent)
+    return get_objective(objective, absent=absent, **dict(options or {}))
 
 
 def _resolve_binner(binner: Binner | str | Mapping[str, Any]) -> Binner:
@@ -90,6 +91,8 @@ class SelectivityRegularizer:
         autograd so DS is taken over the global batch.
     adapters
         ``{layer: callable}`` reshaping non-spatial outputs to ``[B, K, h, w]``.
+    objective_options
+        Extra options of a named objective, e.g. ``{"liveness": 1.0}``.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class SelectivityRegularizer:
         stats_dtype: torch.dtype = torch.float32,
         sync_stats: bool = False,
         adapters: Mapping[str, Adapter] | None = None,
+        objective_options: Mapping[str, Any] | None = None,
     ) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -135,7 +139,7 @@ class SelectivityRegularizer:
         else:
             shared = _resolve_binner(binner)  # type: ignore[arg-type]
             self._binners = {n: shared for n in self.layers}
-        self.objective = _resolve_objective(objective, opts["absent"])
+        self.objective = _resolve_objective(objective, opts["absent"], objective_options)
         self.weight = float(weight)
         self.layer_reduction = opts["layer_reduction"]
         self.preset = preset

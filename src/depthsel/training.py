@@ -72,6 +72,7 @@ class SelectivityConfig:
     preset: str = "default"
     warmup_steps: int = 0
     assignment: dict[str, list[int]] | None = None
+    objective_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,7 +199,8 @@ class Trainer:
             assignment = {k: torch.tensor(v) for k, v in (sel.assignment or {}).items()} or None
             self.reg = SelectivityRegularizer(model, layers, dict(sel.binner), objective=sel.objective,
                                               weight=sel.weight, fit_bins_to_units=sel.fit_bins_to_units,
-                                              preset=sel.preset, assignment=assignment)
+                                              preset=sel.preset, assignment=assignment,
+                                              objective_options=sel.objective_options)
         self.step = 0
         self.history: dict[str, list[dict[str, Any]]] = {"steps": [], "epochs": []}
 

@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         size: Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")] = "64x96",
         width: Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")] = 0.5,
         weight: Annotated[float, typer.Option("--weight", help="Selectivity weight lambda of the interpretable twin.")] = 1.0,
+        lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate of both models.")] = 1e-2,
+        liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive; 0 is the paper's Eq. 5.")] = 1.0,
         train_frames: Annotated[str | None, typer.Option("--train-frames", help="Folder data: frames for training, e.g. 0:80.")] = None,
         test_frames: Annotated[str | None, typer.Option("--test-frames", help="Folder data: held-out frames, e.g. 80:100.")] = None,
         binning: Annotated[str, typer.Option("--binning", help="sid-fit (SID over the data's range), quantile, or sid (0.75-10 m).")] = "sid-fit",
@@ -78,7 +80,8 @@ def register(app: typer.Typer) -> None:
                 train_cfg["split"], test_cfg["split"] = "train", "test"
         cfg = ExperimentConfig(name=name, out_dir=str(out), data=spec.name, train_data=train_cfg,
                                test_data=test_cfg, size=hw, model_config={"width": width}, weight=weight,
-                               epochs=epochs, binning=binning, seed=seed)
+                               epochs=epochs, binning=binning, seed=seed, lr=lr,
+                               objective_options={"liveness": liveness})
         summary = run_experiment(cfg)
         summary["run_dir"] = str(cfg.run_dir)
         _print_table(summary, fmt)
@@ -99,6 +102,7 @@ def register(app: typer.Typer) -> None:
         layers: Annotated[list[str] | None, typer.Option("--layers", "-l", help="Layers for the selectivity term (default: suggested).")] = None,
         weight: Annotated[float, typer.Option("--weight", help="Selectivity weight lambda; 0 trains a plain baseline.")] = 0.1,
         objective: Annotated[str, typer.Option("--objective", help="assign (Eq. 5) or regularize (Eq. 4).")] = "assign",
+        liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive (0: paper's objective).")] = 0.0,
         binner: Annotated[str, typer.Option("--binner", help="Binner config as JSON, e.g. {\"name\": \"sid\", \"num_bins\": 64}.")] = '{"name": "sid", "num_bins": 64}',
         epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs.")] = 10,
         max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
@@ -123,7 +127,7 @@ def register(app: typer.Typer) -> None:
         built = build_model(model, config=parse_model_config(model_config, width), device=device)
         dataset = build_dataset(data, **parse_settings(data_set))
         sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
-                                weight=weight) if weight else None
+                                weight=weight, objective_options={"liveness": liveness}) if weight else None
         cfg = TrainConfig(name=name, out_dir=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                           lr=lr, loss=loss, schedule=schedule, seed=seed, device=device, amp=amp,
                           checkpoint_every=checkpoint_every, selectivity=sel)
