@@ -16,7 +16,7 @@ TINY = dict(size=(32, 32), model_config={"width": 0.25}, epochs=1, batch_size=4,
 
 def check_summary(summary: dict, run: Path) -> None:
     labels = [r["metric"] for r in summary["table"]]
-    assert labels[:3] == ["δ1 ↑", "RMSE ↓", "AbsRel ↓"] and len(labels) == 7
+    assert labels[:3] == ["δ1 ↑", "RMSE ↓", "AbsRel ↓"] and len(labels) == 9
     for row in summary["table"]:
         assert set(row) == {"metric", "baseline", "interpretable"}
     for label in ("baseline", "interpretable"):
