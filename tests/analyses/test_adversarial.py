@@ -211,3 +211,13 @@ def test_max_images_and_figure_index_are_respected(trained: ToyDepthNet) -> None
     assert torch.equal(res.tensors["figure/image"], ToyData()[3]["image"])
     with pytest.raises(DepthselError, match="figure_index"):
         _run(trained, figure_index=99)
+
+
+def test_binner_from_a_saved_config() -> None:
+    """A dissection's fitted bins (a config dict with edges) drive the error histogram."""
+    from depthsel_plugins.analyses.adversarial import AdversarialAnalyzer
+
+    fitted = {"name": "quantile", "num_bins": 4, "edges": [0.0, 1.0, 2.0, 3.0, 4.0]}
+    analyzer = AdversarialAnalyzer(binner=fitted)
+    assert analyzer.binner.edges.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert analyzer.binner.num_bins == 4

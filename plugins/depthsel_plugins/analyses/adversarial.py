@@ -156,10 +156,14 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _make_binner(spec: Any, num_bins: int, min_depth: float, max_depth: float) -> Binner:
+    """A binner from an instance, a config dict (e.g. a dissection's fitted quantile bins) or a name."""
     if isinstance(spec, Binner):
         return spec
     from depthsel import get_binner
+    from depthsel.api import binner_from_config
 
+    if isinstance(spec, dict):
+        return binner_from_config(spec)
     return get_binner(str(spec), num_bins=num_bins, min_depth=min_depth, max_depth=max_depth)
 
 
@@ -264,7 +268,7 @@ class AdversarialAnalyzer(Analyzer):
 
     def __init__(self, *, attack: str = "fgsm", epsilon: float = 0.05, steps: int = 10,
                  step_size: float | None = None, random_start: bool = False,
-                 binner: str | Binner = "sid", num_bins: int = 64, min_depth: float = 0.75,
+                 binner: str | dict[str, Any] | Binner = "sid", num_bins: int = 64, min_depth: float = 0.75,
                  max_depth: float = 10.0, error_threshold: float = 1.25, top_bins: int = 3,
                  quantile: float = 0.8, protocol: str = "you2021", figure_index: int | None = 0,
                  figure_layer: str | None = None, figure_units: int = 6,
