@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[str, typer.Option("--data", "-d", help="DATASPEC: 'synthetic' (default) or folder:PATH.")] = "synthetic",
         out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of the run directory.")] = Path("runs"),
         name: Annotated[str, typer.Option("--name", help="Run directory name under --out.")] = "demo",
-        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")] = 12,
+        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")] = 40,
         size: Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")] = "64x96",
         width: Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")] = 0.5,
         weight: Annotated[float, typer.Option("--weight", help="Selectivity weight lambda of the interpretable twin.")] = 1.0,
