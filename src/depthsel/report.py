@@ -114,6 +114,14 @@ def _kv_table(title: str, data: Mapping[str, Any]) -> Table:
 
 
 def _json_tables(rel: str, payload: Any, report: Report) -> None:
+    if rel.rsplit("/", 1)[-1] == "checkpoint.json":
+        return  # optimizer and RNG bookkeeping of resumable runs, not results
+    if isinstance(payload, Mapping) and isinstance(payload.get("table"), list) and payload["table"]:
+        # An experiment summary: its comparison table is the headline of the report.
+        report.tables.insert(0, _records_table(f"{rel}: comparison", payload["table"]))
+        if isinstance(payload.get("config"), Mapping):
+            report.configs.insert(0, (f"{rel} [config]", json.dumps(payload["config"], indent=2, default=str)))
+        return
     if isinstance(payload, Mapping) and payload.get("format") == "depthsel-result":
         # A saved Result: its data are the metrics, its config and meta are the run config.
         data = payload.get("data") or {}

@@ -116,3 +116,16 @@ def test_report_renders_in_chromium(runner: Any, run_dir: Path, tmp_path: Path) 
     subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1000,2000", url],
                    capture_output=True, timeout=90)
     assert shot.is_file() and shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_experiment_summary_is_the_headline_and_checkpoints_are_skipped(tmp_path: Path) -> None:
+    from depthsel.report import collect_report
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "checkpoint.json").write_text(json.dumps({"step": 3, "optimizer": {}}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"rmse": 0.5}))
+    table = [{"metric": "RMSE", "baseline": 0.5, "interpretable": 0.4}]
+    (tmp_path / "summary.json").write_text(json.dumps({"table": table, "config": {"epochs": 2}}))
+    report = collect_report(tmp_path)
+    assert report.tables[0].title.startswith("summary.json")
+    assert not any("checkpoint.json" in t.title for t in report.tables)
