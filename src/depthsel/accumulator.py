@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs
-from .errors import ActivationShapeError, ConfigError, ResultFormatError, ShapeMismatchError
+from .errors import ConfigError, ResultFormatError, ShapeMismatchError
 
 __all__ = ["ResponseAccumulator"]
 
@@ -99,28 +99,16 @@ class ResponseAccumulator:
         weights
             Optional precomputed :func:`~depthsel.alignment.bin_weight_maps`.
         """
-        if not isinstance(activations, torch.Tensor):
-            raise ActivationShapeError(
-                f"activations must be a torch.Tensor [B, K, h, w], got {type(activations).__name__}"
-            )
-        if not isinstance(bins, torch.Tensor):
-            raise ShapeMismatchError(
-                f"bins must be an int64 torch.Tensor [B, H, W] from a Binner, got {type(bins).__name__}"
-            )
-        act = activations.detach()
-        if bins.ndim == 4 and bins.shape[1] == 1:
+        if isinstance(bins, torch.Tensor) and bins.ndim == 4 and bins.shape[1] == 1:
             bins = bins[:, 0]
-        if act.ndim == 4 and self.num_units is not None and act.shape[1] != self.num_units:
+        # Types, ranks, batch sizes, dtypes and the bin range: one check for every caller.
+        check_inputs(activations, bins, self.num_bins)
+        act = activations.detach()
+        if self.num_units is not None and act.shape[1] != self.num_units:
             raise ShapeMismatchError(
                 f"this accumulator holds {self.num_units} units but the batch has {act.shape[1]}; "
                 "use one accumulator per layer"
             )
-        if bins.ndim == 3 and bins.numel() and int(bins.max()) >= self.num_bins:
-            raise ShapeMismatchError(
-                f"bin index {int(bins.max())} is out of range for {self.num_bins} bins; "
-                "use the same binner for the accumulator and the depth"
-            )
-        check_inputs(act, bins, self.num_bins)
         if not bool((bins >= 0).any()):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
             self.skipped_batches += 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -218,11 +217,3 @@ class Capture:
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         return iter(self.outputs.items())
-
-
-@contextmanager
-def captured(model: nn.Module, layers: LayerSpec, **kwargs: Any) -> Iterator[Capture]:
-    """Functional spelling of ``with Capture(model, layers, ...) as cap``."""
-    cap = Capture(model, layers, **kwargs)
-    with cap:
-        yield cap

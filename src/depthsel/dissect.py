@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class ResponseCollection:
     binners: dict[str, Binner]
     fingerprint: str
     resumed_from: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _dist() -> tuple[int, int]:

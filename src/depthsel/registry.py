@@ -14,7 +14,6 @@ import importlib.metadata as md
 import os
 import re
 import threading
-import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -373,8 +372,3 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
 def unregister_plugin(name: str) -> None:
     """Remove a plugin registered with :func:`register_plugin`."""
     get_plugin_manager().unregister(name)
-
-
-def format_traceback(exc: BaseException) -> str:
-    """Return a full traceback string (used with ``DEPTHSEL_DEBUG=1``)."""
-    return "".join(traceback.format_exception(exc))

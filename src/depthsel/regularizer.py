@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .api import binner_from_config
 from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums
 from .binning import Binner
 from .capture import Adapter, Capture
@@ -47,12 +48,6 @@ def _resolve_objective(objective: str | SelectivityObjective, absent: str,
     from .api import get_objective
 
     return get_objective(objective, absent=absent, **dict(options or {}))
-
-
-def _resolve_binner(binner: Binner | str | Mapping[str, Any]) -> Binner:
-    from .api import binner_from_config
-
-    return binner_from_config(binner)
 
 
 class SelectivityRegularizer:
@@ -135,9 +130,9 @@ class SelectivityRegularizer:
             missing = set(self.layers) - set(binner)
             if missing:
                 raise BinCountError(f"no binner given for layers {sorted(missing)}")
-            self._binners = {n: _resolve_binner(binner[n]) for n in self.layers}
+            self._binners = {n: binner_from_config(binner[n]) for n in self.layers}
         else:
-            shared = _resolve_binner(binner)  # type: ignore[arg-type]
+            shared = binner_from_config(binner)  # type: ignore[arg-type]
             self._binners = {n: shared for n in self.layers}
         self.objective = _resolve_objective(objective, opts["absent"], objective_options)
         self.weight = float(weight)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -367,9 +366,3 @@ class Trainer:
                                      batch_size=self.cfg.batch_size, device=self.device)
         if not self.history["epochs"] or self.history["epochs"][-1].get("step") != self.step:
             self.history["epochs"].append(entry)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA) and make CPU kernels deterministic."""
-    torch.manual_seed(seed)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from depthsel import get_binner, get_dataset
+from depthsel import get_dataset
 from depthsel.api import binner_from_config
 from depthsel.accumulator import ResponseAccumulator
 from depthsel.analysis import AnalysisContext, Analyzer
-from depthsel.binning import Binner, EdgesBinner
+from depthsel.binning import Binner
 from depthsel.capture import Capture
 from depthsel.data import collate
 from depthsel.dissect import collect_responses
