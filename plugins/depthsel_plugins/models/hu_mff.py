@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones.init import he_init
 from .backbones.resnet import resnet50
 from .backbones.senet import senet154
 
@@ -269,20 +270,10 @@ class HuMFF(nn.Module):
             "R.conv0": self.R.conv0.out_channels,
             "R.conv1": self.R.conv1.out_channels,
         }
-        self._init_head()
-
-    def _init_head(self) -> None:
-        # The reference leaves PyTorch defaults for the new layers; we use
-        # He-normal convs and unit/zero BN, which is what its encoders use.
+        # The reference leaves PyTorch defaults for the new layers; we use the
+        # He-normal / unit-BN initialisation its encoders use.
         for part in (self.D, self.MFF, self.R):
-            for m in part.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+            he_init(part)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Predict depth.

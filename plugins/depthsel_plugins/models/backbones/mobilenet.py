@@ -16,10 +16,10 @@ No convolution has a bias because every one is followed by BatchNorm.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from .init import he_init
 
 __all__ = ["MobileNetV1", "conv_bn", "conv_dw", "mobilenet_v1", "scaled", "MOBILENET_V1_CFG"]
 
@@ -153,16 +153,9 @@ def init_weights(module: nn.Module) -> None:
     This mirrors the initialisation the FastDepth code applies when it does not
     load ImageNet weights, so training from scratch starts from the same place.
     """
+    he_init(module)
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
+        if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
 

@@ -16,10 +16,10 @@ first 1x1 (the original Caffe layout).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from .init import he_init
 
 __all__ = ["Bottleneck", "ResNet", "resnet50", "scaled"]
 
@@ -121,7 +121,7 @@ class ResNet(nn.Module):
         if num_classes is not None:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(in_channels, num_classes)
-        self._init_weights()
+        he_init(self)
 
     @staticmethod
     def _make_layer(
@@ -137,17 +137,6 @@ class ResNet(nn.Module):
         modules: list[nn.Module] = [Bottleneck(in_channels, planes, stride, downsample)]
         modules += [Bottleneck(out_channels, planes) for _ in range(1, blocks)]
         return nn.Sequential(*modules), out_channels
-
-    def _init_weights(self) -> None:
-        # He-normal with fan-out, as the torchvision copy in Hu et al.'s code
-        # does, so training from scratch starts from the same distribution.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return the outputs of ``layer1`` ... ``layer4`` (strides 4, 8, 16, 32)."""

@@ -23,6 +23,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .init import he_init
+
 __all__ = ["SEModule", "SEBottleneck", "SENet", "senet154", "scaled"]
 
 
@@ -194,7 +196,8 @@ class SENet(nn.Module):
             self.avg_pool = nn.AdaptiveAvgPool2d(1)
             self.dropout = nn.Dropout(dropout_p) if dropout_p is not None else None
             self.last_linear = nn.Linear(inplanes, num_classes)
-        self._init_weights()
+        # The released model only ships pretrained; from scratch, use the shared He init.
+        he_init(self)
 
     @staticmethod
     def _make_layer(
@@ -221,18 +224,6 @@ class SENet(nn.Module):
         ]
         modules += [SEBottleneck(out_channels, planes, groups, reduction) for _ in range(1, blocks)]
         return nn.Sequential(*modules), out_channels
-
-    def _init_weights(self) -> None:
-        # The released model only ever ships pretrained; for from-scratch use
-        # pick the standard He-normal (fan-out) / unit-BN initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return the outputs of ``layer1`` ... ``layer4`` (strides 4, 8, 16, 32)."""
