@@ -6,11 +6,11 @@ package's hook calls them in a fixed order.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any
 
 from depthsel import hookimpl
+
+from .._submodules import register_from
 
 _SUBMODULES = ("fastdepth", "hu_mff", "bts", "cspn")
 
@@ -18,8 +18,4 @@ _SUBMODULES = ("fastdepth", "hu_mff", "bts", "cspn")
 @hookimpl
 def register_models(register: Any) -> None:
     """Register every first-party model."""
-    for name in _SUBMODULES:
-        full = f"{__name__}.{name}"
-        if importlib.util.find_spec(full) is None:
-            continue
-        importlib.import_module(full).register_models(register)
+    register_from(__name__, _SUBMODULES, "register_models", register)
