@@ -95,7 +95,7 @@ def test_amp_autocast_stats_stay_float32() -> None:
     x, d = toy_batch(2, (16, 16))
     reg = SelectivityRegularizer(model, ["dec3"], binner(4))
     with reg.attach(), torch.autocast("cpu", dtype=torch.bfloat16):
-        pred = model(x)
+        model(x)
         loss = reg.loss(d)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()

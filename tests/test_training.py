@@ -6,25 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from depthsel import ModelInfo
-from depthsel.testing import ToyDepthNet, toy_batch
+from depthsel.testing import ToyDepthDataset, ToyDepthNet
 from depthsel.training import SelectivityConfig, TrainConfig, Trainer
 
 INFO = ModelInfo(input_size=(32, 32), normalization="unit", suggested_layers=("dec3",))
 
 
-class ToySet(Dataset):
-    def __init__(self, n: int = 24) -> None:
-        x, d = toy_batch(n, (32, 32), seed=7)
-        self.items = [{"image": x[i], "depth": d[i], "valid": d[i] > 0, "name": str(i)} for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
+def ToySet(n: int) -> ToyDepthDataset:  # noqa: N802 - reads as the dataset it builds
+    return ToyDepthDataset(n, seed=7)
 
 
 class Killed(RuntimeError):
@@ -47,16 +38,16 @@ def weights(model: torch.nn.Module) -> torch.Tensor:
 def test_deterministic_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m1 = ToyDepthNet(width=4)
-    h1 = Trainer(m1, INFO, ToySet(), config(tmp_path, "full"), eval_set=ToySet(8)).fit(resume=False)
+    h1 = Trainer(m1, INFO, ToySet(24), config(tmp_path, "full"), eval_set=ToySet(8)).fit(resume=False)
     torch.manual_seed(0)
     m2 = ToyDepthNet(width=4)
-    Trainer(m2, INFO, ToySet(), config(tmp_path, "again"), eval_set=ToySet(8)).fit(resume=False)
+    Trainer(m2, INFO, ToySet(24), config(tmp_path, "again"), eval_set=ToySet(8)).fit(resume=False)
     assert torch.equal(weights(m1), weights(m2))
 
     # Interrupted run: dies at step 10 (last checkpoint at step 8), then resumes in a fresh process state.
     torch.manual_seed(0)
     m3 = ToyDepthNet(width=4)
-    t3 = Trainer(m3, INFO, ToySet(), config(tmp_path, "killed"), eval_set=ToySet(8))
+    t3 = Trainer(m3, INFO, ToySet(24), config(tmp_path, "killed"), eval_set=ToySet(8))
     original = t3._train_step
 
     def dying(*args, **kwargs):
@@ -70,7 +61,7 @@ def test_deterministic_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert (tmp_path / "killed" / "checkpoint.json").is_file()
     torch.manual_seed(123)  # a different RNG state, which the checkpoint must override
     m4 = ToyDepthNet(width=4)
-    h4 = Trainer(m4, INFO, ToySet(), config(tmp_path, "killed"), eval_set=ToySet(8)).fit(resume=True)
+    h4 = Trainer(m4, INFO, ToySet(24), config(tmp_path, "killed"), eval_set=ToySet(8)).fit(resume=True)
     assert torch.equal(weights(m4), weights(m1))
     assert h4["epochs"][-1]["eval"] == h1["epochs"][-1]["eval"]
     assert [s["loss"] for s in h4["steps"]] == [s["loss"] for s in h1["steps"]]
@@ -79,9 +70,9 @@ def test_deterministic_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_selectivity_term_is_logged_and_baseline_has_none(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    h = Trainer(ToyDepthNet(width=4), INFO, ToySet(), config(tmp_path, "sel", epochs=1)).fit(resume=False)
+    h = Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "sel", epochs=1)).fit(resume=False)
     assert all("ds" in s for s in h["steps"])
-    h0 = Trainer(ToyDepthNet(width=4), INFO, ToySet(), config(tmp_path, "base", epochs=1, selectivity=None)).fit()
+    h0 = Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "base", epochs=1, selectivity=None)).fit()
     assert all("ds" not in s for s in h0["steps"])
 
 
@@ -94,4 +85,4 @@ def test_config_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ResultFormatError):
         TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(DepthselError, match="loss"):
-        Trainer(ToyDepthNet(width=4), INFO, ToySet(), config(tmp_path, "y", loss="l3"))
+        Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "y", loss="l3"))

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from .capture import count_hooks
 from .registry import PluginManager
 
-__all__ = ["ToyDepthNet", "toy_batch", "assert_no_hooks", "isolated_plugins"]
+__all__ = ["ToyDepthNet", "ToyDepthDataset", "toy_batch", "assert_no_hooks", "isolated_plugins"]
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -94,6 +95,34 @@ def toy_batch(batch: int = 4, size: tuple[int, int] = (32, 32), seed: int = 0,
     noise = 0.03 * torch.randn(batch, 3, h, w, generator=g)
     image = (torch.stack([base, base * 0.9 + texture, base * 0.8 - texture], 1) + noise).clamp(0, 1)
     return image, depth.unsqueeze(1)
+
+
+class ToyDepthDataset(Dataset[dict[str, Any]]):
+    """:func:`toy_batch` samples as depthsel dataset items (``image``, ``depth``, ``valid``, ``name``).
+
+    Parameters
+    ----------
+    num_samples, size, seed
+        Passed to :func:`toy_batch`.
+    dtype
+        Floating dtype of image and depth (float64 for exact-equality tests).
+    """
+
+    def __init__(self, num_samples: int = 8, size: tuple[int, int] = (32, 32), seed: int = 0,
+                 dtype: torch.dtype = torch.float32) -> None:
+        image, depth = toy_batch(num_samples, tuple(size), seed=seed)
+        self.image, self.depth = image.to(dtype), depth.to(dtype)
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        d = self.depth[i]
+        return {"image": self.image[i], "depth": d, "valid": d > 0, "name": f"toy/{i}"}
+
+    def names(self) -> list[str]:
+        """Stable sample names (used by dataset fingerprints)."""
+        return [f"toy/{i}" for i in range(len(self))]
 
 
 def assert_no_hooks(model: nn.Module) -> None:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from datahelpers import shared_data_dir
 from torch.utils.data import Dataset
 
 from depthsel import ModelInfo, assign_bins
 from depthsel.analysis import AnalysisContext
 from depthsel.errors import DepthselError
 from depthsel.results import load_result
-from depthsel.testing import ToyDepthNet, assert_no_hooks, toy_batch
+from depthsel.testing import ToyDepthDataset, ToyDepthNet, assert_no_hooks, toy_batch
 from depthsel_plugins.analyses.adversarial import (
     AdversarialAnalyzer,
     AdversarialResult,
@@ -26,7 +26,6 @@ from depthsel_plugins.analyses.adversarial import (
     threshold_maps,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nyu2_mini_test"
 INFO = ModelInfo(input_size=(32, 32), suggested_layers=("dec2", "dec3"))
 
 
@@ -37,20 +36,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-class ToyData(Dataset[dict[str, Any]]):
-    """Seeded toy images with a depth cue, as depthsel dataset items."""
-
-    def __init__(self, n: int = 6, seed: int = 1) -> None:
-        self.image, self.depth = toy_batch(n, (32, 32), seed=seed)
-
-    def __len__(self) -> int:
-        return len(self.image)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        d = self.depth[i]
-        return {"image": self.image[i], "depth": d, "valid": d > 0, "name": f"toy/{i}"}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +54,7 @@ def trained() -> ToyDepthNet:
 
 
 def _run(model: ToyDepthNet, **config: Any) -> AdversarialResult:
-    ctx = AnalysisContext(model=model, dataset=ToyData(), info=INFO, batch_size=3, progress=False)
+    ctx = AnalysisContext(model=model, dataset=ToyDepthDataset(6, seed=1), info=INFO, batch_size=3, progress=False)
     return AdversarialAnalyzer(num_bins=16, **config).run(ctx)
 
 
@@ -183,16 +168,9 @@ def test_bad_config_names_the_fix(bad: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- real data
 def _nyu(size: tuple[int, int]) -> Dataset[Any]:
-    if not (DATA / "index.csv").is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"real data missing at {DATA} on CI")
-        pytest.skip(f"real data not found at {DATA}")
-    try:
-        return __import__("depthsel").get_dataset("folder", root=str(DATA), size=size, indices=[0, 1])
-    except DepthselError:  # the folder plugin is not registered yet: use the class directly
-        from depthsel_plugins.datasets.folder import FolderDataset
-
-        return FolderDataset(DATA, size=size, indices=[0, 1])
+    """Two real NYU pairs at a tiny size (skips when the data is absent, fails on CI)."""
+    root = shared_data_dir("nyu2_mini_test")
+    return __import__("depthsel").get_dataset("folder", root=str(root), size=size, indices=[0, 1])
 
 
 @pytest.mark.realdata
@@ -208,7 +186,7 @@ def test_max_images_and_figure_index_are_respected(trained: ToyDepthNet) -> None
     res = _run(trained, max_images=4, figure_index=3)
     assert res.data["images"] == 4
     assert res.data["figure"]["index"] == 3
-    assert torch.equal(res.tensors["figure/image"], ToyData()[3]["image"])
+    assert torch.equal(res.tensors["figure/image"], ToyDepthDataset(6, seed=1)[3]["image"])
     with pytest.raises(DepthselError, match="figure_index"):
         _run(trained, figure_index=99)
 

@@ -8,7 +8,6 @@ argmax, absent bins as zeros), written here without any depthsel code.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from depthsel import EdgesBinner, ModelInfo, get_analyzer, get_binner
+from datahelpers import shared_data_dir
+
+from depthsel import EdgesBinner, ModelInfo, get_analyzer, get_binner, get_dataset
 from depthsel.analysis import AnalysisContext
 from depthsel.errors import DepthselError
 from depthsel.results import load_result
@@ -26,7 +27,6 @@ from depthsel.testing import ToyDepthNet, toy_batch
 from depthsel_plugins.analyses.dissection import DissectionAnalyzer, DissectionResult, dissect_splits
 from depthsel_plugins.analyses.dissection_plots import plot_feature_maps
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nyu2_mini_test"
 UNIT = ModelInfo(input_size=(32, 32), normalization="unit", suggested_layers=("dec2", "dec3"))
 
 
@@ -55,29 +55,7 @@ def toy_model() -> ToyDepthNet:
 
 def nyu_dataset(size: tuple[int, int] = (48, 64)) -> Dataset[Any]:
     """The real NYU mini test set at a tiny size (skips when the data is absent, fails on CI)."""
-    if not (DATA / "index.csv").is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"real data missing at {DATA} on CI")
-        pytest.skip(f"real data not found at {DATA}")
-    try:
-        return __import__("depthsel").get_dataset("folder", root=str(DATA), size=size)
-    except DepthselError:
-        pass  # the folder dataset plugin is not registered yet: read the PNGs directly
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
-    rows = list(csv.DictReader((DATA / "index.csv").open()))
-    images, depths = [], []
-    for r in rows:
-        rgb = np.asarray(Image.open(DATA / r["rgb"]).convert("RGB"), dtype=np.float32) / 255.0
-        dep = np.asarray(Image.open(DATA / r["depth"]), dtype=np.float32) / 1000.0
-        img = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None], size=size, mode="bilinear",
-                            align_corners=False)[0]
-        images.append(img)
-        depths.append(F.interpolate(torch.from_numpy(dep)[None, None], size=size, mode="nearest")[0])
-    return TensorDataset(torch.stack(images), torch.stack(depths))
+    return get_dataset("folder", root=str(shared_data_dir("nyu2_mini_test")), size=size)
 
 
 def run(model: nn.Module, ds: Dataset[Any], layers: list[str], **config: Any) -> DissectionResult:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from datahelpers import shared_data_dir
 from torch.utils.data import Dataset
 
 from depthsel import ModelInfo
 from depthsel.analysis import AnalysisContext
 from depthsel.errors import DepthselError
 from depthsel.results import load_result
-from depthsel.testing import ToyDepthNet, toy_batch
+from depthsel.testing import ToyDepthDataset, ToyDepthNet
 from depthsel_plugins.analyses.masks import (
     MaskAnalyzer,
     MaskNet,
@@ -27,7 +27,6 @@ from depthsel_plugins.analyses.masks import (
     sparseness,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nyu2_mini_test"
 INFO = ModelInfo(input_size=(32, 32), suggested_layers=("dec2", "dec3"))
 
 
@@ -40,20 +39,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-class ToyData(Dataset[dict[str, Any]]):
-    """Seeded toy images with a depth cue, as depthsel dataset items."""
-
-    def __init__(self, n: int = 6, seed: int = 1) -> None:
-        self.image, self.depth = toy_batch(n, (32, 32), seed=seed)
-
-    def __len__(self) -> int:
-        return len(self.image)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        d = self.depth[i]
-        return {"image": self.image[i], "depth": d, "valid": d > 0, "name": f"toy/{i}"}
-
-
 @pytest.fixture(scope="module")
 def frozen() -> ToyDepthNet:
     torch.manual_seed(0)
@@ -62,7 +47,7 @@ def frozen() -> ToyDepthNet:
 
 @pytest.fixture(scope="module")
 def swept(frozen: ToyDepthNet) -> MaskResult:
-    ctx = AnalysisContext(model=frozen, dataset=ToyData(), info=INFO, batch_size=3, progress=False)
+    ctx = AnalysisContext(model=frozen, dataset=ToyDepthDataset(6, seed=1), info=INFO, batch_size=3, progress=False)
     return MaskAnalyzer(lambdas=[1, 5], steps=30, lr=2e-3, width=2, num_overlays=2).run(ctx)
 
 
@@ -115,7 +100,7 @@ def test_training_loss_decreases(swept: MaskResult) -> None:
 def test_table_sparseness_matches_the_stored_masks(swept: MaskResult, frozen: ToyDepthNet) -> None:
     rows = {r["lambda"]: r for r in swept.rows()}
     assert set(rows) == {1.0, 5.0}
-    data = ToyData()
+    data = ToyDepthDataset(6, seed=1)
     x = INFO.normalize(data.image)
     for lam, row in rows.items():
         with torch.no_grad():
@@ -161,16 +146,9 @@ def test_bad_config_names_the_fix(bad: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- real data
 def _nyu(size: tuple[int, int]) -> Dataset[Any]:
-    if not (DATA / "index.csv").is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"real data missing at {DATA} on CI")
-        pytest.skip(f"real data not found at {DATA}")
-    try:
-        return __import__("depthsel").get_dataset("folder", root=str(DATA), size=size, indices=[0, 1])
-    except DepthselError:  # the folder plugin is not registered yet: use the class directly
-        from depthsel_plugins.datasets.folder import FolderDataset
-
-        return FolderDataset(DATA, size=size, indices=[0, 1])
+    """Two real NYU pairs at a tiny size (skips when the data is absent, fails on CI)."""
+    root = shared_data_dir("nyu2_mini_test")
+    return __import__("depthsel").get_dataset("folder", root=str(root), size=size, indices=[0, 1])
 
 
 @pytest.mark.realdata
@@ -185,7 +163,7 @@ def test_runs_on_real_nyu_images(frozen: ToyDepthNet) -> None:
 
 def test_same_seed_same_result(frozen: ToyDepthNet) -> None:
     def once() -> MaskResult:
-        ctx = AnalysisContext(model=frozen, dataset=ToyData(4), info=INFO, batch_size=2,
+        ctx = AnalysisContext(model=frozen, dataset=ToyDepthDataset(4, seed=1), info=INFO, batch_size=2,
                               progress=False, seed=7)
         return MaskAnalyzer(lambdas=[2], steps=3, lr=1e-3, width=2, num_overlays=0).run(ctx)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import os
 import subprocess
@@ -18,28 +20,11 @@ from depthsel import hookimpl, register_plugin, unregister_plugin
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.capture import Capture
 from depthsel.results import Result
-from depthsel.testing import ToyDepthNet, toy_batch
+from depthsel.testing import ToyDepthDataset, ToyDepthNet
 from depthsel.zoo import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_ENV = {"COLUMNS": "120", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", "NO_COLOR": "1"}
-
-
-class ToyDataset(torch.utils.data.Dataset):
-    """Items of :func:`depthsel.testing.toy_batch`, following the dataset contract."""
-
-    def __init__(self, num_samples: int = 4, size: tuple[int, int] = (32, 32)) -> None:
-        self.image, self.depth = toy_batch(num_samples, tuple(size), seed=1)
-
-    def __len__(self) -> int:
-        return self.image.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.image[i], "depth": self.depth[i], "valid": self.depth[i] > 0,
-                "name": f"toy/{i}"}
-
-    def names(self) -> list[str]:
-        return [f"toy/{i}" for i in range(len(self))]
 
 
 class MeanResult(Result):
@@ -80,7 +65,7 @@ class ToyPlugin:
 
     @hookimpl
     def register_datasets(self, register: Any) -> None:
-        register("toyset", ToyDataset, description="toy_batch samples (tests)")
+        register("toyset", partial(ToyDepthDataset, num_samples=4, seed=1), description="toy_batch samples (tests)")
 
     @hookimpl
     def register_analyzers(self, register: Any) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 import typer
-from cli_support import ROOT, assert_one_line_error, invoke, invoke_json
+from cli_support import assert_one_line_error, invoke, invoke_json
+from datahelpers import shared_data_dir
 
-from depthsel.api import list_plugins
 from depthsel.cli.errors import EXIT_INTERRUPTED, handle_errors
 from depthsel.errors import DepthselError
 from depthsel.testing import ToyDepthNet
@@ -152,13 +152,7 @@ def test_analyze_missing_option_is_usage_error(runner: Any) -> None:
     assert invoke(runner, ["analyze", "toy-mean", "--model", "toy"]).exit_code == 2
 
 
-def _has(kind: str, name: str) -> bool:
-    return name in list_plugins(kind)
-
-
 def test_analyze_on_synthetic_data(runner: Any, toy_plugin: str, tmp_path: Path) -> None:
-    if not _has("datasets", "synthetic"):
-        pytest.skip("the synthetic dataset plugin is not registered yet")
     data = invoke_json(runner, ["analyze", "toy-mean", "-m", "toy", "-d", "synthetic", "--data-set",
                                 "size=[32,32]", "--limit", "2", "-o", tmp_path / "s"])
     assert data["summary"]["images"] == 2
@@ -166,17 +160,13 @@ def test_analyze_on_synthetic_data(runner: Any, toy_plugin: str, tmp_path: Path)
 
 @pytest.mark.realdata
 def test_analyze_on_folder_data(runner: Any, toy_plugin: str, tmp_path: Path) -> None:
-    root = ROOT.parent / "shared" / "data" / "nyu2_mini_test"
-    if not root.is_dir() or not _has("datasets", "folder"):
-        pytest.skip("needs ../shared/data/nyu2_mini_test and the folder dataset plugin")
+    root = shared_data_dir("nyu2_mini_test")
     data = invoke_json(runner, ["analyze", "toy-mean", "-m", "toy", "-d", f"folder:{root}", "--data-set",
                                 "size=[48,64]", "--limit", "2", "-o", tmp_path / "f"])
     assert data["summary"]["images"] == 2
 
 
 def test_dissect_is_analyze_dissection(runner: Any, toy_plugin: str, tmp_path: Path) -> None:
-    if not _has("analyzers", "dissection") or not _has("datasets", "synthetic"):
-        pytest.skip("the dissection analyzer or the synthetic dataset is not registered yet")
     data = invoke_json(runner, ["dissect", "-m", "toy", "--width", "32", "-d", "synthetic", "--data-set",
                                 "size=[32,32]", "--limit", "4", "--layers", "dec2", "-o", tmp_path / "d"])
     assert (tmp_path / "d" / "result.json").is_file()

@@ -65,8 +65,6 @@ def test_analyze_with_the_example_analyzer(installed: dict[str, str], tmp_path: 
     proc = run_cli(["analyze", "unit-stats", "--model", "example-tiny", "--data", "synthetic",
                     "--data-set", "size=[32,32]", "--limit", "2", "--set", "absolute=true",
                     "--out", out, "--format", "json"], env=installed)
-    if proc.returncode != 0 and "no dataset named 'synthetic'" in proc.stderr:
-        pytest.skip("the synthetic dataset plugin is not registered yet")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["kind"] == "example.unit-stats"

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import depthsel
 from depthsel.accumulator import ResponseAccumulator
 from depthsel.dissect import collect_responses
-from depthsel.testing import ToyDepthNet, toy_batch
+from depthsel.testing import ToyDepthDataset, ToyDepthNet, toy_batch
 
 WIDTH = 4
 LAYERS = ["dec2", "dec3"]
@@ -34,22 +34,6 @@ def acc_data(n: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     acts = torch.randn(n, 5, 7, 9, generator=g, dtype=torch.float64)
     bins = torch.randint(-1, 6, (n, 15, 20), generator=g)
     return acts, bins
-
-
-class ToyDataset(torch.utils.data.Dataset):
-    """An odd number of in-memory samples following the depthsel dataset contract."""
-
-    def __init__(self, n: int = 5) -> None:
-        image, depth = toy_batch(n, (32, 32), seed=3)
-        image, depth = image.double(), depth.double()  # the toy model runs in float64
-        self.items = [{"image": image[i], "depth": depth[i], "valid": depth[i] > 0, "name": f"toy{i}"}
-                      for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items[i]
 
 
 def toy_model() -> ToyDepthNet:
@@ -90,7 +74,7 @@ def run(rank: int, world: int) -> dict[str, Any]:
 
     # (ii) collect_responses: sharded by rank and all-reduced inside.
     model = toy_model()
-    res = collect_responses(model, ToyDataset(5), LAYERS, binner(), batch_size=2, progress=False)
+    res = collect_responses(model, ToyDepthDataset(5, seed=3, dtype=torch.float64), LAYERS, binner(), batch_size=2, progress=False)
     out["collect"] = {n: a.state_dict() for n, a in res.accumulators.items()}
 
     # (iii) the regularizer under DDP, each rank on its half of the global batch.

@@ -38,6 +38,7 @@ import pytest
 import torch
 
 from depthsel.accumulator import ResponseAccumulator
+from depthsel.testing import ToyDepthDataset
 from depthsel.dissect import collect_responses
 
 HERE = Path(__file__).resolve().parent
@@ -106,7 +107,7 @@ def test_accumulator_sync_equals_single_process(ranks: list[dict[str, Any]]) -> 
 
 
 def test_collect_responses_is_world_size_invariant(ranks: list[dict[str, Any]]) -> None:
-    data = W.ToyDataset(5)
+    data = ToyDepthDataset(5, seed=3, dtype=torch.float64)
     single = collect_responses(W.toy_model(), data, W.LAYERS, W.binner(), batch_size=2, progress=False)
     for r in ranks:
         assert set(r["collect"]) == set(W.LAYERS)

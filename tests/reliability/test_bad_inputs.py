@@ -7,7 +7,6 @@ errors is one line on stderr with a non-zero exit code.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -42,8 +41,6 @@ from depthsel.testing import ToyDepthNet, assert_no_hooks, toy_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGES = [0.5, 1.0, 2.0, 4.0, 8.0]
-HAS_FOLDER = importlib.util.find_spec("depthsel_plugins.datasets.folder") is not None
-HAS_CLI = importlib.util.find_spec("depthsel.cli") is not None
 
 
 @pytest.fixture
@@ -220,10 +217,9 @@ def test_unknown_plugin_names_suggest(call: Any, hint: str) -> None:
 def test_unknown_plugin_option_is_a_depthsel_error(tmp_path: Path) -> None:
     with pytest.raises(DepthselError, match="num_bin"):
         depthsel.get_binner("uniform", num_bin=4)
-    if HAS_FOLDER:
-        # The folder factory takes **config, so the bad name surfaces inside it.
-        with pytest.raises(DepthselError, match="rgb_col"):
-            depthsel.get_dataset("folder", root=str(tmp_path), rgb_col="x")
+    # The folder factory takes **config, so the bad name surfaces inside it.
+    with pytest.raises(DepthselError, match="rgb_col"):
+        depthsel.get_dataset("folder", root=str(tmp_path), rgb_col="x")
 
 
 # ------------------------------------------------------------------ datasets
@@ -246,23 +242,19 @@ def load_first(root: Path, **kw: Any) -> Any:
     return depthsel.get_dataset("folder", root=str(root), **kw)[0]
 
 
-needs_folder = pytest.mark.skipif(not HAS_FOLDER, reason="the folder dataset plugin is not in this checkout")
 
 
-@needs_folder
 def test_folder_good_pair_loads(tmp_path: Path) -> None:
     item = load_first(write_pairs(tmp_path))
     assert item["image"].shape == (3, 8, 10) and float(item["depth"].max()) == pytest.approx(2.0)
 
 
-@needs_folder
 def test_folder_image_and_depth_of_different_sizes(tmp_path: Path) -> None:
     root = write_pairs(tmp_path, depth_size=(4, 5))
     with pytest.raises(DatasetError, match=r"image is \(8, 10\) but depth is \(4, 5\).*registered"):
         load_first(root)
 
 
-@needs_folder
 @pytest.mark.parametrize("mode", ["L", "RGB", "LA"])
 def test_folder_depth_png_of_wrong_bit_depth(tmp_path: Path, mode: str) -> None:
     from PIL import Image
@@ -274,7 +266,6 @@ def test_folder_depth_png_of_wrong_bit_depth(tmp_path: Path, mode: str) -> None:
         load_first(root)
 
 
-@needs_folder
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_folder_corrupt_or_truncated_image(tmp_path: Path, damage: str) -> None:
     root = write_pairs(tmp_path)
@@ -286,7 +277,6 @@ def test_folder_corrupt_or_truncated_image(tmp_path: Path, damage: str) -> None:
         load_first(root)
 
 
-@needs_folder
 def test_folder_missing_index_column(tmp_path: Path) -> None:
     root = write_pairs(tmp_path, header="rgb,dpth")
     with pytest.raises(DatasetError, match="no 'depth' column.*pass depth_column="):
@@ -296,7 +286,6 @@ def test_folder_missing_index_column(tmp_path: Path) -> None:
         load_first(root)
 
 
-@needs_folder
 def test_folder_file_missing(tmp_path: Path) -> None:
     root = write_pairs(tmp_path)
     os.remove(root / "rgb/1.png")
@@ -306,7 +295,6 @@ def test_folder_file_missing(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- CLI
-needs_cli = pytest.mark.skipif(not HAS_CLI, reason="the depthsel CLI is not in this checkout")
 CLI_ENV = {"COLUMNS": "200", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", "NO_COLOR": "1"}
 
 
@@ -330,7 +318,6 @@ def assert_one_line(result: Any, *needles: str) -> None:
         assert needle in errors[0], errors[0]
 
 
-@needs_cli
 def test_cli_unknown_names_one_line(tmp_path: Path) -> None:
     assert_one_line(invoke(["dissect", "--model", "fastdeph", "--data", "synthetic", "--out", tmp_path / "o"]),
                     "did you mean 'fastdepth'")
@@ -340,7 +327,6 @@ def test_cli_unknown_names_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-@needs_cli
 def test_cli_bad_weights_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x80\x02garbage")
@@ -349,8 +335,6 @@ def test_cli_bad_weights_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o.safetensors").exists()
 
 
-@needs_cli
-@needs_folder
 def test_cli_dataset_errors_one_line(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -366,7 +350,6 @@ def test_cli_dataset_errors_one_line(tmp_path: Path) -> None:
                             "--out", out]), "escapes the dataset root")
 
 
-@needs_cli
 def test_cli_error_in_real_process_is_one_line_on_stderr(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "depthsel.cli", "convert", str(tmp_path / "missing.pth"),
@@ -378,7 +361,6 @@ def test_cli_error_in_real_process_is_one_line_on_stderr(tmp_path: Path) -> None
     assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], proc.stderr
 
 
-@needs_folder
 def test_folder_row_with_extra_fields(tmp_path: Path) -> None:
     root = write_pairs(tmp_path)
     (root / "index.csv").write_text("rgb,depth\nrgb/0.png,depth/0.png,extra\n")
@@ -386,7 +368,6 @@ def test_folder_row_with_extra_fields(tmp_path: Path) -> None:
         load_first(root)
 
 
-@needs_folder
 def test_folder_nul_byte_in_path(tmp_path: Path) -> None:
     root = write_pairs(tmp_path)
     (root / "index.csv").write_text("rgb,depth\nrgb/0\x00.png,depth/0.png\n")
@@ -394,7 +375,6 @@ def test_folder_nul_byte_in_path(tmp_path: Path) -> None:
         load_first(root)
 
 
-@needs_folder
 def test_folder_decompression_bomb_header(tmp_path: Path) -> None:
     import struct
     import zlib

@@ -8,7 +8,6 @@ either a complete, loadable result or nothing.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import signal
@@ -34,8 +33,6 @@ from depthsel.results import Result, load_result
 from depthsel.selectivity import depth_selectivity
 from depthsel.testing import ToyDepthNet, assert_no_hooks
 
-HAS_FOLDER = importlib.util.find_spec("depthsel_plugins.datasets.folder") is not None
-HAS_CLI = importlib.util.find_spec("depthsel.cli") is not None
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
@@ -267,7 +264,6 @@ def test_load_result_on_random_json(tmp_path_factory: pytest.TempPathFactory, da
     outcome(lambda: load_result(out_dir))
 
 
-@pytest.mark.skipif(not HAS_FOLDER, reason="the folder dataset plugin is not in this checkout")
 @FUZZ
 @given(data=st.data(), which=st.sampled_from(["rgb", "depth", "index"]))
 def test_folder_dataset_on_damaged_files(tmp_path_factory: pytest.TempPathFactory, data: Any, which: str) -> None:
@@ -372,7 +368,6 @@ def command_lines(draw: Any, tmp: Path) -> list[str]:
     return args
 
 
-@pytest.mark.skipif(not HAS_CLI, reason="the depthsel CLI is not in this checkout")
 @settings(FUZZ, max_examples=30)
 @given(data=st.data())
 def test_random_command_lines(rel_plugin: None, tmp_path_factory: pytest.TempPathFactory, data: Any) -> None:

@@ -7,7 +7,6 @@ its new complete state, and a resumed run must end bit-identical
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -28,7 +27,6 @@ from depthsel.errors import ResultFormatError
 from depthsel.results import Result, load_result
 
 ROOT = Path(__file__).resolve().parents[2]
-HAS_TRAINING = importlib.util.find_spec("depthsel.training") is not None
 
 # Shared by the killed subprocess and this process, so both build the same data and model.
 COMMON = textwrap.dedent('''
@@ -280,7 +278,6 @@ def test_corrupt_dissection_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- training
-needs_training = pytest.mark.skipif(not HAS_TRAINING, reason="depthsel.training is not in this checkout")
 
 TRAIN = '''
 from depthsel.training import SelectivityConfig, TrainConfig, Trainer
@@ -298,7 +295,6 @@ def make_trainer(out_dir, name, delay=0.0):
 '''
 
 
-@needs_training
 def test_training_killed_midway_resumes_identically(tmp_path: Path) -> None:
     proc = run_child(TRAIN + f'''
 make_trainer({str(tmp_path)!r}, "killed", delay=0.12).fit()
@@ -326,7 +322,6 @@ make_trainer({str(tmp_path)!r}, "killed", delay=0.12).fit()
     assert [s["loss"] for s in ha["steps"]] == [s["loss"] for s in hb["steps"]]
 
 
-@needs_training
 def test_training_crash_between_checkpoint_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash after checkpoint.safetensors of step 4 and before its checkpoint.json."""
     import depthsel.training as training

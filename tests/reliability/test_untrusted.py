@@ -7,7 +7,6 @@ flag, and the marker must never appear.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -30,8 +29,6 @@ from depthsel.errors import (
 from depthsel.results import Result, load_result
 from depthsel.testing import ToyDepthNet
 
-HAS_FOLDER = importlib.util.find_spec("depthsel_plugins.datasets.folder") is not None
-HAS_CLI = importlib.util.find_spec("depthsel.cli") is not None
 CLI_ENV = {"COLUMNS": "200", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", "NO_COLOR": "1"}
 
 
@@ -134,10 +131,8 @@ def invoke(args: list[Any]) -> Any:
     return CliRunner(env=CLI_ENV).invoke(app, [str(a) for a in args])
 
 
-needs_cli = pytest.mark.skipif(not HAS_CLI, reason="the depthsel CLI is not in this checkout")
 
 
-@needs_cli
 def test_cli_convert_refuses_then_warns_with_trust(tmp_path: Path, marker: Path) -> None:
     evil = tmp_path / "evil.pth"
     weights = {"w": torch.ones(3)}
@@ -153,7 +148,6 @@ def test_cli_convert_refuses_then_warns_with_trust(tmp_path: Path, marker: Path)
     assert set(load_state_dict(out)) == {"w"}
 
 
-@needs_cli
 @pytest.mark.parametrize("command", [["dissect"], ["analyze", "dissection"]])
 def test_cli_analyze_and_dissect_refuse_pickled_weights(tmp_path: Path, marker: Path,
                                                        command: list[str]) -> None:
@@ -167,7 +161,6 @@ def test_cli_analyze_and_dissect_refuse_pickled_weights(tmp_path: Path, marker: 
     assert not marker.exists() and not out.exists()
 
 
-@needs_cli
 def test_cli_report_does_not_unpickle(tmp_path: Path, marker: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
@@ -178,7 +171,6 @@ def test_cli_report_does_not_unpickle(tmp_path: Path, marker: Path) -> None:
 
 
 # ------------------------------------------------------------ dataset paths
-needs_folder = pytest.mark.skipif(not HAS_FOLDER, reason="the folder dataset plugin is not in this checkout")
 
 
 def make_root(root: Path, rows: list[str]) -> Path:
@@ -192,7 +184,6 @@ def make_root(root: Path, rows: list[str]) -> Path:
     return root
 
 
-@needs_folder
 @pytest.mark.parametrize(("row", "why"), [
     ("../../etc/passwd,depth/0.png", "escapes the dataset root"),
     ("rgb/../../../etc/passwd,depth/0.png", "escapes the dataset root"),
@@ -207,7 +198,6 @@ def test_index_paths_cannot_escape_root(tmp_path: Path, row: str, why: str) -> N
         depthsel.get_dataset("folder", root=str(root))
 
 
-@needs_folder
 def test_symlinks_to_outside_are_refused(tmp_path: Path) -> None:
     outside = tmp_path / "secret.png"
     outside.write_bytes((make_root(tmp_path / "other", ["rgb/0.png,depth/0.png"]) / "rgb/0.png").read_bytes())
@@ -225,7 +215,6 @@ def test_symlinks_to_outside_are_refused(tmp_path: Path) -> None:
         depthsel.get_dataset("folder", root=str(root2), index="../ds/index.csv")
 
 
-@needs_folder
 def test_symlink_inside_root_is_fine(tmp_path: Path) -> None:
     root = make_root(tmp_path / "ds", ["rgb/alias.png,depth/0.png"])
     os.symlink(root / "rgb/0.png", root / "rgb/alias.png")
