@@ -25,6 +25,7 @@ from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.errors import DepthselError
 from depthsel.results import Result, provenance
 
+from .figures import pyplot, save_figure
 from .interventions import evaluate, load_or_dissect
 
 __all__ = ["AblationAnalyzer", "AblationResult", "ablation_steps", "plot_ablation", "register_analyzers"]
@@ -87,11 +88,7 @@ class AblationResult(Result):
 
 def plot_ablation(result: AblationResult, layer: str, out_path: str | Path) -> Path:
     """Fig. 2 style: δ1, RMSE and AbsRel against the number of ablated units, three orders."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3))
     runs = result.tensors.get(f"{layer}/random_runs")
     for j, metric in enumerate(METRICS):
@@ -107,13 +104,7 @@ def plot_ablation(result: AblationResult, layer: str, out_path: str | Path) -> P
         ax.set_title(f"{layer}: {metric}")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, out_path)
 
 
 class AblationAnalyzer(Analyzer):

@@ -44,6 +44,8 @@ from depthsel.results import Result, provenance
 from depthsel.selectivity import assign_bins
 from depthsel.zoo import ModelInfo
 
+from .figures import pyplot, save_figure
+
 __all__ = ["AdversarialAnalyzer", "AdversarialResult", "AdversarialConfigError", "attack_images",
            "error_pixels", "threshold_maps", "mask_iou", "register_analyzers"]
 
@@ -185,11 +187,7 @@ class AdversarialResult(Result):
 
     def plot(self, path: str | Path | None = None) -> Any:
         """Draw the Fig. 8-style panel; save it to ``path`` when given. Returns the figure."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         t, fig_info = self.tensors, self.data.get("figure", {})
         if "figure/image" not in t:
             raise AdversarialConfigError("this result has no figure; run with figure_index set to an image")
@@ -218,20 +216,14 @@ class AdversarialResult(Result):
             a.set_title(f"{fig_info['layer']}#{u}", fontsize=8)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path, dpi=110)
+            save_figure(fig, path, dpi=110, close=False)
         return fig
 
     def save(self, directory: str | Path) -> Path:
         """Save as usual, plus ``figure.png`` when a figure was recorded."""
         out = super().save(directory)
         if "figure/image" in self.tensors:
-            import matplotlib.pyplot as plt
-
-            from depthsel.checkpoints import atomic_write
-
-            fig = self.plot()
-            atomic_write(out / "figure.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-            plt.close(fig)
+            save_figure(self.plot(), out / "figure.png", dpi=110)
         return out
 
 

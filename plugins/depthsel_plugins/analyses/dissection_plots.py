@@ -24,17 +24,9 @@ from depthsel.selectivity import assign_bins
 from depthsel.zoo import ModelInfo
 
 from .dissection_result import DissectionResult
+from .figures import pyplot, save_figure
 
 __all__ = ["plot_response_curve", "plot_response_heatmap", "plot_feature_maps"]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_path: str | Path, *,
@@ -43,7 +35,7 @@ def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_pat
 
     The assigned bin is marked with a dashed line, the argmax bin with a dot.
     """
-    plt = _pyplot()
+    plt = pyplot()
     r = result.responses(layer, split, mode)
     if not 0 <= unit < r.shape[0]:
         raise ShapeMismatchError(f"unit {unit} is out of range; {layer!r} has {r.shape[0]} units")
@@ -61,7 +53,7 @@ def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_pat
     ax.set_title(f"{layer} unit {unit}  DS={ds:.3f}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, plt, out_path)
+    return save_figure(fig, out_path)
 
 
 def plot_response_heatmap(result: DissectionResult, layer: str, out_path: str | Path, *,
@@ -70,7 +62,7 @@ def plot_response_heatmap(result: DissectionResult, layer: str, out_path: str | 
 
     A depth-selective layer trained with assigned bins shows a diagonal.
     """
-    plt = _pyplot()
+    plt = pyplot()
     r = torch.nan_to_num(result.responses(layer, split, mode).abs(), nan=0.0)
     asg = result.get(layer, "assigned", split)
     amax = result.get(layer, "argmax_bin", split)
@@ -84,7 +76,7 @@ def plot_response_heatmap(result: DissectionResult, layer: str, out_path: str | 
     ax.set_title(f"{layer}: normalised responses")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, plt, out_path)
+    return save_figure(fig, out_path)
 
 
 @torch.no_grad()
@@ -115,7 +107,7 @@ def plot_feature_maps(
     indices
         Dataset indices of the images shown (those beyond the dataset are skipped).
     """
-    plt = _pyplot()
+    plt = pyplot()
     idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
     if not idx or not units:
         raise ShapeMismatchError("plot_feature_maps needs at least one valid image index and one unit")
@@ -150,14 +142,4 @@ def plot_feature_maps(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    return _save(fig, plt, out_path)
-
-
-def _save(fig: Any, plt: Any, out_path: str | Path) -> Path:
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, out_path)

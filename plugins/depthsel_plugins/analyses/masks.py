@@ -40,6 +40,8 @@ from depthsel.progress import track
 from depthsel.results import Result, provenance
 from depthsel.zoo import ModelInfo
 
+from .figures import pyplot, save_figure
+
 __all__ = ["MaskNet", "MaskAnalyzer", "MaskResult", "MaskConfigError", "binarize", "sparseness",
            "edge_mask", "load_mask_net", "register_analyzers"]
 
@@ -195,13 +197,7 @@ class MaskResult(Result):
         out = super().save(directory)
         if "overlay/image" not in self.tensors:
             return out
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        from depthsel.checkpoints import atomic_write
-
+        plt = pyplot()
         images = self.tensors["overlay/image"]
         # What N sees: masking the normalised image turns masked pixels into the mean colour.
         mean = self.tensors.get("overlay/mean", torch.zeros(3)).view(1, 1, 3).numpy()
@@ -221,9 +217,7 @@ class MaskResult(Result):
                     ax.axis("off")
             fig.suptitle(f"{key}: sparseness {row['sparseness']:.3f}", fontsize=10)
             fig.tight_layout()
-            atomic_write(out / "overlays" / f"{key}.png",
-                         lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-            plt.close(fig)
+            save_figure(fig, out / "overlays" / f"{key}.png", dpi=90)
         return out
 
 
