@@ -112,6 +112,12 @@ def _units(model: torch.nn.Module, info: Any, layer: str, size: tuple[int, int],
     return int(cap.outputs[layer].shape[1])
 
 
+def _layer_mean(layers: dict[str, dict[str, Any]], key: str) -> float:
+    """Mean of one summary number over the hooked layers (NaN when none report it)."""
+    vals = [float(v[key]) for v in layers.values() if v.get(key) is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def format_table(rows: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """The comparison as a list of ``{metric, baseline, interpretable}`` rows.
 
@@ -140,10 +146,13 @@ def run_experiment(cfg: ExperimentConfig, progress: bool | None = None) -> dict[
     # Both models read the same items every epoch: decode/render them once.
     train_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.train_data))
     test_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.test_data))
-    torch.manual_seed(cfg.seed)
-    probe = get_model(cfg.model, **cfg.model_config)
+    def build_model() -> torch.nn.Module:
+        torch.manual_seed(cfg.seed)  # both twins start from the same weights
+        return get_model(cfg.model, **cfg.model_config)
+
+    models = {"baseline": build_model(), "interpretable": build_model()}
     extra = list(info.extra_inputs)
-    units = {layer: _units(probe, info, layer, tuple(cfg.size), extra) for layer in cfg.layers}
+    units = {layer: _units(models["baseline"], info, layer, tuple(cfg.size), extra) for layer in cfg.layers}
     num_bins = cfg.num_bins or min(units.values())
     binner = fit_binner(train_set, cfg.binning, num_bins)
     console = get_console()
@@ -153,8 +162,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool | None = None) -> dict[
     summary: dict[str, Any] = {"config": asdict(cfg), "binner": binner.config(), "units": units, "models": {}}
     rows: dict[str, dict[str, float]] = {}
     for label, weight in (("baseline", 0.0), ("interpretable", cfg.weight)):
-        torch.manual_seed(cfg.seed)
-        model = get_model(cfg.model, **cfg.model_config)
+        model = models[label]
         sel = SelectivityConfig(layers=list(cfg.layers), binner=binner.config(), objective=cfg.objective,
                                 weight=weight, fit_bins_to_units=True, warmup_steps=cfg.warmup_steps,
                                 objective_options=dict(cfg.objective_options))
@@ -165,38 +173,33 @@ def run_experiment(cfg: ExperimentConfig, progress: bool | None = None) -> dict[
         Trainer(model, info, train_set, tcfg).fit(resume=False)
         metrics = evaluate(model, info, test_set, protocol=cfg.protocol, batch_size=cfg.batch_size,
                            device=cfg.device)
-        analyzer = get_analyzer("dissection", binner=binner.config(), fit_bins_to_units=True,
-                                permutations=cfg.permutations)
-        ctx = AnalysisContext(model=model, dataset=test_set, info=info, layers=list(cfg.layers),
-                              device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
-        result = analyzer.run(ctx)
-        result.save(run / label / "dissection")
+
+        def dissect(dataset: Dataset[Any], split: str, permutations: int) -> Any:
+            ctx = AnalysisContext(model=model, dataset=dataset, info=info, layers=list(cfg.layers),
+                                  device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  progress=progress)
+            result = get_analyzer("dissection", binner=binner.config(), fit_bins_to_units=True,
+                                  permutations=permutations, split=split).run(ctx)
+            result.save(run / label / ("dissection" if split == "test" else f"dissection_{split}"))
+            return result
+
+        result = dissect(test_set, "test", cfg.permutations)
         # The training split too: the gap between the two shows whether the
         # units' depth code generalises or was fitted to the training frames.
-        train_ctx = AnalysisContext(model=model, dataset=train_set, info=info, layers=list(cfg.layers),
-                                    device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
-                                    progress=progress)
-        train_result = get_analyzer("dissection", binner=binner.config(), fit_bins_to_units=True,
-                                    permutations=0, split="train").run(train_ctx)
-        train_result.save(run / label / "dissection_train")
-        tsum = train_result.summary()["splits"]["train"]
+        tsum = dissect(train_set, "train", 0).summary()["splits"]["train"]
         plots = result.plot(run / label / "plots")
         fmaps = getattr(result, "plot_feature_maps", None)
         if callable(fmaps):
             plots += fmaps(model, info, test_set, run / label / "plots", device=cfg.device)
         dsum = result.summary()["splits"]
-        split = next(iter(dsum))
-        layers = dsum[split]
-        def avg(key: str) -> float:
-            vals = [float(v[key]) for v in layers.values() if v.get(key) is not None]
-            return sum(vals) / len(vals) if vals else float("nan")
+        layers = dsum["test"]
         rows[label] = {
             "delta1": metrics["delta1"], "rmse": metrics["rmse"], "abs_rel": metrics["abs_rel"],
-            "mean_ds": avg("mean_ds"), "target_ds": avg("mean_target_ds"),
-            "peak_on_target": avg("peak_on_target"),
+            "mean_ds": _layer_mean(layers, "mean_ds"), "target_ds": _layer_mean(layers, "mean_target_ds"),
+            "peak_on_target": _layer_mean(layers, "peak_on_target"),
             "dead_units": sum(int(v["dead_units"]) for v in layers.values()),
-            "target_ds_train": sum(float(v["mean_target_ds"]) for v in tsum.values()) / len(tsum),
-            "peak_on_target_train": sum(float(v["peak_on_target"]) for v in tsum.values()) / len(tsum),
+            "target_ds_train": _layer_mean(tsum, "mean_target_ds"),
+            "peak_on_target_train": _layer_mean(tsum, "peak_on_target"),
         }
         summary["models"][label] = {"metrics": metrics, "dissection": dsum, "dissection_train": tsum,
                                     "plots": [str(p) for p in plots]}
