@@ -46,7 +46,8 @@ from depthsel.selectivity import assign_bins, depth_selectivity, matched_assignm
 from depthsel.zoo import ModelInfo
 
 from .dissection_result import DissectionResult
-from .dissection_stats import PixelReservoir, permutation_pvalues
+from .dissection_diagnostics import PredictionDiagnostics, bootstrap_layer, near_target_fraction
+from .dissection_stats import ImageReservoir, image_permutation_test, significance_summary, test_tensors
 
 __all__ = ["DissectionAnalyzer", "DissectionResult", "DissectionConfigError", "dissect_splits",
            "make_binner", "register_analyzers"]
@@ -95,27 +96,41 @@ def _load_assignment(spec: Any, layer: str, r: torch.Tensor, nb: int) -> torch.T
     return out
 
 
-class _Tap:
-    """Duck-types :class:`ModelInfo` for ``collect_responses`` to see each batch's depth.
+class _Observer:
+    """Sees each batch of the streaming pass: feeds the permutation reservoirs and the diagnostics.
 
-    ``collect_responses`` calls ``info.forward(model, batch)`` and then the
-    capture adapters of the hooked layers, so recording the batch here lets the
-    adapters feed the permutation reservoirs during the same streaming pass.
+    ``collect_responses`` calls ``info.forward(model, batch)`` and, during that
+    forward pass, the capture adapters of the hooked layers. Wrapping both lets
+    the reservoirs (activations + depth) and the prediction diagnostics
+    (activations + the model's own output) fill in the same single pass.
     """
 
-    def __init__(self, info: ModelInfo, binners: Mapping[str, Binner],
-                 reservoirs: Mapping[str, PixelReservoir], seed: int) -> None:
-        self.info, self.binners, self.reservoirs = info, binners, reservoirs
+    def __init__(self, info: ModelInfo, binners: Mapping[str, Binner], reservoirs: Mapping[str, ImageReservoir],
+                 diagnostics: Mapping[str, PredictionDiagnostics], seed: int) -> None:
+        self.info, self.binners, self.reservoirs, self.diagnostics = info, binners, reservoirs, diagnostics
         self.gen = torch.Generator().manual_seed(seed)
         self.batch: Mapping[str, Any] = {}
-        self.keys: torch.Tensor | None = None
+        self.acts: dict[str, torch.Tensor] = {}
+        self.gt_bins: dict[str, torch.Tensor] = {}
+        self.unusable_output: str | None = None
 
     def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
-        self.batch = batch
-        d = batch["depth"]
-        self.keys = torch.rand(d.shape[0], d.shape[-2], d.shape[-1], generator=self.gen,
-                               dtype=torch.float64).to(d.device)
-        return self.info.forward(model, batch)
+        self.batch, self.acts, self.gt_bins = batch, {}, {}
+        # One uniform key per image, shared by every layer: all reservoirs keep the same images.
+        keys = torch.rand(batch["depth"].shape[0], generator=self.gen, dtype=torch.float64)
+        pred = self.info.forward(model, batch)
+        for name, act in self.acts.items():
+            if name in self.reservoirs:
+                self.reservoirs[name].update(act, self.gt_bins[name], keys)
+        if self.diagnostics:
+            depth_pred = pred if isinstance(pred, torch.Tensor) else None
+            if depth_pred is None or depth_pred.ndim not in (3, 4) or depth_pred.shape[0] != batch["depth"].shape[0]:
+                self.unusable_output = f"model output of type {type(pred).__name__} is not a depth map [B,1,H,W]"
+            else:
+                for name, act in self.acts.items():
+                    self.diagnostics[name].update(act, depth_pred.detach(), batch["depth"], self.gt_bins[name],
+                                                  batch.get("valid"))
+        return pred
 
     def adapter(self, name: str, inner: Any = None) -> Any:
         def adapt(output: Any) -> torch.Tensor:
@@ -123,9 +138,9 @@ class _Tap:
                 out = inner(output)
             else:
                 out = output[0] if isinstance(output, (tuple, list)) else output
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and self.keys is not None:
-                bins = self.binners[name](self.batch["depth"], self.batch.get("valid"))
-                self.reservoirs[name].update(out.detach(), bins, self.keys)
+            if isinstance(out, torch.Tensor) and out.ndim == 4:
+                self.acts[name] = out.detach()
+                self.gt_bins[name] = self.binners[name](self.batch["depth"], self.batch.get("valid"))
             return out
         return adapt
 
@@ -141,9 +156,14 @@ class DissectionAnalyzer(Analyzer):
     preset
         ``"default"`` or ``"reference"`` (see the module docstring).
     permutations
-        Label shuffles of the permutation test (0 disables it).
-    permutation_samples
-        Size of the streamed pixel sample the test runs on.
+        Random re-pairings of images with depth maps in the permutation test
+        (0 disables it). The default 999 puts the smallest p-value at 0.001.
+    permutation_images
+        Most images the test (and the bootstrap intervals) sample, uniformly
+        over the split; the whole split when it is smaller.
+    diagnostics
+        Also bin responses by the model's predicted depth (prediction DS) and
+        measure the depth error per bin (see :mod:`.dissection_diagnostics`).
     assignment
         ``None`` (paper rule, Eq. 6), ``"matched"`` (Hungarian matching of the
         paper's bin slots to each unit's profile), a ``{layer: [bins]}`` dict,
@@ -164,7 +184,7 @@ class DissectionAnalyzer(Analyzer):
     description = "per-unit depth responses, DS, target DS, dead units and permutation p-values"
 
     def __init__(self, *, binner: str | Mapping[str, Any] | Binner = "sid", preset: str = "default",
-                 permutations: int = 200, permutation_samples: int = 20000,
+                 permutations: int = 999, permutation_images: int = 128, diagnostics: bool = True,
                  assignment: str | Mapping[str, Any] | None = None, fit_bins_to_units: bool = False,
                  split: str = "test", splits: Mapping[str, Mapping[str, Any]] | None = None,
                  align_corners: bool = False, max_batches: int | None = None,
@@ -176,13 +196,14 @@ class DissectionAnalyzer(Analyzer):
                 f"permutations must be >= 0 (0 disables the test), got {permutations}")
         self.binner = make_binner(binner)
         super().__init__(binner=self.binner.config(), preset=preset, permutations=int(permutations),
-                         permutation_samples=int(permutation_samples),
+                         permutation_images=int(permutation_images), diagnostics=bool(diagnostics),
                          assignment=assignment if not isinstance(assignment, Mapping) else "inline",
                          fit_bins_to_units=bool(fit_bins_to_units), split=split,
                          splits=dict(splits) if splits else None, align_corners=bool(align_corners),
                          max_batches=max_batches, checkpoint=checkpoint)
         self.preset, self.permutations = preset, int(permutations)
-        self.permutation_samples, self.assignment = int(permutation_samples), assignment
+        self.permutation_images, self.assignment = int(permutation_images), assignment
+        self.diagnostics = bool(diagnostics)
         self.fit_bins_to_units, self.split, self.splits = bool(fit_bins_to_units), split, splits
         self.align_corners, self.max_batches, self.checkpoint = align_corners, max_batches, checkpoint
 
@@ -230,14 +251,17 @@ class DissectionAnalyzer(Analyzer):
         units = self._layer_units(ctx, dataset)
         binners = self.layer_binners(units)
         adapters = dict(ctx.extras.get("adapters") or {})
-        reservoirs: dict[str, PixelReservoir] = {}
+        signed = self.preset == "reference"
+        reservoirs = ({n: ImageReservoir(self.permutation_images, signed=signed) for n in units}
+                      if self.permutations > 0 else {})
+        diags = ({n: PredictionDiagnostics(binners[n], self.align_corners) for n in units}
+                 if self.diagnostics else {})
         info: Any = ctx.info
-        if self.permutations > 0:
-            reservoirs = {n: PixelReservoir(self.permutation_samples, align_corners=self.align_corners)
-                          for n in units}
-            tap = _Tap(ctx.info, binners, reservoirs, ctx.seed)
-            adapters = {n: tap.adapter(n, adapters.get(n)) for n in units}
-            info = tap
+        observer = None
+        if reservoirs or diags:
+            observer = _Observer(ctx.info, binners, reservoirs, diags, ctx.seed)
+            adapters = {n: observer.adapter(n, adapters.get(n)) for n in units}
+            info = observer
         coll = collect_responses(
             ctx.model, dataset, list(units), binners, info=info, batch_size=ctx.batch_size,
             device=ctx.device, align_corners=self.align_corners, adapters=adapters or None,
@@ -252,15 +276,38 @@ class DissectionAnalyzer(Analyzer):
                     "split_order": [split],
                     "binners": {n: b.config() for n, b in binners.items()}}
         for name, acc in coll.accumulators.items():
-            stats = self._layer_stats(name, acc, binners[name], reservoirs.get(name), ctx.seed)
-            tensors, summary = stats
+            tensors, summary = self._layer_stats(name, acc, binners[name], reservoirs.get(name), ctx.seed)
+            if name in diags and observer is not None and observer.unusable_output is None:
+                t2, s2 = self._diagnostic_stats(diags[name], tensors["assigned"])
+                tensors.update(t2)
+                summary.update(s2)
+            elif observer is not None and observer.unusable_output:
+                summary["diagnostics_skipped"] = observer.unusable_output
             res.tensors.update({f"{split}/{name}/{k}": v for k, v in tensors.items()})
             summary.update(num_images=acc.num_images, num_pixels=float(acc.counts.sum()),
                            resumed_from=coll.resumed_from)
             res.data["splits"][split][name] = summary
         return res
 
-    def _layer_stats(self, name: str, acc: ResponseAccumulator, binner: Binner, reservoir: PixelReservoir | None,
+    def _diagnostic_stats(self, diag: PredictionDiagnostics,
+                          assigned: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Prediction-binned DS and the per-bin depth error of one layer."""
+        ref = self.preset == "reference"
+        absent = "zero" if ref else "exclude"
+        acc = diag.acc
+        r = acc.responses("signed").abs() if ref else acc.responses("abs")
+        dead = acc.dead_units()
+        ds_pred = depth_selectivity(r, absent=absent)
+        tds_pred = depth_selectivity(r, assigned, absent=absent)
+        summ = summarize_layer("pred", r, assigned, absent=absent, dead=dead).to_dict()
+        per_bin = diag.per_bin()
+        return ({"pred_R": r, "pred_ds": ds_pred, "pred_target_ds": tds_pred, "pred_counts": acc.counts},
+                {"pred_argmax_ds": _first(summ, "argmax_ds", "mean_ds"),
+                 "pred_target_ds": _first(summ, "target_ds", "mean_target_ds"),
+                 "pred_peak_on_target": summ["peak_on_target"],
+                 "pred_near_target": near_target_fraction(r, assigned, dead), "per_bin_error": per_bin})
+
+    def _layer_stats(self, name: str, acc: ResponseAccumulator, binner: Binner, reservoir: ImageReservoir | None,
                      seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         r_abs, r_signed = acc.responses("abs").cpu(), acc.responses("signed").cpu()
         ref = self.preset == "reference"
@@ -281,16 +328,24 @@ class DissectionAnalyzer(Analyzer):
             "edges": binner.edges.to(torch.float64).cpu(), "ds": ds, "target_ds": tds,
             "argmax_bin": masked.argmax(1), "assigned": assigned, "dead": dead,
         }
-        summ.update(permutations=self.permutations, perm_sample_size=0)
-        if reservoir is not None and reservoir.acts is not None and len(reservoir):
-            sample_ds, pv = permutation_pvalues(
-                reservoir.acts, reservoir.bins, nb, permutations=self.permutations,
-                signed_then_abs=ref, absent=absent, seed=seed)
-            tensors.update(sample_ds=sample_ds, pvalue=pv)
-            ok = ~torch.isnan(pv)
-            summ.update(perm_sample_size=len(reservoir), pixels_offered=reservoir.pixels_seen,
-                        frac_significant=float((pv[ok] < 0.05).double().mean()) if bool(ok.any()) else None)
+        summ["near_target"] = near_target_fraction(r_scored, assigned, dead)
+        summ.update(permutations=self.permutations, perm_images=0)
+        if reservoir is not None and len(reservoir):
+            test = image_permutation_test(reservoir, nb, assigned, permutations=self.permutations,
+                                          align_corners=self.align_corners, absent=absent, seed=seed)
+            tensors.update(test_tensors(test))
+            summ.update(significance_summary(test))
+            summ.update(bootstrap_layer(test.per_image_sums, test.per_image_counts, assigned,
+                                        signed=ref, absent=absent, seed=seed))
         return tensors, summ
+
+
+def _first(d: Mapping[str, Any], *keys: str) -> Any:
+    """The first of ``keys`` present in ``d`` (summary names changed between versions)."""
+    for k in keys:
+        if k in d:
+            return d[k]
+    return None
 
 
 def dissect_splits(

@@ -1,207 +1,272 @@
-"""Per-unit permutation test of depth selectivity on a streamed pixel sample.
+"""A calibrated permutation test of depth selectivity: whole depth maps are shuffled across images.
 
-The exact null distribution of a unit's DS would need the whole dissection
-pass repeated with shuffled depth bins. Instead, during the single streaming
-pass, :class:`PixelReservoir` keeps a *uniform random sample without
-replacement* of at most ``size`` valid pixels of the whole dataset (priority
-sampling: every valid pixel draws a uniform key and the ``size`` smallest keys
-are kept), together with each pixel's bin and the bilinearly aligned activation
-of every unit there. :func:`permutation_pvalues` then recomputes each unit's DS
-on that sample ``N`` times with the bin labels shuffled over the sampled pixels.
+Why images and not pixels
+-------------------------
+Neighbouring pixels share both activation and depth, so pixels are not
+exchangeable: shuffling bin labels pixel by pixel destroys the spatial
+correlation the real statistic keeps, and the test flagged 62% of a random
+network's units on depth maps that had been shuffled across images (so no unit
+could truly select depth). What *is* exchangeable under the null "a unit's
+response is unrelated to this image's depth" is the pairing of each image with
+its depth map. The test keeps every image's activations and every depth map
+whole and re-pairs them at random: spatial structure, per-image depth
+statistics and bin counts all survive each permutation.
 
-Approximations, stated once so the docs and results can point here:
+What it tests, in one sentence: does unit ``k`` respond to *this image's* depth
+more selectively than it would to the depth map of another image of the same
+dataset? A unit that only tracks image position (floor at the bottom) is not
+significant when every image has its floor at the bottom; that is intended.
 
-* The observed DS used by the test is the DS *of the sample* (``sample_ds``),
-  not the full-data DS; with ``size`` pixels it is close but not equal.
-* The null hypothesis is "bin labels are exchangeable over pixels". Pixels of
-  one image are spatially correlated, so a unit tracking any smooth image-level
-  quantity can look selective: the p-values are optimistic (anti-conservative)
-  for real feature maps and are meant for screening, not for a publication claim.
-* Bin counts are invariant under a permutation, so which bins are present is
-  the same in every permutation and the ``absent`` policy applies unchanged.
+How it is computed
+------------------
+:class:`ImageReservoir` keeps a uniform random sample of at most
+``max_images`` images (priority sampling with one key per image), storing
+each image's activations at the layer's resolution and its bin map. At the end
+the bilinear adjoint turns every bin map into weight maps ``W_j [Nb, h, w]``
+and one matrix product gives ``G[i, j] = <A_i, W_j> [K, Nb]``: the binned sums
+of image ``i``'s activations under image ``j``'s depth. A permutation ``pi`` then
+costs a gather: ``S = sum_i G[i, pi(i)]``. Counts per bin are invariant under
+re-pairing, so ``R = S / counts`` and the present-bin mask are too.
+
+``p = (1 + #{DS_perm >= DS_obs}) / (1 + N)``; the smallest attainable value is
+``1 / (1 + N)``, and with ``m`` images there are only ``m!`` distinct
+pairings, so a test on fewer than 5 images cannot reach ``p < 0.05``. Images
+of different sizes are only re-paired within their own size group.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-from depthsel.alignment import interp_weights
+from depthsel.alignment import bin_weight_maps
 from depthsel.errors import ShapeMismatchError
 from depthsel.selectivity import selectivity_from_stats
 
-__all__ = ["PixelReservoir", "binned_responses", "sample_selectivity", "permutation_pvalues"]
+__all__ = ["ImageReservoir", "PermutationTest", "image_permutation_test"]
 
-# Elements per chunk of the batched permutation scatter: bounds peak memory.
-_CHUNK_ELEMENTS = 16_000_000
-
-
-def _two_taps(out_size: int, in_size: int, align_corners: bool,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices and weights ``[out, 2]`` of the bilinear kernel, read off the dense matrix."""
-    u = interp_weights(out_size, in_size, align_corners).to(device)
-    # Each row has at most two non-zeros; a missing second tap gets weight 0.
-    w, i = torch.topk(u, k=min(2, in_size), dim=1)
-    if in_size == 1:
-        w, i = torch.cat([w, torch.zeros_like(w)], 1), torch.cat([i, i], 1)
-    return i, w
+# Elements of the [P, m, K, Nb] gather per permutation chunk: bounds peak memory.
+_CHUNK_ELEMENTS = 8_000_000
+# Above this many multiply-adds the Gram product runs in float32 (still summed per bin).
+_FLOAT64_MACS = 2e9
 
 
-class PixelReservoir:
-    """Uniform sample of valid pixels over a stream, with their aligned activations.
+class ImageReservoir:
+    """A uniform random sample of whole images of a stream, with one layer's activations.
 
     Parameters
     ----------
-    size
-        Maximum number of pixels kept.
-    align_corners
-        Bilinear convention used to align activations with depth pixels; must
-        match the dissection's.
+    max_images
+        Most images kept.
+    signed
+        Keep signed activations (reference preset, ``|mean A|``) instead of ``|A|``.
     """
 
-    def __init__(self, size: int, *, align_corners: bool = False) -> None:
-        if size < 1:
-            raise ShapeMismatchError(f"permutation_samples must be >= 1, got {size}")
-        self.size = int(size)
-        self.align_corners = align_corners
-        self.keys = torch.empty(0, dtype=torch.float64)
-        self.bins = torch.empty(0, dtype=torch.long)
-        self.acts: torch.Tensor | None = None
-        self.pixels_seen = 0
+    def __init__(self, max_images: int, *, signed: bool = False) -> None:
+        if max_images < 1:
+            raise ShapeMismatchError(f"permutation_images must be >= 1, got {max_images}")
+        self.max_images = int(max_images)
+        self.signed = signed
+        self.keys: list[float] = []
+        self.acts: list[torch.Tensor] = []
+        self.bins: list[torch.Tensor] = []
+        self.images_seen = 0
 
     @torch.no_grad()
     def update(self, act: torch.Tensor, bins: torch.Tensor, keys: torch.Tensor) -> None:
-        """Offer one batch.
+        """Offer a batch: ``act [B, K, h, w]``, ``bins int64 [B, H, W]``, ``keys float64 [B]``.
 
-        Parameters
-        ----------
-        act
-            ``[B, K, h, w]`` feature maps.
-        bins
-            ``int64 [B, H, W]``, ``-1`` invalid.
-        keys
-            ``float64 [B, H, W]`` uniform random keys (shared by all layers so
-            that every layer samples the same pixels).
+        The keys are uniform draws shared by every layer's reservoir, so all
+        layers keep the same images.
         """
-        bsz, _, h, w = act.shape
-        height, width = bins.shape[-2:]
-        valid = bins >= 0
-        n_valid = int(valid.sum())
-        self.pixels_seen += n_valid
-        if n_valid == 0:
-            return
-        flat = torch.where(valid, keys.to(bins.device), torch.full_like(keys, float("inf"),
-                                                                          device=bins.device)).flatten()
-        cand, idx = torch.topk(flat, min(self.size, n_valid), largest=False)
-        if self.keys.numel() >= self.size:
-            # Only keys below the current maximum can enter a full reservoir.
-            keep = cand < float(self.keys.max())
-            cand, idx = cand[keep], idx[keep]
-            if cand.numel() == 0:
-                return
-        b = idx // (height * width)
-        rem = idx % (height * width)
-        py, px = rem // width, rem % width
-        iy, wy = _two_taps(height, h, self.align_corners, act.device)
-        ix, wx = _two_taps(width, w, self.align_corners, act.device)
-        grid = act.detach().permute(0, 2, 3, 1)  # [B, h, w, K]: gathers give [n, K]
-        vals = torch.zeros(idx.numel(), act.shape[1], dtype=torch.float64, device=act.device)
-        for a in range(2):
-            for c in range(2):
-                weight = (wy[py, a] * wx[px, c]).unsqueeze(1)
-                vals += weight * grid[b, iy[py, a], ix[px, c]].to(torch.float64)
-        new_bins = bins.flatten()[idx]
-        keys_all = torch.cat([self.keys, cand.double().cpu()])
-        bins_all = torch.cat([self.bins, new_bins.cpu()])
-        acts_all = vals.float().cpu() if self.acts is None else torch.cat([self.acts, vals.float().cpu()])
-        order = torch.argsort(keys_all)[: self.size]
-        self.keys, self.bins, self.acts = keys_all[order], bins_all[order], acts_all[order]
+        if act.ndim != 4 or bins.ndim != 3 or act.shape[0] != bins.shape[0] or keys.shape != (act.shape[0],):
+            raise ShapeMismatchError(
+                f"reservoir update needs act [B,K,h,w], bins [B,H,W], keys [B]; got "
+                f"{tuple(act.shape)}, {tuple(bins.shape)}, {tuple(keys.shape)}")
+        valid = (bins >= 0).flatten(1).any(1)
+        for b in range(act.shape[0]):
+            if not bool(valid[b]):
+                continue  # an image with no valid pixel carries nothing to re-pair
+            self.images_seen += 1
+            key = float(keys[b])
+            if len(self.keys) >= self.max_images:
+                worst = max(range(len(self.keys)), key=self.keys.__getitem__)
+                if key >= self.keys[worst]:
+                    continue
+                for store in (self.keys, self.acts, self.bins):
+                    store.pop(worst)
+            a = act[b].detach().to("cpu", torch.float32)
+            self.keys.append(key)
+            self.acts.append(a if self.signed else a.abs())
+            self.bins.append(bins[b].detach().to("cpu", torch.int64))
 
     def __len__(self) -> int:
-        return int(self.keys.numel())
+        return len(self.keys)
 
 
-def binned_responses(values: torch.Tensor, bins: torch.Tensor, num_bins: int,
-                     signed_then_abs: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-bin responses ``[K, Nb]`` of sampled pixels and the ``bool [Nb]`` present mask.
+@dataclass
+class PermutationTest:
+    """Outcome of :func:`image_permutation_test` for one layer.
 
-    ``signed_then_abs=False``: mean of ``|a|``; ``True``: ``|mean of a|`` (reference).
+    Attributes
+    ----------
+    sample_ds, sample_target_ds
+        ``[K]`` argmax and target DS on the sampled images (NaN where undefined).
+    pvalue, pvalue_target
+        ``[K]`` one-sided p-values of those two statistics.
+    per_image_sums, per_image_counts
+        ``[m, K, Nb]`` binned sums of each sampled image under its own depth
+        and ``[m, Nb]`` its pixel counts: additive, for a bootstrap over images.
+    images, permutations, distinct_pairings
+        Sample size, number of shuffles, and ``m!`` (capped) pairings possible.
     """
-    v = values.double()
-    v = v if signed_then_abs else v.abs()
-    sums = torch.zeros(num_bins, v.shape[1], dtype=torch.float64).index_add_(0, bins, v)
-    counts = torch.bincount(bins, minlength=num_bins).double()
-    r = (sums / counts.clamp(min=1).unsqueeze(1)).T
-    return (r.abs() if signed_then_abs else r), counts > 0
+
+    sample_ds: torch.Tensor
+    sample_target_ds: torch.Tensor
+    pvalue: torch.Tensor
+    pvalue_target: torch.Tensor
+    per_image_sums: torch.Tensor
+    per_image_counts: torch.Tensor
+    images: int
+    permutations: int
+    distinct_pairings: float
 
 
-def sample_selectivity(values: torch.Tensor, bins: torch.Tensor, num_bins: int, *,
-                       signed_then_abs: bool, absent: str) -> torch.Tensor:
-    """Argmax-bin DS ``[K]`` of each unit on a pixel sample (NaN where undefined)."""
-    r, present = binned_responses(values, bins, num_bins, signed_then_abs)
-    ds, defined = selectivity_from_stats(r, present, None, absent=absent)
-    return torch.where(defined, ds, torch.full_like(ds, float("nan")))
+def _groups(res: ImageReservoir) -> list[list[int]]:
+    """Indices of stored images that share activation and depth sizes."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (a, b) in enumerate(zip(res.acts, res.bins)):
+        by_shape.setdefault(tuple(a.shape) + tuple(b.shape), []).append(i)
+    return list(by_shape.values())
+
+
+def _gram(res: ImageReservoir, idx: list[int], num_bins: int,
+          align_corners: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``G [m, m, K, Nb]`` (image i's activations under image j's depth) and counts ``[m, Nb]``."""
+    acts = torch.stack([res.acts[i] for i in idx])  # [m, K, h, w]
+    bins = torch.stack([res.bins[i] for i in idx])  # [m, H, W]
+    m, k, h, w = acts.shape
+    dtype = torch.float64 if m * m * k * num_bins * h * w < _FLOAT64_MACS else torch.float32
+    wmaps = bin_weight_maps(bins, num_bins, (h, w), align_corners, dtype=dtype)  # [m, Nb, h, w]
+    counts = torch.stack([torch.bincount(b[b >= 0], minlength=num_bins) for b in bins]).double()
+    g = acts.to(dtype).reshape(m * k, h * w) @ wmaps.reshape(m * num_bins, h * w).T
+    return g.view(m, k, m, num_bins).permute(0, 2, 1, 3).double().contiguous(), counts
+
+
+def _ds(sums: torch.Tensor, counts: torch.Tensor, assigned: torch.Tensor | None, signed: bool,
+        absent: str) -> torch.Tensor:
+    """DS ``[P, K]`` of summed responses ``[P, K, Nb]`` (NaN where undefined)."""
+    p, k, nb = sums.shape
+    r = sums / counts.clamp(min=1).view(1, 1, nb)
+    r = r.abs() if signed else r
+    target = None if assigned is None else assigned.repeat(p)
+    ds, defined = selectivity_from_stats(r.reshape(p * k, nb), counts > 0, target, absent=absent)
+    return torch.where(defined, ds, torch.full_like(ds, float("nan"))).view(p, k)
 
 
 @torch.no_grad()
-def permutation_pvalues(
-    values: torch.Tensor,
-    bins: torch.Tensor,
+def image_permutation_test(
+    res: ImageReservoir,
     num_bins: int,
+    assigned: torch.Tensor,
     *,
     permutations: int,
-    signed_then_abs: bool = False,
+    align_corners: bool = False,
     absent: str = "exclude",
     seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-sided permutation p-value of each unit's DS.
+) -> PermutationTest:
+    """Permutation p-values of each unit's argmax and target DS, re-pairing whole depth maps.
 
     Parameters
     ----------
-    values
-        ``[S, K]`` aligned activations of ``S`` sampled pixels.
-    bins
-        ``int64 [S]`` their bins.
+    res
+        The filled reservoir of one layer.
     num_bins
-        ``Nb``.
+        ``Nb`` of the layer's binner.
+    assigned
+        ``int64 [K]`` assigned bins (for the target-DS test).
     permutations
-        Number of label shuffles ``N``.
-    signed_then_abs, absent
-        The preset's response definition and absent-bin policy.
+        Number of random re-pairings ``N``.
+    align_corners, absent
+        The dissection's alignment convention and absent-bin policy.
     seed
-        Seed of the shuffles.
-
-    Returns
-    -------
-    sample_ds, pvalues
-        ``[K]`` observed DS on the sample and ``p = (1 + #{DS_perm >= DS_obs}) / (1 + N)``
-        (NaN where DS is undefined).
+        Seed of the re-pairings.
     """
-    s, k = values.shape
-    if bins.shape != (s,):
-        raise ShapeMismatchError(f"bins must be [{s}], got {tuple(bins.shape)}")
-    observed = sample_selectivity(values, bins, num_bins, signed_then_abs=signed_then_abs,
-                                  absent=absent)
-    if permutations < 1 or s == 0:
-        return observed, torch.full_like(observed, float("nan"))
-    v = values.double()
-    v = v if signed_then_abs else v.abs()
-    counts = torch.bincount(bins, minlength=num_bins).double()
-    present = counts > 0
-    g = torch.Generator().manual_seed(int(seed))
+    if len(res) == 0:
+        raise ShapeMismatchError("the permutation reservoir holds no image with a valid pixel")
+    groups = _groups(res)
+    grams = [_gram(res, idx, num_bins, align_corners) for idx in groups]
+    counts = sum(c.sum(0) for _, c in grams)
+    eye = [g[torch.arange(len(i)), torch.arange(len(i))] for (g, _), i in zip(grams, groups)]
+    observed_sums = sum(e.sum(0) for e in eye).unsqueeze(0)  # [1, K, Nb]
+    obs = _ds(observed_sums, counts, None, res.signed, absent)[0]
+    obs_t = _ds(observed_sums, counts, assigned, res.signed, absent)[0]
+    k = obs.shape[0]
     exceed = torch.zeros(k, dtype=torch.float64)
-    chunk = max(1, min(permutations, _CHUNK_ELEMENTS // max(1, s * k)))
+    exceed_t = torch.zeros(k, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(int(seed))
+    largest = max(len(i) for i in groups)
+    chunk = max(1, min(permutations, _CHUNK_ELEMENTS // max(1, largest * k * num_bins)))
     done = 0
     while done < permutations:
         p = min(chunk, permutations - done)
-        perm_bins = bins[torch.argsort(torch.rand(p, s, generator=g), dim=1)]
-        flat = (perm_bins + torch.arange(p).unsqueeze(1) * num_bins).flatten()
-        sums = torch.zeros(p * num_bins, k, dtype=torch.float64).index_add_(0, flat, v.repeat(p, 1))
-        r = sums.view(p, num_bins, k) / counts.clamp(min=1).view(1, num_bins, 1)
-        r = r.abs() if signed_then_abs else r
-        r = r.permute(0, 2, 1).reshape(p * k, num_bins)
-        ds, _ = selectivity_from_stats(r, present, None, absent=absent)
-        # A tiny tolerance makes ties (e.g. dead units, DS 0 everywhere) count as exceedances.
-        exceed += (ds.view(p, k) >= observed.unsqueeze(0) - 1e-12).double().sum(0)
+        sums = torch.zeros(p, k, num_bins, dtype=torch.float64)
+        for (g, _), idx in zip(grams, groups):
+            m = len(idx)
+            pi = torch.argsort(torch.rand(p, m, generator=gen), dim=1)
+            sums += g[torch.arange(m).unsqueeze(0), pi].sum(1)
+        # A tiny tolerance counts exact ties (dead units, the identity pairing) as exceedances.
+        exceed += (_ds(sums, counts, None, res.signed, absent) >= obs - 1e-12).double().sum(0)
+        exceed_t += (_ds(sums, counts, assigned, res.signed, absent) >= obs_t - 1e-12).double().sum(0)
         done += p
-    pvals = (1.0 + exceed) / (1.0 + permutations)
-    return observed, torch.where(torch.isnan(observed), observed, pvals)
+    pv = (1.0 + exceed) / (1.0 + permutations)
+    pv_t = (1.0 + exceed_t) / (1.0 + permutations)
+    order = [i for idx in groups for i in idx]
+    per_image = torch.cat(eye)  # in group order
+    per_counts = torch.cat([c for _, c in grams])
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    pairings = float(math.prod(math.factorial(min(len(i), 20)) for i in groups))
+    return PermutationTest(
+        sample_ds=obs, sample_target_ds=obs_t,
+        pvalue=torch.where(torch.isnan(obs), obs, pv),
+        pvalue_target=torch.where(torch.isnan(obs_t), obs_t, pv_t),
+        per_image_sums=per_image[inverse], per_image_counts=per_counts[inverse],
+        images=len(res), permutations=int(permutations), distinct_pairings=pairings,
+    )
+
+
+def test_tensors(test: PermutationTest) -> dict[str, torch.Tensor]:
+    """The per-unit tensors a dissection result stores for a test."""
+    from depthsel.stats import benjamini_hochberg
+
+    q = torch.from_numpy(benjamini_hochberg(test.pvalue.numpy()))
+    q_t = torch.from_numpy(benjamini_hochberg(test.pvalue_target.numpy()))
+    return {"sample_ds": test.sample_ds, "sample_target_ds": test.sample_target_ds, "pvalue": test.pvalue,
+            "pvalue_target": test.pvalue_target, "qvalue": q, "qvalue_target": q_t}
+
+
+def significance_summary(test: PermutationTest, alpha: float = 0.05) -> dict[str, object]:
+    """Layer summary of a test: significant fractions, raw and Benjamini-Hochberg corrected.
+
+    ``frac_significant`` counts ``p < alpha`` (argmax DS); ``frac_significant_bh``
+    counts units whose BH-adjusted value is ``<= alpha`` (false-discovery rate
+    ``alpha`` over the layer's units); the ``_target`` pair does the same for
+    target DS. ``min_pvalue`` is the smallest value the test could return.
+    """
+    tensors = test_tensors(test)
+    out: dict[str, object] = {"perm_images": test.images, "permutations": test.permutations,
+                              "min_pvalue": max(1.0 / (1 + test.permutations), 1.0 / test.distinct_pairings),
+                              "alpha": alpha}
+    for suffix, p, q in (("", tensors["pvalue"], tensors["qvalue"]),
+                         ("_target", tensors["pvalue_target"], tensors["qvalue_target"])):
+        ok = ~torch.isnan(p)
+        n = int(ok.sum())
+        out[f"frac_significant{suffix}"] = float((p[ok] < alpha).double().mean()) if n else None
+        out[f"frac_significant_bh{suffix}"] = float((q[ok] <= alpha).double().mean()) if n else None
+    if out["min_pvalue"] >= alpha:  # type: ignore[operator]
+        out["warning"] = (f"with {test.images} images only {test.distinct_pairings:.0f} pairings exist: "
+                          f"no p-value can fall below {alpha}; dissect more images")
+    return out
