@@ -1,39 +1,95 @@
-"""The main job at tiny size: synthetic default, CLI demo, and the real NYU / 7-Scenes folders."""
+"""The main job at tiny size: seeds, CIs and paired differences; synthetic, CLI and real folders."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 from datahelpers import shared_data_dir
 from typer.testing import CliRunner
 
-from depthsel.experiment import ExperimentConfig, run_experiment
+from depthsel.errors import DepthselError
+from depthsel.experiment import ExperimentConfig, parse_seeds, run_experiment, run_sweep
+from depthsel.stats import seed_summary
 
-TINY = dict(size=(32, 32), model_config={"width": 0.25}, epochs=1, batch_size=4, permutations=0)
+TINY = dict(size=(32, 32), model_config={"width": 0.25}, epochs=1, batch_size=4, permutations=0, bootstrap=50)
 
 
-def check_summary(summary: dict, run: Path) -> None:
-    labels = [r["metric"] for r in summary["table"]]
-    assert labels[:3] == ["δ1 ↑", "RMSE ↓", "AbsRel ↓"] and len(labels) == 9
+def check_summary(summary: dict, run: Path, seeds: list[int]) -> None:
+    keys = [r["key"] for r in summary["table"]]
+    assert keys[:3] == ["delta1", "rmse", "abs_rel"] and "target_ds" in keys and "target_ds_train" in keys
+    assert summary["num_seeds"] == len(seeds) and summary["seeds"] == seeds
     for row in summary["table"]:
-        assert set(row) == {"metric", "baseline", "interpretable"}
-    for label in ("baseline", "interpretable"):
-        m = summary["models"][label]["metrics"]
-        assert 0 <= m["delta1"] <= 1 and m["rmse"] > 0
-        assert (run / label / "dissection" / "result.json").is_file()
-        pngs = sorted((run / label / "plots").glob("*.png"))
-        assert any("heatmap" in p.name for p in pngs) and any("feature_maps" in p.name for p in pngs)
-        assert any("unit" in p.name for p in pngs)
+        for label in ("baseline", "interpretable"):
+            stat = row["arms"][label]
+            per_seed = [summary["per_seed"][str(s)][label]["scalars"].get(row["key"]) for s in seeds]
+            if row["key"] != "rmse_ratio":
+                # The row is computed from the per-seed values the summary keeps, not invented.
+                assert stat["values"] == pytest.approx(per_seed)
+            assert stat["n"] == len(seeds)
+            if len(seeds) > 1:
+                ref = seed_summary(stat["values"])
+                assert stat["ci_low"] == pytest.approx(ref.ci_low) and stat["ci_high"] == pytest.approx(ref.ci_high)
+            else:
+                assert stat["ci_low"] is None
+        if row["key"] != "rmse_ratio":
+            d = row["difference"]["interpretable"]
+            diffs = [b - a for a, b in zip(row["arms"]["baseline"]["values"], row["arms"]["interpretable"]["values"])]
+            assert d["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    for s in seeds:
+        for label in ("baseline", "interpretable"):
+            m = summary["per_seed"][str(s)][label]
+            assert 0 <= m["scalars"]["delta1"] <= 1 and m["scalars"]["rmse"] > 0
+            lo, hi = m["intervals"]["rmse"]
+            assert lo <= hi
+            assert (run / f"seed{s}" / label / "dissection" / "result.json").is_file()
+    pngs = sorted((run / f"seed{seeds[0]}" / "baseline" / "plots").glob("*.png"))
+    assert any("heatmap" in p.name for p in pngs) and any("feature_maps" in p.name for p in pngs)
+    assert (run / "plots" / "comparison.png").is_file()
     saved = json.loads((run / "summary.json").read_text())
     assert saved["table"] == json.loads(json.dumps(summary["table"]))
 
 
-def test_synthetic_pipeline(tmp_path: Path) -> None:
+def test_synthetic_pipeline_over_two_seeds_with_curves(tmp_path: Path) -> None:
     cfg = ExperimentConfig(out_dir=str(tmp_path), name="syn", train_data={"split": "train", "num_samples": 8},
-                           test_data={"split": "test", "num_samples": 4}, **TINY)
-    check_summary(run_experiment(cfg, progress=False), tmp_path / "syn")
+                           test_data={"split": "test", "num_samples": 4}, seeds=[0, 1], curve_every=1,
+                           **TINY | {"epochs": 2})
+    summary = run_experiment(cfg, progress=False)
+    check_summary(summary, tmp_path / "syn", [0, 1])
+    # Different seeds give different models: a spread of zero would mean the seed is ignored.
+    rmse = next(r for r in summary["table"] if r["key"] == "rmse")["arms"]["baseline"]["values"]
+    assert rmse[0] != rmse[1]
+    curve = summary["per_seed"]["0"]["interpretable"]["curve"]
+    assert [p["epoch"] for p in curve] == [1, 2] and all(math.isfinite(p["rmse"]) for p in curve)
+    assert (tmp_path / "syn" / "plots" / "learning_curves.png").is_file()
+
+
+def test_learning_curve_does_not_change_the_trained_model(tmp_path: Path) -> None:
+    base = dict(train_data={"split": "train", "num_samples": 8}, test_data={"split": "test", "num_samples": 4},
+                seeds=[3], **TINY | {"epochs": 2})
+    a = run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="a", curve_every=1, **base), progress=False)
+    b = run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="b", curve_every=0, **base), progress=False)
+    for label in ("baseline", "interpretable"):
+        assert a["per_seed"]["3"][label]["scalars"]["rmse"] == b["per_seed"]["3"][label]["scalars"]["rmse"]
+
+
+def test_sweep_pairs_every_weight_with_the_baseline(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(out_dir=str(tmp_path), name="sw", train_data={"split": "train", "num_samples": 8},
+                           test_data={"split": "test", "num_samples": 4}, seeds=[0, 1], **TINY)
+    summary = run_sweep(cfg, [0.5, 0.1], progress=False)
+    assert [a["weight"] for a in summary["arms"]] == [0.0, 0.1, 0.5]
+    row = next(r for r in summary["table"] if r["key"] == "target_ds")
+    assert set(row["difference"]) == {"weight=0.1", "weight=0.5"}
+    assert (tmp_path / "sw" / "plots" / "tradeoff.png").is_file()
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,4,7") == [0, 4, 7] and parse_seeds(2) == [0, 1]
+    for bad in ("x", "0", "1,1"):
+        with pytest.raises(DepthselError):
+            parse_seeds(bad)
 
 
 @pytest.mark.parametrize("folder,train,test", [("nyu2_mini_test", "0:6", "6:10"),
@@ -44,18 +100,32 @@ def test_real_folder_pipeline(tmp_path: Path, folder: str, train: str, test: str
                            train_data={"root": str(root), "frames": train},
                            test_data={"root": str(root), "frames": test}, binning="quantile", **TINY)
     summary = run_experiment(cfg, progress=False)
-    check_summary(summary, tmp_path / folder)
+    check_summary(summary, tmp_path / folder, [0])
     edges = summary["binner"]["edges"]
     assert edges[-1] < 10.5  # bins fitted to the data, not the fixed 0.75-10 m range
 
 
-def test_cli_demo_json(tmp_path: Path) -> None:
+def test_cli_demo_json_holds_per_seed_values_cis_and_differences(tmp_path: Path) -> None:
     from depthsel.cli import app
 
     result = CliRunner().invoke(app, ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25",
                                       "--train-samples", "8", "--test-samples", "4", "--out", str(tmp_path),
+                                      "--seeds", "2", "--curve-every", "0", "--permutations", "0",
                                       "--format", "json"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert [r["metric"] for r in data["table"]][0] == "δ1 ↑"
+    assert data["num_seeds"] == 2 and set(data["per_seed"]) == {"0", "1"}
+    rmse = next(r for r in data["table"] if r["key"] == "rmse")
+    assert rmse["arms"]["baseline"]["ci_low"] is not None and "pvalue" in rmse["difference"]["interpretable"]
     assert (tmp_path / "demo" / "summary.json").is_file()
+
+
+def test_cli_demo_table_says_how_many_seeds(tmp_path: Path) -> None:
+    from depthsel.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25",
+                                      "--train-samples", "8", "--test-samples", "4", "--out", str(tmp_path),
+                                      "--seeds", "1", "--curve-every", "0", "--permutations", "0"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "1 seed [0]" in result.output and "ONE seed" in result.output and "(1 seed)" in result.output

@@ -1,16 +1,21 @@
-"""The main job: train a baseline and its interpretable twin, dissect both, compare.
+"""The main job: train a baseline and its interpretable twin over several seeds, dissect, compare.
 
-Both models start from the same seed, see the same batches in the same order
-and differ only in the selectivity term, so any difference in the final table
-comes from that term. Everything resolves through the plugin registry (models,
-datasets, binners, the ``dissection`` analyzer), so the same pipeline runs on
-the synthetic default, a folder of real RGB-D pairs, or a third-party model.
+For every seed both models start from the same weights, see the same batches in
+the same order and differ only in the selectivity term, so the *paired*
+difference interpretable - baseline isolates that term's effect; the spread
+over seeds says how far to trust it (:mod:`depthsel.stats`). A sweep does the
+same for a list of selectivity weights, weight 0 being the baseline.
+
+Everything resolves through the plugin registry (models, datasets, binners, the
+``dissection`` analyzer), so the same pipeline runs on the synthetic default, a
+folder of real RGB-D pairs, or a third-party model.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +23,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .analysis import AnalysisContext
-from .api import get_analyzer, get_binner, get_dataset, get_model, get_model_info
+from .api import get_binner, get_dataset, get_model, get_model_info
 from .binning import Binner
 from .checkpoints import atomic_write_bytes
 from .data import CachedDataset
 from .errors import DepthselError
+from .experiment_measure import Measurement, measure_model
+from .experiment_table import aggregate, format_table
 from .progress import get_console
-from .training import SelectivityConfig, TrainConfig, Trainer, evaluate
 
-__all__ = ["ExperimentConfig", "run_experiment", "fit_binner", "format_table"]
+__all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "format_table", "parse_seeds"]
 
 
 @dataclass
@@ -36,7 +41,9 @@ class ExperimentConfig:
 
     ``data`` is a registry name; ``train_data``/``test_data`` are keyword
     options of its factory for the two splits (for ``folder``: ``root`` and
-    ``frames``; for ``synthetic``: ``split`` and ``num_samples``).
+    ``frames``; for ``synthetic``: ``split`` and ``num_samples``). ``seeds``
+    lists the independent runs; every number in the summary is reported per
+    seed and as mean with a 95% confidence interval over them.
     """
 
     name: str = "demo"
@@ -60,15 +67,37 @@ class ExperimentConfig:
     batch_size: int = 8
     lr: float = 1e-2
     loss: str = "l1"
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
     device: str = "cpu"
     protocol: str = "default"
-    permutations: int = 0
+    permutations: int = 199
+    curve_every: int = 0
+    bootstrap: int = 1000
 
     @property
     def run_dir(self) -> Path:
         """``out_dir/name``."""
         return Path(self.out_dir) / self.name
+
+
+def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
+    """``3`` or ``"3"`` -> ``[0, 1, 2]``; ``"0,4,7"`` -> ``[0, 4, 7]``; a list is kept."""
+    if isinstance(spec, int):
+        values: list[int] = list(range(spec))
+    elif isinstance(spec, str):
+        text = spec.strip()
+        try:
+            values = ([int(x) for x in text.split(",") if x.strip()] if "," in text
+                      else list(range(int(text))))
+        except ValueError:
+            raise DepthselError(f"seeds {spec!r}: give a count (3) or a comma list (0,1,2)") from None
+    else:
+        values = [int(x) for x in spec]
+    if not values:
+        raise DepthselError(f"seeds {spec!r} selects no seed; give at least one")
+    if len(set(values)) != len(values):
+        raise DepthselError(f"seeds {spec!r} repeats a seed; repeated seeds are not independent runs")
+    return values
 
 
 def fit_binner(dataset: Dataset[Any], kind: str, num_bins: int, max_images: int = 64) -> Binner:
@@ -100,110 +129,79 @@ def fit_binner(dataset: Dataset[Any], kind: str, num_bins: int, max_images: int 
     raise DepthselError(f"binning must be 'sid-fit', 'quantile' or 'sid', got {kind!r}")
 
 
-def _units(model: torch.nn.Module, info: Any, layer: str, size: tuple[int, int], extra: list[str]) -> int:
+def _units(cfg: ExperimentConfig, info: Any) -> dict[str, int]:
     from .capture import Capture
 
-    batch = {"image": torch.zeros(1, 3, *size)}
-    for name in extra:
-        batch[name] = torch.zeros(1, 1, *size)
-    with torch.no_grad(), Capture(model, [layer]) as cap:
+    torch.manual_seed(0)
+    model = get_model(cfg.model, **cfg.model_config)
+    batch = {"image": torch.zeros(1, 3, *cfg.size)}
+    for name in info.extra_inputs:
+        batch[name] = torch.zeros(1, 1, *cfg.size)
+    with torch.no_grad(), Capture(model, list(cfg.layers)) as cap:
         model.eval()
         info.forward(model, batch)
-    return int(cap.outputs[layer].shape[1])
+    return {layer: int(cap.outputs[layer].shape[1]) for layer in cfg.layers}
 
 
-def _layer_mean(layers: dict[str, dict[str, Any]], key: str) -> float:
-    """Mean of one summary number over the hooked layers (NaN when none report it)."""
-    vals = [float(v[key]) for v in layers.values() if v.get(key) is not None]
-    return sum(vals) / len(vals) if vals else float("nan")
+def _compare(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], progress: bool | None,
+             kind: str) -> dict[str, Any]:
+    """Train and measure every (label, weight) arm for every seed; aggregate over seeds."""
+    t0 = time.perf_counter()
+    if not cfg.seeds:
+        raise DepthselError("no seed to run; give at least one")
+    run = cfg.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    info = get_model_info(cfg.model)
+    # Every arm and seed reads the same items: decode/render them once.
+    train_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.train_data))
+    test_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.test_data))
+    units = _units(cfg, info)
+    binner = fit_binner(train_set, cfg.binning, cfg.num_bins or min(units.values()))
+    get_console().print(
+        f"[bold]depthsel[/] {cfg.name}: {cfg.model} {cfg.model_config} on {cfg.data} "
+        f"({len(train_set)} train / {len(test_set)} test, {cfg.size[0]}x{cfg.size[1]}), layers {cfg.layers} "
+        f"({units}), {binner}, {len(cfg.seeds)} seed{'s' if len(cfg.seeds) != 1 else ''} {cfg.seeds}")
+    per_seed: dict[str, dict[str, Measurement]] = {}
+    for seed in cfg.seeds:
+        per_seed[str(seed)] = {
+            label: measure_model(cfg, label, weight, seed, info, binner, train_set, test_set, progress)
+            for label, weight in arms
+        }
+    summary: dict[str, Any] = {
+        "kind": kind, "config": asdict(cfg), "binner": binner.config(), "units": units,
+        "seeds": list(cfg.seeds), "arms": [{"label": lb, "weight": w} for lb, w in arms],
+        "per_seed": {s: {lb: m.to_dict() for lb, m in row.items()} for s, row in per_seed.items()},
+    }
+    summary.update(aggregate(per_seed, [lb for lb, _ in arms]))
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    from .experiment_plots import plot_experiment
 
-
-def format_table(rows: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """The comparison as a list of ``{metric, baseline, interpretable}`` rows.
-
-    Accuracy and selectivity rows are on the test split; the last two rows
-    repeat target DS and peak-on-target on the training split.
-    """
-    keys = [("delta1", "δ1 ↑"), ("rmse", "RMSE ↓"), ("abs_rel", "AbsRel ↓"), ("mean_ds", "mean DS ↑"),
-            ("target_ds", "target DS ↑"), ("peak_on_target", "peak-on-target ↑"), ("dead_units", "dead units ↓"),
-            ("target_ds_train", "target DS, train split ↑"), ("peak_on_target_train", "peak-on-target, train split ↑")]
-    return [{"metric": label, **{m: rows[m].get(k) for m in rows}} for k, label in keys]
+    summary["plots"] = [str(p) for p in plot_experiment(summary, run / "plots")]
+    atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    return summary
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool | None = None) -> dict[str, Any]:
-    """Train both models, evaluate and dissect them on the test split, write plots.
+    """Baseline (weight 0) and interpretable twin (``cfg.weight``) for every seed.
 
     Returns
     -------
     dict
-        ``{"table": [...], "models": {...}, "binner": {...}, "config": {...}}``,
-        also written to ``run_dir/summary.json``.
+        ``table`` (one row per metric: mean, CI and per-seed values of each model
+        and the paired difference), ``per_seed``, ``binner``, ``config``; also
+        written to ``run_dir/summary.json``.
     """
-    t0 = time.perf_counter()
-    run = cfg.run_dir
-    run.mkdir(parents=True, exist_ok=True)
-    info = get_model_info(cfg.model)
-    # Both models read the same items every epoch: decode/render them once.
-    train_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.train_data))
-    test_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.test_data))
-    def build_model() -> torch.nn.Module:
-        torch.manual_seed(cfg.seed)  # both twins start from the same weights
-        return get_model(cfg.model, **cfg.model_config)
+    return _compare(cfg, [("baseline", 0.0), ("interpretable", cfg.weight)], progress, "experiment")
 
-    models = {"baseline": build_model(), "interpretable": build_model()}
-    extra = list(info.extra_inputs)
-    units = {layer: _units(models["baseline"], info, layer, tuple(cfg.size), extra) for layer in cfg.layers}
-    num_bins = cfg.num_bins or min(units.values())
-    binner = fit_binner(train_set, cfg.binning, num_bins)
-    console = get_console()
-    console.print(f"[bold]depthsel[/] {cfg.name}: {cfg.model} {cfg.model_config} on {cfg.data} "
-                  f"({len(train_set)} train / {len(test_set)} test, {cfg.size[0]}x{cfg.size[1]}), "
-                  f"layers {cfg.layers} ({units}), {binner}")
-    summary: dict[str, Any] = {"config": asdict(cfg), "binner": binner.config(), "units": units, "models": {}}
-    rows: dict[str, dict[str, float]] = {}
-    for label, weight in (("baseline", 0.0), ("interpretable", cfg.weight)):
-        model = models[label]
-        sel = SelectivityConfig(layers=list(cfg.layers), binner=binner.config(), objective=cfg.objective,
-                                weight=weight, fit_bins_to_units=True, warmup_steps=cfg.warmup_steps,
-                                objective_options=dict(cfg.objective_options))
-        tcfg = TrainConfig(name=label, out_dir=str(run), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                           lr=cfg.lr, loss=cfg.loss, seed=cfg.seed, device=cfg.device,
-                           selectivity=sel if weight else None, eval_protocol=cfg.protocol,
-                           checkpoint_every=10_000)
-        Trainer(model, info, train_set, tcfg).fit(resume=False)
-        metrics = evaluate(model, info, test_set, protocol=cfg.protocol, batch_size=cfg.batch_size,
-                           device=cfg.device)
 
-        def dissect(dataset: Dataset[Any], split: str, permutations: int) -> Any:
-            ctx = AnalysisContext(model=model, dataset=dataset, info=info, layers=list(cfg.layers),
-                                  device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
-                                  progress=progress)
-            result = get_analyzer("dissection", binner=binner.config(), fit_bins_to_units=True,
-                                  permutations=permutations, split=split).run(ctx)
-            result.save(run / label / ("dissection" if split == "test" else f"dissection_{split}"))
-            return result
+def run_sweep(cfg: ExperimentConfig, weights: Sequence[float], progress: bool | None = None) -> dict[str, Any]:
+    """The accuracy-vs-selectivity trade-off: one arm per selectivity weight, for every seed.
 
-        result = dissect(test_set, "test", cfg.permutations)
-        # The training split too: the gap between the two shows whether the
-        # units' depth code generalises or was fitted to the training frames.
-        tsum = dissect(train_set, "train", 0).summary()["splits"]["train"]
-        plots = result.plot(run / label / "plots")
-        fmaps = getattr(result, "plot_feature_maps", None)
-        if callable(fmaps):
-            plots += fmaps(model, info, test_set, run / label / "plots", device=cfg.device)
-        dsum = result.summary()["splits"]
-        layers = dsum["test"]
-        rows[label] = {
-            "delta1": metrics["delta1"], "rmse": metrics["rmse"], "abs_rel": metrics["abs_rel"],
-            "mean_ds": _layer_mean(layers, "mean_ds"), "target_ds": _layer_mean(layers, "mean_target_ds"),
-            "peak_on_target": _layer_mean(layers, "peak_on_target"),
-            "dead_units": sum(int(v["dead_units"]) for v in layers.values()),
-            "target_ds_train": _layer_mean(tsum, "mean_target_ds"),
-            "peak_on_target_train": _layer_mean(tsum, "peak_on_target"),
-        }
-        summary["models"][label] = {"metrics": metrics, "dissection": dsum, "dissection_train": tsum,
-                                    "plots": [str(p) for p in plots]}
-    summary["table"] = format_table(rows)
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=2, default=str).encode())
-    return summary
+    Weight 0 is the baseline every other arm is paired with; it is added when
+    missing.
+    """
+    ws = sorted({float(w) for w in weights} | {0.0})
+    if any(w < 0 for w in ws):
+        raise DepthselError(f"selectivity weights must be >= 0, got {sorted(weights)}")
+    arms = [("baseline" if w == 0 else f"weight={w:g}", w) for w in ws]
+    return _compare(cfg, arms, progress, "sweep")

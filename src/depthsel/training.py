@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,11 +175,17 @@ class Trainer:
         The run configuration.
     eval_set
         Optional held-out dataset evaluated after every epoch.
+    epoch_callbacks
+        Functions ``f(trainer, entry)`` called at the end of every epoch, after
+        the evaluation; they may add JSON-serialisable fields to ``entry``,
+        which is saved in the history (learning curves use this).
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, train_set: Dataset[Any], config: TrainConfig,
-                 eval_set: Dataset[Any] | None = None) -> None:
+                 eval_set: Dataset[Any] | None = None,
+                 epoch_callbacks: Sequence[Callable[["Trainer", dict[str, Any]], None]] = ()) -> None:
         self.model, self.info, self.cfg = model, info, config
+        self.epoch_callbacks = list(epoch_callbacks)
         self.train_set, self.eval_set = train_set, eval_set
         self.device = torch.device(config.device)
         self.model.to(self.device)
@@ -364,5 +370,7 @@ class Trainer:
         if self.eval_set is not None:
             entry["eval"] = evaluate(self.model, self.info, self.eval_set, protocol=self.cfg.eval_protocol,
                                      batch_size=self.cfg.batch_size, device=self.device)
+        for callback in self.epoch_callbacks:
+            callback(self, entry)
         if not self.history["epochs"] or self.history["epochs"][-1].get("step") != self.step:
             self.history["epochs"].append(entry)

@@ -16,20 +16,44 @@ from .output import FormatOption, OutputFormat, emit, emit_json, message
 __all__ = ["register"]
 
 
-def _print_table(summary: dict[str, Any], fmt: OutputFormat) -> None:
+def _print_table(summary: dict[str, Any], fmt: OutputFormat, title: str) -> None:
+    from ..experiment_table import format_table
+
     if fmt == OutputFormat.json:
-        emit_json({k: summary[k] for k in ("table", "binner", "units", "seconds") if k in summary}
-                  | {"run_dir": summary.get("run_dir")})
+        keys = ("kind", "table", "seeds", "num_seeds", "arms", "per_seed", "binner", "units", "seconds", "plots")
+        emit_json({k: summary[k] for k in keys if k in summary} | {"run_dir": summary.get("run_dir")})
         return
-    rows = [{"metric": r["metric"], "baseline": _fmt(r.get("baseline")),
-             "interpretable": _fmt(r.get("interpretable"))} for r in summary["table"]]
-    emit(fmt, rows, ["metric", "baseline", "interpretable"], title="baseline vs interpretable (test split)")
+    rows = format_table(summary)
+    n = summary["num_seeds"]
+    seeds = f"{n} seed{'s' if n != 1 else ''} {summary['seeds']}"
+    spread = "mean ± 95% CI half-width" if n > 1 else "ONE seed: no spread, not a result to quote"
+    emit(fmt, rows, list(rows[0]) if rows else ["metric"], title=f"{title}: {seeds}; {spread}")
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
+def _data_configs(data: str, train_frames: str | None, test_frames: str | None, train_samples: int,
+                  test_samples: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Registry name and the two splits' dataset options of a demo/sweep DATASPEC."""
+    spec = parse_dataspec(data)
+    if spec.root is None:
+        if spec.name != "synthetic":
+            raise CliError(f"--data {data!r}: give a path, e.g. folder:../shared/data/nyu2_mini_test")
+        return spec.name, {"split": "train", "num_samples": train_samples}, {"split": "test", "num_samples": test_samples}
+    if not Path(spec.root).exists():
+        raise CliError(f"dataset path {spec.root!r} does not exist")
+    train_cfg: dict[str, Any] = {"root": spec.root}
+    test_cfg: dict[str, Any] = {"root": spec.root}
+    if train_frames or test_frames:
+        if not (train_frames and test_frames):
+            raise CliError("give both --train-frames and --test-frames, or neither")
+        train_cfg["frames"], test_cfg["frames"] = train_frames, test_frames
+    else:
+        train_cfg["split"], test_cfg["split"] = "train", "test"
+    return spec.name, train_cfg, test_cfg
+
+
+SeedsOption = Annotated[str, typer.Option(
+    "--seeds", help="Independent runs: a count (3 = seeds 0,1,2) or a list (0,4,7). Every number is reported "
+                    "as mean ± 95% CI over them.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +65,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[str, typer.Option("--data", "-d", help="DATASPEC: 'synthetic' (default) or folder:PATH.")] = "synthetic",
         out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of the run directory.")] = Path("runs"),
         name: Annotated[str, typer.Option("--name", help="Run directory name under --out.")] = "demo",
-        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")] = 40,
+        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")] = 20,
         size: Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")] = "64x96",
         width: Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")] = 0.5,
         weight: Annotated[float, typer.Option("--weight", help="Selectivity weight lambda of the interpretable twin.")] = 1.0,
@@ -50,44 +74,73 @@ def register(app: typer.Typer) -> None:
         train_frames: Annotated[str | None, typer.Option("--train-frames", help="Folder data: frames for training, e.g. 0:80.")] = None,
         test_frames: Annotated[str | None, typer.Option("--test-frames", help="Folder data: held-out frames, e.g. 80:100.")] = None,
         binning: Annotated[str, typer.Option("--binning", help="sid-fit (SID over the data's range), quantile, or sid (0.75-10 m).")] = "sid-fit",
-        seed: Annotated[int, typer.Option("--seed", help="Seed of both models and the data order.")] = 0,
-        train_samples: Annotated[int, typer.Option("--train-samples", min=1, help="Synthetic data: training images.")] = 192,
+        seeds: SeedsOption = "3",
+        curve_every: Annotated[int, typer.Option("--curve-every", min=0, help="Epochs between learning-curve points (0: none).")] = 5,
+        permutations: Annotated[int, typer.Option("--permutations", min=0, help="Re-pairings of the held-out significance test (0: off).")] = 199,
+        train_samples: Annotated[int, typer.Option("--train-samples", min=1, help="Synthetic data: training images.")] = 128,
         test_samples: Annotated[int, typer.Option("--test-samples", min=1, help="Synthetic data: held-out images.")] = 48,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
-        """Train a narrow FastDepth baseline and its interpretable twin, dissect both, compare."""
-        from ..experiment import ExperimentConfig, run_experiment
+        """Train a narrow FastDepth baseline and its interpretable twin over seeds, dissect both, compare."""
+        from ..experiment import ExperimentConfig, parse_seeds, run_experiment
         from .common import parse_size
 
-        spec = parse_dataspec(data)
         hw = parse_size(size)
         assert hw is not None
-        if spec.root is None:
-            if spec.name != "synthetic":
-                raise CliError(f"--data {data!r}: give a path, e.g. folder:../shared/data/nyu2_mini_test")
-            train_cfg: dict[str, Any] = {"split": "train", "num_samples": train_samples}
-            test_cfg: dict[str, Any] = {"split": "test", "num_samples": test_samples}
-        else:
-            if not Path(spec.root).exists():
-                raise CliError(f"dataset path {spec.root!r} does not exist")
-            train_cfg = {"root": spec.root}
-            test_cfg = {"root": spec.root}
-            if train_frames or test_frames:
-                if not (train_frames and test_frames):
-                    raise CliError("give both --train-frames and --test-frames, or neither")
-                train_cfg["frames"], test_cfg["frames"] = train_frames, test_frames
-            else:
-                train_cfg["split"], test_cfg["split"] = "train", "test"
-        cfg = ExperimentConfig(name=name, out_dir=str(out), data=spec.name, train_data=train_cfg,
+        name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
+        cfg = ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg,
                                test_data=test_cfg, size=hw, model_config={"width": width}, weight=weight,
-                               epochs=epochs, binning=binning, seed=seed, lr=lr,
-                               objective_options={"liveness": liveness})
+                               epochs=epochs, binning=binning, seeds=parse_seeds(seeds), lr=lr,
+                               objective_options={"liveness": liveness}, curve_every=curve_every,
+                               permutations=permutations)
         summary = run_experiment(cfg)
         summary["run_dir"] = str(cfg.run_dir)
-        _print_table(summary, fmt)
+        _print_table(summary, fmt, "baseline vs interpretable (held-out split)")
         if fmt == OutputFormat.table:
             message(f"plots and results in {cfg.run_dir}/ ({summary['seconds']} s); "
                     f"`depthsel report {cfg.run_dir}` makes an HTML report")
+
+    @app.command("sweep")
+    @handle_errors
+    def sweep(
+        weights: Annotated[str, typer.Option("--weights", help="Selectivity weights, comma separated; 0 (the baseline) is always included.")] = "0,0.03,0.1,0.3,1",
+        data: Annotated[str, typer.Option("--data", "-d", help="DATASPEC: 'synthetic' (default) or folder:PATH.")] = "synthetic",
+        out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of the run directory.")] = Path("runs"),
+        name: Annotated[str, typer.Option("--name", help="Run directory name under --out.")] = "sweep",
+        seeds: SeedsOption = "3",
+        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")] = 20,
+        size: Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")] = "64x96",
+        width: Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")] = 0.5,
+        lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-2,
+        liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive.")] = 1.0,
+        train_frames: Annotated[str | None, typer.Option("--train-frames", help="Folder data: training frames, e.g. 0:80.")] = None,
+        test_frames: Annotated[str | None, typer.Option("--test-frames", help="Folder data: held-out frames, e.g. 80:100.")] = None,
+        binning: Annotated[str, typer.Option("--binning", help="sid-fit, quantile, or sid.")] = "sid-fit",
+        permutations: Annotated[int, typer.Option("--permutations", min=0, help="Re-pairings of the significance test (0: off).")] = 0,
+        train_samples: Annotated[int, typer.Option("--train-samples", min=1, help="Synthetic data: training images.")] = 128,
+        test_samples: Annotated[int, typer.Option("--test-samples", min=1, help="Synthetic data: held-out images.")] = 48,
+        fmt: FormatOption = OutputFormat.table,
+    ) -> None:
+        """Accuracy vs selectivity over selectivity weights x seeds: a table and a trade-off plot with CIs."""
+        from ..experiment import ExperimentConfig, parse_seeds, run_sweep
+        from .common import parse_size
+
+        try:
+            ws = [float(w) for w in weights.split(",") if w.strip()]
+        except ValueError:
+            raise CliError(f"--weights {weights!r}: give numbers separated by commas, e.g. 0,0.1,1") from None
+        hw = parse_size(size)
+        assert hw is not None
+        name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
+        cfg = ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg, test_data=test_cfg,
+                               size=hw, model_config={"width": width}, epochs=epochs, binning=binning,
+                               seeds=parse_seeds(seeds), lr=lr, objective_options={"liveness": liveness},
+                               permutations=permutations)
+        summary = run_sweep(cfg, ws)
+        summary["run_dir"] = str(cfg.run_dir)
+        _print_table(summary, fmt, "selectivity-weight sweep (held-out split)")
+        if fmt == OutputFormat.table:
+            message(f"trade-off plot and results in {cfg.run_dir}/ ({summary['seconds']} s)")
 
     @app.command("train")
     @handle_errors

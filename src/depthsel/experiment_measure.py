@@ -1,0 +1,184 @@
+"""One arm of an experiment for one seed: train, evaluate with image-bootstrap CIs, dissect, learning curve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .analysis import AnalysisContext
+from .api import get_analyzer, get_model
+from .binning import Binner
+from .data import collate
+from .metrics import DepthMetrics
+from .stats import bootstrap_ci
+from .training import SelectivityConfig, TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    from .experiment import ExperimentConfig
+
+__all__ = ["Measurement", "measure_model", "per_image_metrics", "layer_mean"]
+
+#: Metrics with an image-bootstrap interval per model and seed.
+BOOTSTRAP_METRICS = ("rmse", "delta1", "abs_rel")
+
+
+@dataclass
+class Measurement:
+    """Everything measured on one model of one seed (scalars are what the table aggregates)."""
+
+    scalars: dict[str, float]
+    intervals: dict[str, list[float | None]] = field(default_factory=dict)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    per_bin_error: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable view."""
+        return {"scalars": self.scalars, "intervals": self.intervals, "curve": self.curve,
+                "per_bin_error": self.per_bin_error, **self.details}
+
+
+def layer_mean(layers: dict[str, dict[str, Any]], *keys: str) -> float:
+    """Mean over hooked layers of the first of ``keys`` each layer reports (NaN when none does)."""
+    vals = []
+    for v in layers.values():
+        for k in keys:
+            if v.get(k) is not None:
+                vals.append(float(v[k]))
+                break
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+@torch.no_grad()
+def per_image_metrics(model: torch.nn.Module, info: Any, dataset: Dataset[Any], protocol: str,
+                      batch_size: int, device: str) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+    """Pooled metrics, and the additive per-image metric sums ``[n_images, n_sums]`` for a bootstrap."""
+    was = model.training
+    model.eval()
+    pooled = DepthMetrics(protocol)
+    rows: list[list[float]] = []
+    keys: list[str] = []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            pred = info.forward(model, batch).float()
+            for i in range(pred.shape[0]):
+                one = DepthMetrics(protocol)
+                one.update(pred[i:i + 1], batch["depth"][i:i + 1], batch["valid"][i:i + 1])
+                sums = one.state_dict()["sums"]
+                keys = sorted(sums)
+                rows.append([float(sums[k]) for k in keys])
+                pooled.merge(one)
+    finally:
+        model.train(was)
+    return pooled.compute(), np.asarray(rows, dtype=np.float64), keys
+
+
+def _metric_intervals(sums: np.ndarray, keys: list[str], protocol: str, resamples: int,
+                      seed: int) -> dict[str, list[float | None]]:
+    """Percentile-bootstrap CIs over images of the pooled metrics."""
+    if resamples <= 0 or len(sums) < 2:
+        return {}
+
+    proto = DepthMetrics(protocol).state_dict()["protocol"]
+
+    def stat(boot: np.ndarray) -> np.ndarray:
+        out = np.empty((boot.shape[0], len(BOOTSTRAP_METRICS)))
+        for r in range(boot.shape[0]):
+            m = DepthMetrics(protocol).merge({"protocol": proto, "sums": dict(zip(keys, boot[r].tolist()))}).compute()
+            out[r] = [m[k] for k in BOOTSTRAP_METRICS]
+        return out
+
+    low, high = bootstrap_ci(sums, stat, resamples=resamples, seed=seed)
+    return {k: [float(lo), float(hi)] for k, lo, hi in zip(BOOTSTRAP_METRICS, low, high)}
+
+
+def _dissect(model: torch.nn.Module, info: Any, cfg: ExperimentConfig, binner: Binner, dataset: Dataset[Any],
+             split: str, seed: int, permutations: int, diagnostics: bool, progress: bool | None) -> Any:
+    ctx = AnalysisContext(model=model, dataset=dataset, info=info, layers=list(cfg.layers), device=cfg.device,
+                          batch_size=cfg.batch_size, seed=seed, progress=progress)
+    return get_analyzer("dissection", binner=binner.config(), fit_bins_to_units=True, permutations=permutations,
+                        diagnostics=diagnostics, split=split).run(ctx)
+
+
+def _curve_callback(cfg: ExperimentConfig, info: Any, binner: Binner, train_set: Dataset[Any],
+                    test_set: Dataset[Any], seed: int) -> Any:
+    """Adds held-out RMSE and train/held-out target DS to the history every ``curve_every`` epochs."""
+
+    def callback(trainer: Trainer, entry: dict[str, Any]) -> None:
+        last = trainer.step >= trainer.total_steps
+        if cfg.curve_every <= 0 or (entry["epoch"] % cfg.curve_every and not last):
+            return
+        rng = torch.get_rng_state()  # measuring must not change the training run
+        try:
+            metrics, _, _ = per_image_metrics(trainer.model, info, test_set, cfg.protocol, cfg.batch_size,
+                                              cfg.device)
+            point: dict[str, Any] = {"epoch": entry["epoch"], "rmse": metrics["rmse"], "delta1": metrics["delta1"]}
+            for split, ds in (("train", train_set), ("test", test_set)):
+                res = _dissect(trainer.model, info, cfg, binner, ds, split, seed, 0, False, False)
+                layers = res.summary()["splits"][split]
+                point[f"target_ds_{split}"] = layer_mean(layers, "target_ds", "mean_target_ds")
+                point[f"peak_on_target_{split}"] = layer_mean(layers, "peak_on_target")
+            entry["curve"] = point
+        finally:
+            torch.set_rng_state(rng)
+
+    return callback
+
+
+def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, info: Any, binner: Binner,
+                  train_set: Dataset[Any], test_set: Dataset[Any], progress: bool | None) -> Measurement:
+    """Train one arm from the seed's initial weights, then measure it on both splits."""
+    torch.manual_seed(seed)  # every arm of a seed starts from the same weights
+    model = get_model(cfg.model, **cfg.model_config)
+    run = cfg.run_dir / f"seed{seed}" / label
+    sel = SelectivityConfig(layers=list(cfg.layers), binner=binner.config(), objective=cfg.objective,
+                            weight=weight, fit_bins_to_units=True, warmup_steps=cfg.warmup_steps,
+                            objective_options=dict(cfg.objective_options))
+    tcfg = TrainConfig(name=label, out_dir=str(run.parent), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                       lr=cfg.lr, loss=cfg.loss, seed=seed, device=cfg.device, selectivity=sel if weight else None,
+                       eval_protocol=cfg.protocol, checkpoint_every=10_000)
+    history = Trainer(model, info, train_set, tcfg,
+                      epoch_callbacks=[_curve_callback(cfg, info, binner, train_set, test_set, seed)]
+                      ).fit(resume=False)
+    metrics, sums, keys = per_image_metrics(model, info, test_set, cfg.protocol, cfg.batch_size, cfg.device)
+    test_res = _dissect(model, info, cfg, binner, test_set, "test", seed, cfg.permutations, True, progress)
+    train_res = _dissect(model, info, cfg, binner, train_set, "train", seed, 0, False, progress)
+    test_res.save(run / "dissection")
+    train_res.save(run / "dissection_train")
+    layers = test_res.summary()["splits"]["test"]
+    tlayers = train_res.summary()["splits"]["train"]
+    scalars = {
+        "delta1": metrics["delta1"], "rmse": metrics["rmse"], "abs_rel": metrics["abs_rel"],
+        "argmax_ds": layer_mean(layers, "argmax_ds", "mean_ds"),
+        "target_ds": layer_mean(layers, "target_ds", "mean_target_ds"),
+        "peak_on_target": layer_mean(layers, "peak_on_target"),
+        "near_target": layer_mean(layers, "near_target"),
+        "dead_units": float(sum(int(v["dead_units"]) for v in layers.values())),
+        "pred_target_ds": layer_mean(layers, "pred_target_ds"),
+        "pred_peak_on_target": layer_mean(layers, "pred_peak_on_target"),
+        "frac_significant_bh": layer_mean(layers, "frac_significant_bh"),
+        "target_ds_train": layer_mean(tlayers, "target_ds", "mean_target_ds"),
+        "peak_on_target_train": layer_mean(tlayers, "peak_on_target"),
+    }
+    intervals = _metric_intervals(sums, keys, cfg.protocol, cfg.bootstrap, seed)
+    for name, v in layers.items():
+        for key in ("target_ds_ci", "peak_on_target_ci"):
+            if v.get(key) is not None and len(layers) == 1:
+                intervals[key[:-3]] = v[key]
+    curve = [e["curve"] for e in history["epochs"] if "curve" in e]
+    plots: list[str] = []
+    if seed == cfg.seeds[0]:  # figures of one seed are enough to look at; numbers cover all seeds
+        plots = [str(p) for p in test_res.plot(run / "plots")]
+        fmaps = getattr(test_res, "plot_feature_maps", None)
+        if callable(fmaps):
+            plots += [str(p) for p in fmaps(model, info, test_set, run / "plots", device=cfg.device)]
+    return Measurement(scalars=scalars, intervals=intervals, curve=curve,
+                       per_bin_error={n: v.get("per_bin_error") for n, v in layers.items()},
+                       details={"metrics": metrics, "dissection": layers, "dissection_train": tlayers,
+                                "plots": plots, "run_dir": str(run)})
