@@ -57,6 +57,10 @@ def aggregate(per_seed: Mapping[str, Mapping[str, Measurement]], labels: Sequenc
         for label in labels:
             vals = _values(per_seed, label, key)
             row["arms"][label] = seed_summary(vals).to_dict() if vals else None
+            if vals and len(per_seed) == 1:
+                # One seed has no seed spread; the image bootstrap is the only interval there is.
+                only = next(iter(per_seed.values()))[label]
+                row["arms"][label]["image_ci"] = only.intervals.get(key)
         base = _values(per_seed, ref, key)
         for label in labels[1:]:
             vals = _values(per_seed, label, key)
@@ -73,6 +77,9 @@ def format_cell(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
         return "–"
     mean = stat["mean"]
     if stat.get("n", 1) < 2 or stat.get("half_width") is None:
+        ci = stat.get("image_ci")
+        if ci and ci[0] is not None and ci[1] is not None:
+            return f"{mean:.{digits}g} (1 seed; images [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}])"
         return f"{mean:.{digits}g} (1 seed)"
     return f"{mean:.{digits}g} ± {stat['half_width']:.2g}"
 

@@ -118,7 +118,18 @@ def _json_tables(rel: str, payload: Any, report: Report) -> None:
         return  # optimizer and RNG bookkeeping of resumable runs, not results
     if isinstance(payload, Mapping) and isinstance(payload.get("table"), list) and payload["table"]:
         # An experiment summary: its comparison table is the headline of the report.
-        report.tables.insert(0, _records_table(f"{rel}: comparison", payload["table"]))
+        if isinstance(payload.get("arms"), list):
+            from .experiment_table import format_table
+
+            n = int(payload.get("num_seeds", 1))
+            spread = ("mean ± 95% CI half-width over seeds; difference paired by seed, [95% CI], paired t-test p"
+                      if n > 1 else "ONE seed: no seed spread; bracketed intervals resample test images")
+            rows = format_table(payload)
+            report.tables.insert(0, Table(f"{rel}: comparison, {n} seed{'s' if n != 1 else ''} "
+                                          f"{payload.get('seeds', '')}", list(rows[0]), [list(r.values()) for r in rows],
+                                          spread))
+        else:
+            report.tables.insert(0, _records_table(f"{rel}: comparison", payload["table"]))
         if isinstance(payload.get("config"), Mapping):
             report.configs.insert(0, (f"{rel} [config]", json.dumps(payload["config"], indent=2, default=str)))
         return
