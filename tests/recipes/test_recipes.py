@@ -18,10 +18,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from depthsel import get_binner, get_model, get_model_info
+from depthsel.errors import CheckpointError
 from depthsel.regularizer import PRESETS
 from depthsel.results import load_result
 from depthsel_plugins.recipes import FASTDEPTH2021, HU2019, RECIPES, YOU2021, get_recipe
-from depthsel_plugins.recipes.run import RecipeTrainer, RunOptions, build_splits, train_config
+from depthsel_plugins.recipes.run import (
+    RecipeTrainer,
+    RunOptions,
+    build_recipe_model,
+    build_splits,
+    train_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"COLUMNS": "120", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", "NO_COLOR": "1"}
@@ -214,3 +221,27 @@ def test_reproduce_is_registered_through_the_entry_point() -> None:
     core = (ROOT / "src" / "depthsel").rglob("*.py")
     names = ("depthsel_plugins.recipes", '"reproduce"', "fastdepth2021")
     assert not any(n in p.read_text() for p in core for n in names)
+
+
+def test_recipe_loads_an_official_style_checkpoint_and_refuses_a_partial_load_that_matches_nothing(
+        tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    src = get_model(YOU2021.model, **YOU2021.model_config, tiny=True)
+    # As released: a DataParallel state dict saved with torch.save.
+    path = tmp_path / "mff_resnet.pth"
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, path)
+    model, _, loaded = build_recipe_model(YOU2021, RunOptions(data="nyu", tiny=True, weights=str(path)))
+    assert loaded == {"path": str(path), "strict": True}
+    for key, value in src.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # An ImageNet encoder under torchvision's names matches nothing: an error, not a silent scratch run.
+    encoder = {k[len("E."):]: v for k, v in src.state_dict().items() if k.startswith("E.")}
+    bare = tmp_path / "resnet50_imagenet.pth"
+    torch.save(encoder, bare)
+    with pytest.raises(CheckpointError, match="none of the"):
+        build_recipe_model(YOU2021, RunOptions(data="nyu", tiny=True, weights=str(bare), strict=False))
+    renamed = tmp_path / "encoder_E.pth"
+    torch.save({f"E.{k}": v for k, v in encoder.items()}, renamed)
+    _, _, partial = build_recipe_model(YOU2021, RunOptions(data="nyu", tiny=True, weights=str(renamed),
+                                                           strict=False))
+    assert partial["loaded"] == len(encoder) < partial["model_tensors"]

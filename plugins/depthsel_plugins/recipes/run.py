@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from depthsel import get_analyzer, get_dataset, get_model, get_model_info, load_weights
+from depthsel import get_analyzer, get_dataset, get_model, get_model_info, load_state_dict, load_weights
 from depthsel.analysis import AnalysisContext
 from depthsel.checkpoints import atomic_write_bytes
-from depthsel.errors import ConfigError, DepthselError
+from depthsel.errors import CheckpointError, ConfigError, DepthselError
 from depthsel.training import SelectivityConfig, TrainConfig, Trainer, evaluate
 from depthsel.zoo import ModelInfo
 
@@ -166,17 +166,43 @@ def train_config(recipe: Recipe, opts: RunOptions) -> TrainConfig:
     )
 
 
-def build_recipe_model(recipe: Recipe, opts: RunOptions) -> tuple[nn.Module, ModelInfo]:
-    """The recipe's network (``tiny`` narrows it), with ``--weights`` loaded when given."""
+def build_recipe_model(recipe: Recipe, opts: RunOptions) -> tuple[nn.Module, ModelInfo, dict[str, Any]]:
+    """The recipe's network (``tiny`` narrows it), with ``--weights`` loaded when given.
+
+    Returns the model, its info and what was loaded (for ``summary.json``).
+    """
     config = dict(recipe.model_config)
     if opts.tiny:
         config["tiny"] = True
     torch.manual_seed(opts.seed)
     model = get_model(recipe.model, **config)
     info = get_model_info(recipe.model)
-    if opts.weights is not None:
-        load_weights(model, opts.weights, strict=opts.strict, trust_pickle=opts.trust_pickle)
-    return model, info
+    return model, info, _load_initial_weights(model, opts)
+
+
+def _load_initial_weights(model: nn.Module, opts: RunOptions) -> dict[str, Any]:
+    if opts.weights is None:
+        return {}
+    if opts.strict:
+        load_weights(model, opts.weights, strict=True, trust_pickle=opts.trust_pickle)
+        return {"path": opts.weights, "strict": True}
+    state = load_state_dict(opts.weights, trust_pickle=opts.trust_pickle)
+    own = set(model.state_dict())
+    try:
+        # Count the file's tensors that found a home (missing keys undercount:
+        # BatchNorm fills in an absent num_batches_tracked without reporting it).
+        unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    except RuntimeError as exc:  # shapes that differ still fail a partial load
+        detail = " ".join(str(exc).split())[:400]
+        raise CheckpointError(f"{opts.weights!r} does not fit {type(model).__name__}: {detail}") from exc
+    loaded = len(state) - len(unexpected)
+    if loaded == 0:
+        # A partial load that matched nothing would silently train from scratch.
+        raise CheckpointError(
+            f"none of the {len(state)} tensors in {opts.weights!r} match the model's names; rename them "
+            "to the model's keys first (e.g. an ImageNet ResNet-50 under 'E.' for hu_mff_resnet50)"
+        )
+    return {"path": opts.weights, "strict": False, "loaded": loaded, "model_tensors": len(own)}
 
 
 def _check_size(info: ModelInfo, dataset: Dataset[Any]) -> None:
@@ -201,7 +227,7 @@ def dissect(recipe: Recipe, opts: RunOptions, model: nn.Module, info: ModelInfo,
 def run_recipe(recipe: Recipe, opts: RunOptions, progress: bool | None = None) -> dict[str, Any]:
     """Train, evaluate and dissect; returns (and writes) ``summary.json``."""
     train_set, test_set = build_splits(recipe, opts)
-    model, info = build_recipe_model(recipe, opts)
+    model, info, loaded = build_recipe_model(recipe, opts)
     _check_size(info, train_set)
     cfg = train_config(recipe, opts)
     history = RecipeTrainer(model, info, train_set, cfg, recipe.optimizer).fit(resume=opts.resume)
@@ -215,6 +241,7 @@ def run_recipe(recipe: Recipe, opts: RunOptions, progress: bool | None = None) -
         "overrides": overrides,
         "baseline": opts.baseline,
         "weight": _weight(recipe, opts),
+        "weights": loaded,
         "data": {"name": opts.data, "root": opts.data_root, "options": {k: str(v) for k, v in opts.data_options.items()},
                  "train": len(train_set), "test": len(test_set)},  # type: ignore[arg-type]
         "steps": history["steps"][-1]["step"] if history["steps"] else 0,
