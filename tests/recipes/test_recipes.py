@@ -245,3 +245,25 @@ def test_recipe_loads_an_official_style_checkpoint_and_refuses_a_partial_load_th
     _, _, partial = build_recipe_model(YOU2021, RunOptions(data="nyu", tiny=True, weights=str(renamed),
                                                            strict=False))
     assert partial["loaded"] == len(encoder) < partial["model_tensors"]
+
+
+def test_eval_only_evaluates_and_dissects_the_given_weights_untouched(nyu_root: Path, tmp_path: Path) -> None:
+    from depthsel.training import evaluate
+
+    torch.manual_seed(4)
+    src = get_model(HU2019.model, **HU2019.model_config, tiny=True).eval()
+    path = tmp_path / "hu.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
+    result = invoke(["reproduce", "hu2019", "--data", f"nyu:{nyu_root}", "--tiny", "--weights", path,
+                     "--eval-only", "--out", tmp_path, "--format", "json"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    printed = json.loads(result.stdout)
+    assert printed["trained"] is False and printed["steps"] == 0
+    _, test = build_splits(HU2019, RunOptions(data="nyu", data_root=str(nyu_root), tiny=True))
+    expected = evaluate(src, get_model_info(HU2019.model), test, protocol="hu2019", batch_size=2)
+    assert printed["metrics"]["rmse"] == pytest.approx(expected["rmse"], rel=1e-6)
+    assert load_result(tmp_path / "hu2019" / "dissection").layers
+    assert not (tmp_path / "hu2019" / "model.safetensors").exists()  # nothing was trained
+    missing = invoke(["reproduce", "hu2019", "--data", f"nyu:{nyu_root}", "--tiny", "--eval-only",
+                      "--out", tmp_path])
+    assert missing.exit_code == 1 and "--eval-only needs --weights" in missing.stderr

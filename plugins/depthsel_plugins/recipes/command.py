@@ -66,6 +66,7 @@ def reproduce(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     permutations: Annotated[int, typer.Option("--permutations", min=0, help="Permutation-test shuffles in the dissection.")] = 0,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the run's checkpoint if present.")] = True,
+    eval_only: Annotated[bool, typer.Option("--eval-only", help="Skip training: evaluate and dissect --weights as given.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the recipe (or the list of recipes) and exit.")] = False,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
@@ -81,11 +82,12 @@ def reproduce(
                       out_dir=str(out), name=name, epochs=epochs, max_steps=max_steps, size=parse_size(size),
                       tiny=tiny, batch_size=batch_size, limit=limit, baseline=baseline, weights=weights,
                       strict=not no_strict, trust_pickle=trust_pickle, seed=seed, device=device,
-                      permutations=permutations, resume=resume)
+                      permutations=permutations, resume=resume, eval_only=eval_only)
     summary = run_recipe(chosen, opts)
     if fmt == OutputFormat.json:
-        emit_json({k: summary[k] for k in ("scale", "overrides", "baseline", "weight", "steps", "metrics",
-                                           "dissection", "run_dir")})
+        keys = ("scale", "overrides", "trained", "baseline", "weight", "steps", "metrics", "dissection",
+                "run_dir")
+        emit_json({k: summary[k] for k in keys})
         return
     emit(fmt, _rows(summary), ["what", "value"], title=f"{chosen.name} ({summary['scale']} scale, test split)")
     message(f"run, dissection and summary.json in {summary['run_dir']}/")

@@ -37,7 +37,8 @@ class RunOptions:
 
     ``epochs``, ``max_steps``, ``size``, ``tiny``, ``batch_size`` and ``limit``
     change the scale: a run with any of them is not the paper's recipe, and
-    ``summary.json`` says so under ``"scale"``.
+    ``summary.json`` says so under ``"scale"``. ``eval_only`` skips training
+    (``"trained": false``) to evaluate and dissect given weights.
     """
 
     data: str
@@ -59,6 +60,7 @@ class RunOptions:
     device: str = "cpu"
     permutations: int = 0
     resume: bool = True
+    eval_only: bool = False
 
     def scale_overrides(self) -> dict[str, Any]:
         """The options given that make this run smaller (or other) than the paper's."""
@@ -226,11 +228,18 @@ def dissect(recipe: Recipe, opts: RunOptions, model: nn.Module, info: ModelInfo,
 
 def run_recipe(recipe: Recipe, opts: RunOptions, progress: bool | None = None) -> dict[str, Any]:
     """Train, evaluate and dissect; returns (and writes) ``summary.json``."""
+    if opts.eval_only and opts.weights is None:
+        raise ConfigError("--eval-only needs --weights: there is nothing trained to evaluate")
     train_set, test_set = build_splits(recipe, opts)
     model, info, loaded = build_recipe_model(recipe, opts)
     _check_size(info, train_set)
     cfg = train_config(recipe, opts)
-    history = RecipeTrainer(model, info, train_set, cfg, recipe.optimizer).fit(resume=opts.resume)
+    if opts.eval_only:
+        # Evaluate and dissect the given weights as they are (e.g. an official checkpoint).
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        history: dict[str, Any] = {"steps": []}
+    else:
+        history = RecipeTrainer(model, info, train_set, cfg, recipe.optimizer).fit(resume=opts.resume)
     metrics = evaluate(model, info, test_set, protocol=recipe.protocol, batch_size=cfg.batch_size,
                        device=opts.device)
     result = dissect(recipe, opts, model, info, test_set, cfg.run_dir / "dissection", cfg.batch_size, progress)
@@ -239,6 +248,7 @@ def run_recipe(recipe: Recipe, opts: RunOptions, progress: bool | None = None) -
         "recipe": recipe.to_dict(),
         "scale": "paper" if not overrides else "reduced",
         "overrides": overrides,
+        "trained": not opts.eval_only,
         "baseline": opts.baseline,
         "weight": _weight(recipe, opts),
         "weights": loaded,
