@@ -267,3 +267,30 @@ def test_eval_only_evaluates_and_dissects_the_given_weights_untouched(nyu_root: 
     missing = invoke(["reproduce", "hu2019", "--data", f"nyu:{nyu_root}", "--tiny", "--eval-only",
                       "--out", tmp_path])
     assert missing.exit_code == 1 and "--eval-only needs --weights" in missing.stderr
+
+
+def test_recipe_trainer_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    # SGD momentum buffers and the epoch-stepped lr must survive a checkpoint.
+    from depthsel.testing import ToyDepthDataset, ToyDepthNet
+    from depthsel.zoo import ModelInfo
+
+    info = ModelInfo(input_size=(32, 32), normalization="unit")
+
+    def run(name: str, max_steps: int | None, fresh: bool = True) -> tuple[torch.nn.Module, int]:
+        torch.manual_seed(0)
+        model = ToyDepthNet(width=4)
+        calls: list[int] = []
+        model.register_forward_pre_hook(lambda m, a: calls.append(1) if m.training else None)
+        opts = RunOptions(data="toy", out_dir=str(tmp_path), name=name, epochs=6, batch_size=4,
+                          max_steps=max_steps, baseline=True)
+        cfg = train_config(FASTDEPTH2021, opts)
+        cfg.checkpoint_every = 1
+        RecipeTrainer(model, info, ToyDepthDataset(8, seed=1), cfg, FASTDEPTH2021.optimizer).fit(resume=not fresh)
+        return model, len(calls)
+
+    whole, n_whole = run("whole", None)
+    _, n_cut = run("cut", 7)
+    resumed, n_rest = run("cut", None, fresh=False)
+    assert (n_whole, n_cut, n_rest) == (12, 7, 5)  # the second half really resumed
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
