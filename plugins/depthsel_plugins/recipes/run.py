@@ -179,7 +179,8 @@ def build_recipe_model(recipe: Recipe, opts: RunOptions) -> tuple[nn.Module, Mod
     torch.manual_seed(opts.seed)
     model = get_model(recipe.model, **config)
     info = get_model_info(recipe.model)
-    return model, info, _load_initial_weights(model, opts)
+    loaded = _load_initial_weights(model, opts)
+    return model.to(opts.device), info, loaded
 
 
 def _load_initial_weights(model: nn.Module, opts: RunOptions) -> dict[str, Any]:
@@ -252,7 +253,8 @@ def run_recipe(recipe: Recipe, opts: RunOptions, progress: bool | None = None) -
         "baseline": opts.baseline,
         "weight": _weight(recipe, opts),
         "weights": loaded,
-        "data": {"name": opts.data, "root": opts.data_root, "options": {k: str(v) for k, v in opts.data_options.items()},
+        "data": {"name": opts.data, "root": opts.data_root,
+                 "options": {k: str(v) for k, v in opts.data_options.items()},
                  "train": len(train_set), "test": len(test_set)},  # type: ignore[arg-type]
         "steps": history["steps"][-1]["step"] if history["steps"] else 0,
         "metrics": metrics,
