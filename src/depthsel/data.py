@@ -96,25 +96,55 @@ def dataset_fingerprint(dataset: Dataset[Any], config: Mapping[str, Any] | None 
 
 
 class CachedDataset(Dataset[Any]):
-    """Keeps every item of a deterministic dataset in memory after its first read.
+    """Keeps the expensive, deterministic part of every item in memory after its first read.
 
     For small datasets whose items are expensive to produce (the ray-cast
     ``synthetic`` set, decoded and resized PNGs) and are read every epoch.
-    Only use it when items do not change between epochs (no random
-    augmentation), since the first version of each item is kept.
+
+    Random augmentation is not frozen: a wrapped dataset may split item
+    production in two (duck-typed, so the core never needs to know its class):
+
+    ``cacheable_item(index)``
+        the deterministic part (decode, contract checks, resize), cached here;
+    ``finish_item(sample, index)``
+        the rest (random transforms seeded by the epoch, sparse sampling),
+        re-applied on every read to a shallow copy of the cached sample.
+
+    A dataset without both methods is cached whole, so its first version of
+    each item is kept: only wrap such a dataset when its items do not change
+    between epochs. :meth:`set_epoch` is forwarded to the wrapped dataset.
     """
 
     def __init__(self, dataset: Dataset[Any]) -> None:
         self.dataset = dataset
         self._items: dict[int, Any] = {}
+        cacheable = getattr(dataset, "cacheable_item", None)
+        finish = getattr(dataset, "finish_item", None)
+        # Both or neither: half a protocol would cache a sample no one finishes.
+        self._split = callable(cacheable) and callable(finish)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
+        if not self._split:
+            if index not in self._items:
+                self._items[index] = self.dataset[index]
+            return self._items[index]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        index %= n
         if index not in self._items:
-            self._items[index] = self.dataset[index]
-        return self._items[index]
+            self._items[index] = self.dataset.cacheable_item(index)  # type: ignore[attr-defined]
+        # A shallow copy: transforms return new tensors, and keys they add stay off the cache.
+        return self.dataset.finish_item(dict(self._items[index]), index)  # type: ignore[attr-defined]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to the wrapped dataset (it seeds random transforms)."""
+        inner = getattr(self.dataset, "set_epoch", None)
+        if callable(inner):
+            inner(epoch)
 
     def fingerprint(self) -> str:
         """The wrapped dataset's fingerprint."""

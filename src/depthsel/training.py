@@ -303,6 +303,11 @@ class Trainer:
             while self.step < self.total_steps:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
                 order = self._epoch_order(epoch)[offset * self.cfg.batch_size:]
+                # Duck-typed: a dataset with set_epoch reseeds its random transforms,
+                # so augmentation differs between epochs (and a resumed run matches).
+                set_epoch = getattr(self.train_set, "set_epoch", None)
+                if callable(set_epoch):
+                    set_epoch(epoch)
                 loader = DataLoader(Subset(self.train_set, order), batch_size=self.cfg.batch_size,
                                     shuffle=False, collate_fn=collate, drop_last=True)
                 for batch in loader:

@@ -102,7 +102,8 @@ def test_plugin_commands_are_added_and_bad_ones_skipped(runner: Any) -> None:
         target.command("binners")(lambda: None)
         with pytest.warns(RuntimeWarning):
             added = add_plugin_commands(target)
-        assert added == ["tests-hello"]
+        # First-party plugins add commands too (``reproduce``); only the bad ones must be missing.
+        assert "tests-hello" in added and not {"tests-bad", "binners"} & set(added)
         assert "binners" in BUILTIN_COMMANDS
         result = CliRunner().invoke(target, ["tests-hello", "--name", "depthsel"])
         assert result.exit_code == 0 and result.stdout.strip() == "hello depthsel"

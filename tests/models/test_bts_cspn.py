@@ -389,3 +389,29 @@ def test_register_models_contract() -> None:
         with pytest.raises(TypeError):
             factory(tiny=True, widht=0.5)
     assert bts_mod.INFO.depth_presets["kitti"] == 80.0 and bts_mod.INFO.depth_presets["nyu"] == 10.0
+
+
+def test_cspn_loads_an_upstream_trained_checkpoint_with_sum_conv(tmp_path: Path) -> None:
+    # Upstream's Affinity_Propagate registers post_process_layer.sum_conv.weight
+    # (all ones, [1, 8, 1, 1, 1]) during its first forward; a checkpoint saved
+    # after training holds it, wrapped in DataParallel's "module." prefix.
+    from depthsel.checkpoints import load_weights
+
+    torch.manual_seed(0)
+    build, inputs = _cspn_case()
+    src = build().eval()
+    state = {f"module.{k}": v.contiguous() for k, v in src.state_dict().items()}
+    state["module.post_process_layer.sum_conv.weight"] = torch.ones(1, 8, 1, 1, 1)
+    path = tmp_path / "cspn_upstream.safetensors"
+    save_file(state, str(path))
+    torch.manual_seed(1)
+    dst = build().eval()
+    load_weights(dst, path, strict=True)
+    assert "post_process_layer.sum_conv.weight" not in dst.state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(dst(*inputs), src(*inputs), rtol=0, atol=0)
+    # Only that one key is forgiven: any other stray key still fails a strict load.
+    plain = strip_prefix(state)
+    plain["post_process_layer.other.weight"] = torch.ones(1)
+    with pytest.raises(RuntimeError, match="post_process_layer.other.weight"):
+        build().load_state_dict(plain, strict=True)

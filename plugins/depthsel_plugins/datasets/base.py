@@ -254,6 +254,15 @@ class PairedDepthDataset(Dataset[DepthSample]):
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
         index = index % n
+        return self.finish_item(self.cacheable_item(index), index)
+
+    def cacheable_item(self, index: int) -> DepthSample:
+        """The deterministic part of item ``index``: load, invalid pixels, ``max_depth``, resize.
+
+        :class:`depthsel.data.CachedDataset` caches this and calls
+        :meth:`finish_item` on every read, so random transforms still change
+        with the epoch.
+        """
         image, depth = self._load(index)
         name = self.names()[index]
         if image.shape[-2:] != depth.shape[-2:]:
@@ -268,11 +277,16 @@ class PairedDepthDataset(Dataset[DepthSample]):
         sample: DepthSample = {"image": image, "depth": depth, "valid": depth > 0, "name": name}
         if self._resize is not None:
             sample = self._resize(sample)
+        return sample
+
+    def finish_item(self, sample: DepthSample, index: int) -> DepthSample:
+        """Apply the transforms (seeded by ``(seed, epoch, index)``) and sparse sampling."""
         if self.transforms is not None:
             gen = torch.Generator().manual_seed(item_seed(self.seed, 1, self.epoch, index))
             sample = self.transforms(sample, gen)
         if self.sparse_samples is not None:
             gen = torch.Generator().manual_seed(item_seed(self.seed, 2, index))
+            sample = dict(sample)  # type: ignore[assignment]
             sample["sparse_depth"] = sample_sparse_depth(
                 sample["depth"], sample["valid"], self.sparse_samples, gen
             )

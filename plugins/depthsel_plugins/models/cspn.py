@@ -125,6 +125,20 @@ class LastUpConv(nn.Module):
         return self.conv1(unpool(x, size))
 
 
+#: Upstream ``Affinity_Propagate`` builds this all-ones [1, 8, 1, 1, 1] summing kernel
+#: as a submodule inside ``forward``, so checkpoints saved after training hold it.
+UPSTREAM_SUM_CONV_KEY = "sum_conv.weight"
+
+
+def _drop_upstream_sum_conv(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any
+) -> None:
+    # Upstream rebuilds the kernel as ones on every forward, so its stored value
+    # never reaches an output: dropping it loses nothing and lets the released
+    # checkpoints load strictly (as the DenseNet key renaming in hu_mff does).
+    state_dict.pop(prefix + UPSTREAM_SUM_CONV_KEY, None)
+
+
 class AffinityPropagate(nn.Module):
     """Parameter-free 8-neighbour convolutional spatial propagation.
 
@@ -143,6 +157,11 @@ class AffinityPropagate(nn.Module):
         Upstream resets measured pixels to the *blurry* prediction there, not
         to the measurement (the paper's Eq. uses the measurement). ``False``
         reproduces the code; ``True`` follows the paper.
+
+    Notes
+    -----
+    Loading a state dict drops upstream's ``post_process_layer.sum_conv.weight``
+    (see :data:`UPSTREAM_SUM_CONV_KEY`); this module has no parameters.
     """
 
     def __init__(
@@ -154,6 +173,7 @@ class AffinityPropagate(nn.Module):
         self.prop_time = prop_time
         self.norm_type = norm_type
         self.reset_to_sparse = reset_to_sparse
+        self.register_load_state_dict_pre_hook(_drop_upstream_sum_conv)
 
     def forward(
         self,

@@ -82,6 +82,12 @@ class LimitedDataset(Dataset[Any]):
             raise IndexError(f"index {index} out of range for {self.limit} samples")
         return self.dataset[index % self.limit]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to the wrapped dataset (it seeds random transforms)."""
+        inner = getattr(self.dataset, "set_epoch", None)
+        if callable(inner):
+            inner(epoch)
+
     def names(self) -> list[str]:
         """Names of the kept samples (when the wrapped dataset has names)."""
         names = getattr(self.dataset, "names", None)
