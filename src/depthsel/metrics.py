@@ -329,6 +329,22 @@ class DepthMetrics:
             self._sums[k] += float(v)
         return self
 
+    def sync(self, group: Any = None) -> DepthMetrics:
+        """All-reduce (sum) the metric sums across ``torch.distributed`` ranks; returns ``self``.
+
+        A no-op when torch.distributed is not initialised. Every rank must
+        call it. Without it each rank would report metrics of its own shard.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        keys = sorted(self._sums)
+        t = torch.tensor([self._sums[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        self._sums = dict(zip(keys, t.tolist()))
+        return self
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (protocol and sums)."""
         proto = asdict(self.protocol)

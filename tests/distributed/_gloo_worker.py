@@ -36,6 +36,15 @@ def acc_data(n: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     return acts, bins
 
 
+def metric_data(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and ground truth ``[n, 1, 12, 16]`` (some invalid pixels), seeded."""
+    g = torch.Generator().manual_seed(21)
+    gt = torch.rand(n, 1, 12, 16, generator=g, dtype=torch.float64) * 5
+    gt[gt < 0.5] = 0
+    pred = gt + torch.randn(n, 1, 12, 16, generator=g, dtype=torch.float64) * 0.3
+    return pred.clamp(min=0.1), gt
+
+
 def toy_model() -> ToyDepthNet:
     torch.manual_seed(0)
     return ToyDepthNet(width=WIDTH).double().eval()
@@ -99,6 +108,16 @@ def run(rank: int, world: int) -> dict[str, Any]:
             "assignment": {n: reg.assignment(n, net.get_submodule(n)[0].out_channels).clone()
                            for n in LAYERS},
         }
+    # (iv) depth metrics: this rank's images, then sync().
+    from depthsel.metrics import DepthMetrics
+
+    pred, gt = metric_data()
+    for protocol in ("default", "hu2019"):
+        m = DepthMetrics(protocol)
+        for i in range(rank, pred.shape[0], world):
+            m.update(pred[i:i + 1], gt[i:i + 1])
+        out[f"metrics_{protocol}"] = m.sync().compute()
+
     # set_assignment broadcasts rank 0's choice.
     reg = regularizer(toy_model(), True)
     reg.set_assignment("dec2", (torch.arange(2 * WIDTH) + rank) % NUM_BINS)

@@ -168,3 +168,19 @@ def test_assignment_is_identical_on_every_rank(ranks: list[dict[str, Any]]) -> N
     expected = torch.arange(2 * W.WIDTH) % W.NUM_BINS
     for r in ranks:
         assert torch.equal(r["set_assignment"], expected)
+
+
+@pytest.mark.parametrize("protocol", ["default", "hu2019"])
+def test_depth_metrics_sync_equals_single_process(ranks: list[dict[str, Any]], protocol: str) -> None:
+    from depthsel.metrics import DepthMetrics
+
+    pred, gt = W.metric_data()
+    single = DepthMetrics(protocol)
+    single.update(pred, gt)
+    ref = single.compute()
+    for r in ranks:
+        got = r[f"metrics_{protocol}"]
+        assert got["images"] == ref["images"] == pred.shape[0]  # every image counted once, not per rank
+        for k, v in ref.items():
+            if isinstance(v, float):
+                assert got[k] == pytest.approx(v, rel=1e-12, abs=1e-14), k
