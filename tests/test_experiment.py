@@ -129,3 +129,22 @@ def test_cli_demo_table_says_how_many_seeds(tmp_path: Path) -> None:
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "1 seed [0]" in result.output and "ONE seed" in result.output and "(1 seed)" in result.output
+
+
+def test_combine_runs_equals_one_run_over_all_seeds(tmp_path: Path) -> None:
+    from depthsel.experiment_combine import combine_runs
+
+    base = dict(train_data={"split": "train", "num_samples": 8}, test_data={"split": "test", "num_samples": 4},
+                **TINY)
+    one = run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="all", seeds=[0, 1], **base), progress=False)
+    run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="s0", seeds=[0], **base), progress=False)
+    run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="s1", seeds=[1], **base), progress=False)
+    both = combine_runs([tmp_path / "s1", tmp_path / "s0"], tmp_path / "comb")
+    assert both["seeds"] == [0, 1]
+    assert json.dumps(both["table"], sort_keys=True) == json.dumps(one["table"], sort_keys=True)
+    with pytest.raises(DepthselError, match="twice"):
+        combine_runs([tmp_path / "s0", tmp_path / "all"], tmp_path / "bad")
+    run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="lr", seeds=[2], **base | {"lr": 0.5}),
+                   progress=False)
+    with pytest.raises(DepthselError, match="lr"):
+        combine_runs([tmp_path / "s0", tmp_path / "lr"], tmp_path / "bad2")

@@ -142,6 +142,22 @@ def register(app: typer.Typer) -> None:
         if fmt == OutputFormat.table:
             message(f"trade-off plot and results in {cfg.run_dir}/ ({summary['seconds']} s)")
 
+    @app.command("combine")
+    @handle_errors
+    def combine(
+        runs: Annotated[list[Path], typer.Argument(help="Experiment run directories (each with summary.json) of the same experiment on other seeds.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the combined summary.json and plots.")],
+        fmt: FormatOption = OutputFormat.table,
+    ) -> None:
+        """Pool seeds run separately (other processes, machines or GPUs) into one table with CIs."""
+        from ..experiment_combine import combine_runs
+
+        if (out / "summary.json").exists():
+            raise CliError(f"{out}/summary.json exists; choose another --out")
+        summary = combine_runs(runs, out)
+        summary["run_dir"] = str(out)
+        _print_table(summary, fmt, "combined runs (held-out split)")
+
     @app.command("train")
     @handle_errors
     def train(
