@@ -143,6 +143,30 @@ def _units(cfg: ExperimentConfig, info: Any) -> dict[str, int]:
     return {layer: int(cap.outputs[layer].shape[1]) for layer in cfg.layers}
 
 
+def environment() -> dict[str, Any]:
+    """What a rerun must match to reproduce numbers bit for bit: versions, threads, machine.
+
+    Same seeds give identical numbers only on the same machine with the same
+    thread count and library versions; anything else reorders floating-point
+    sums, and training amplifies the difference.
+    """
+    import platform
+
+    import numpy
+
+    from . import __version__
+
+    return {"depthsel": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "device": cfg_device_name()}
+
+
+def cfg_device_name() -> str:
+    """The CUDA card's name when one is visible, else ``"cpu"``."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def _compare(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], progress: bool | None,
              kind: str) -> dict[str, Any]:
     """Train and measure every (label, weight) arm for every seed; aggregate over seeds."""
@@ -170,6 +194,7 @@ def _compare(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], progress:
     summary: dict[str, Any] = {
         "kind": kind, "config": asdict(cfg), "binner": binner.config(), "units": units,
         "seeds": list(cfg.seeds), "arms": [{"label": lb, "weight": w} for lb, w in arms],
+        "environment": environment(),
         "per_seed": {s: {lb: m.to_dict() for lb, m in row.items()} for s, row in per_seed.items()},
     }
     summary.update(aggregate(per_seed, [lb for lb, _ in arms]))

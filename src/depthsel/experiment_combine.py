@@ -74,6 +74,8 @@ def combine_runs(runs: Sequence[str | Path], out_dir: str | Path) -> dict[str, A
     summary["config"] = dict(first["config"], seeds=[int(s) for s in order])
     summary["seeds"] = [int(s) for s in order]
     summary["combined_from"] = [str(r) for r in runs]
+    # Runs from other machines are combinable; where each came from stays on record.
+    summary["environment"] = [d.get("environment") for d in loaded]
     summary["per_seed"] = {s: {lb: m.to_dict() for lb, m in arms.items()} for s, arms in per_seed.items()}
     summary.update(aggregate(per_seed, labels))
     summary["seconds"] = round(sum(float(d.get("seconds", 0.0)) for d in loaded), 1)
