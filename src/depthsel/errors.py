@@ -24,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "DatasetError",
     "ResultFormatError",
+    "RunDirError",
     "CaptureError",
     "ConfigError",
     "suggest",
@@ -80,6 +81,10 @@ class DatasetError(DepthselError):
 
 class ResultFormatError(DepthselError):
     """A saved result or run directory is malformed or from an unknown version."""
+
+
+class RunDirError(DepthselError):
+    """A run or result directory is in use by another process, or would be overwritten."""
 
 
 class CaptureError(DepthselError):

@@ -111,28 +111,38 @@ def register(app: typer.Typer) -> None:
         loss: Annotated[str, typer.Option("--loss", help="l1, hu or silog.")] = "l1",
         schedule: Annotated[str, typer.Option("--schedule", help="cosine, step or none.")] = "cosine",
         checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 50,
-        resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from OUT/NAME's checkpoint if present.")] = True,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/NAME from its checkpoint; the settings must match the run's.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Start over, deleting the run already in OUT/NAME.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Train a model with (or without) the selectivity term; resumable."""
+        import torch
+
         from ..training import SelectivityConfig, TrainConfig, Trainer
 
+        if resume and force:
+            raise CliError("--resume continues a run and --force deletes it: pass one of them")
         try:
             binner_cfg = json.loads(binner)
         except json.JSONDecodeError as exc:
             raise CliError(f"--binner is not valid JSON ({exc}); e.g. '{{\"name\": \"sid\", \"num_bins\": 64}}'") from exc
+        torch.manual_seed(seed)  # --seed covers the model's initial weights too
         built = build_model(model, config=parse_model_config(model_config, width), device=device)
-        dataset = build_dataset(data, **parse_settings(data_set))
+        data_cfg = parse_settings(data_set)
+        dataset = build_dataset(data, **data_cfg)
         sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
                                 weight=weight, objective_options={"liveness": liveness}) if weight else None
         cfg = TrainConfig(name=name, out_dir=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                           lr=lr, loss=loss, schedule=schedule, seed=seed, device=device, amp=amp,
-                          checkpoint_every=checkpoint_every, selectivity=sel)
+                          checkpoint_every=checkpoint_every, selectivity=sel,
+                          extra={"model": built.describe(), "data": data, "data_settings": data_cfg})
         try:
-            history = Trainer(built.model, built.info, dataset, cfg).fit(resume=resume)
+            history = Trainer(built.model, built.info, dataset, cfg).fit(resume=resume, overwrite=force)
+        except DepthselError:
+            raise
         except (KeyError, ValueError) as exc:
             raise DepthselError(f"training failed on bad configuration: {exc}") from exc
         last = history["steps"][-1] if history["steps"] else {}
