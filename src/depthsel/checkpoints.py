@@ -73,8 +73,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if type(exc).__name__ == "SafetensorError":
+            # safetensors reports a full disk as its own error type; the user's to fix.
+            detail = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"could not write {str(final)!r} ({detail}); check free disk space "
+                                  "and permissions: the previous file, if any, is unchanged") from exc
         raise
     return final
 

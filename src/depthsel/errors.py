@@ -15,6 +15,7 @@ __all__ = [
     "InvalidDepthError",
     "ShapeMismatchError",
     "ActivationShapeError",
+    "InputSizeError",
     "LayerNotFoundError",
     "BinCountError",
     "PluginError",
@@ -41,6 +42,10 @@ class InvalidDepthError(DepthselError):
 
 class ShapeMismatchError(DepthselError):
     """Two tensors that must agree in batch size or spatial size do not."""
+
+
+class InputSizeError(ShapeMismatchError, ValueError):
+    """The input's spatial size does not fit the model (also a ``ValueError``)."""
 
 
 class ActivationShapeError(DepthselError):

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthsel import ModelInfo
+from depthsel.errors import InputSizeError
 
 from .backbones.densenet import STAGE_NAMES, densenet161
 
@@ -318,7 +319,8 @@ class BtsModel(nn.Module):
         """
         h, w = image.shape[-2:]
         if h % 32 or w % 32:
-            raise ValueError(f"BTS needs input sides that are multiples of 32, got {h}x{w}")
+            raise InputSizeError(f"BTS needs input sides that are multiples of 32, got {h}x{w}; resize "
+                                 f"the input, e.g. size=[{max(32, 32 * round(h / 32))},{max(32, 32 * round(w / 32))}]")
         return self.decoder(self.encoder(image), focal)["depth"]
 
 

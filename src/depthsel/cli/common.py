@@ -162,7 +162,11 @@ def parse_model_config(model_config: str | None, width: float | None) -> dict[st
         text = model_config
         path = Path(model_config).expanduser()
         if not model_config.lstrip().startswith("{") and path.is_file():
-            text = path.read_text()
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise CliError(f"--model-config file {model_config!r} is not UTF-8 JSON text; "
+                               "pass a JSON object such as '{\"width\": 0.25}'") from None
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
