@@ -32,6 +32,22 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _check_train_options(*, name: str, lr: float, weight: float, liveness: float, objective: str) -> None:
+    """Refuse values that would train garbage, or write outside --out, before any work."""
+    import math
+
+    from ..registry import get_plugin_manager
+
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CliError(f"--name {name!r} must be a plain directory name (no '/', not '.' or '..')")
+    if not (math.isfinite(lr) and lr > 0):
+        raise CliError(f"--lr must be a finite number > 0, got {lr}")
+    for label, value in (("--weight", weight), ("--liveness", liveness)):
+        if not (math.isfinite(value) and value >= 0):
+            raise CliError(f"{label} must be a finite number >= 0, got {value}")
+    get_plugin_manager().entry("objectives", objective)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``demo`` and ``train`` to the application."""
 
@@ -105,7 +121,7 @@ def register(app: typer.Typer) -> None:
         liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive (0: paper's objective).")] = 0.0,
         binner: Annotated[str, typer.Option("--binner", help="Binner config as JSON, e.g. {\"name\": \"sid\", \"num_bins\": 64}.")] = '{"name": "sid", "num_bins": 64}',
         epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs.")] = 10,
-        max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
+        max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps.")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size.")] = 8,
         lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-3,
         loss: Annotated[str, typer.Option("--loss", help="l1, hu or silog.")] = "l1",
@@ -125,12 +141,22 @@ def register(app: typer.Typer) -> None:
 
         if resume and force:
             raise CliError("--resume continues a run and --force deletes it: pass one of them")
+        _check_train_options(name=name, lr=lr, weight=weight, liveness=liveness, objective=objective)
+        from .common import _check_depth
+
+        _check_depth(binner, "--binner")
         try:
             binner_cfg = json.loads(binner)
         except json.JSONDecodeError as exc:
             raise CliError(f"--binner is not valid JSON ({exc}); e.g. '{{\"name\": \"sid\", \"num_bins\": 64}}'") from exc
+        if not isinstance(binner_cfg, dict):
+            raise CliError("--binner must be a JSON object, e.g. '{\"name\": \"sid\", \"num_bins\": 64}'")
         torch.manual_seed(seed)  # --seed covers the model's initial weights too
         built = build_model(model, config=parse_model_config(model_config, width), device=device)
+        if layers:
+            from ..layers import LayerSelector
+
+            LayerSelector(split_layers(layers)).resolve(built.model)  # a typo fails now, not never
         data_cfg = parse_settings(data_set)
         dataset = build_dataset(data, **data_cfg)
         sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
