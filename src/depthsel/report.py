@@ -177,10 +177,13 @@ def _verify(root: Path, texts: list[Path], report: Report, skip_invalid: bool) -
     from .results import load_result
 
     bad: set[Path] = set()
-    for path in texts:
-        if path.name not in ("result.json", MANIFEST_NAME):
-            continue
+    # result.json before manifest.json: its own hashes give the more precise reason.
+    checks = sorted((p for p in texts if p.name in ("result.json", MANIFEST_NAME)),
+                    key=lambda p: (p.parent, p.name != "result.json"))
+    for path in checks:
         folder = path.parent
+        if folder in bad:
+            continue
         try:
             if path.name == "result.json":
                 load_result(folder)
@@ -190,7 +193,7 @@ def _verify(root: Path, texts: list[Path], report: Report, skip_invalid: bool) -
                     raise ResultFormatError("; ".join(problems))
         except DepthselError as exc:
             rel = folder.relative_to(root).as_posix() + "/"
-            reason = str(exc).replace(str(folder), rel)
+            reason = str(exc).replace(str(folder) + "/", rel).replace(str(folder), rel)
             if not skip_invalid:
                 raise ResultFormatError(
                     f"{rel} fails verification ({reason}); fix or remove it, or pass --skip-invalid "
