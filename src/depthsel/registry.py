@@ -84,9 +84,9 @@ SLOW_ENV = "DEPTHSEL_PLUGIN_SLOW_S"
 
 def _slow_import_s() -> float:
     try:
-        return float(os.environ.get(SLOW_ENV, "") or 5.0)
+        return float(os.environ.get(SLOW_ENV, "") or 10.0)
     except ValueError:
-        return 5.0
+        return 10.0
 
 
 def _short_error(exc: BaseException) -> str:

@@ -128,6 +128,7 @@ PLUGINS = {
     "depthsel_exits": ("exits", "import sys\nsys.exit(3)\n"),
     "depthsel_interrupts": ("interrupts", "raise KeyboardInterrupt\n"),
     "depthsel_chatty": ("chatty", "print('hello from a chatty plugin')\n"),
+    "depthsel_sleepy": ("sleepy", "import time\ntime.sleep(0.3)\n"),
 }
 
 
@@ -146,6 +147,7 @@ def hostile_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     env.pop("DEPTHSEL_STRICT_PLUGINS", None)
+    env["DEPTHSEL_PLUGIN_SLOW_S"] = "0.2"
     return subprocess.run([sys.executable, "-m", "depthsel.cli", *args], capture_output=True, text=True,
                           env=env, cwd=str(ROOT), timeout=120)
 
@@ -171,3 +173,10 @@ def test_f19_plugin_output_at_import_goes_to_stderr(hostile_site: Path) -> None:
     names = [r["name"] for r in json.loads(proc.stdout)]  # stdout is pure JSON
     assert "sid" in names
     assert "hello from a chatty plugin" in proc.stderr
+
+
+def test_slow_plugin_import_is_named(hostile_site: Path) -> None:
+    proc = _run(hostile_site, "binners", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: depthsel plugin 'depthsel-sleepy:sleepy' took" in proc.stderr
+    assert "depthsel-chatty:chatty' took" not in proc.stderr
