@@ -261,9 +261,10 @@ def check_weights(state: Mapping[str, torch.Tensor], expected: Mapping[str, torc
     for name, value in state.items():
         want = expected.get(name)
         if want is not None and want.is_floating_point() and not value.is_floating_point():
+            got, need = (str(t.dtype).replace("torch.", "") for t in (value, want))
             raise CheckpointError(
-                f"{str(path)!r}: tensor {name!r} is {str(value.dtype).replace('torch.', '')}, but the model's "
-                f"is {str(want.dtype).replace('torch.', '')}; weights must be floating point (re-export them)"
+                f"{str(path)!r}: tensor {name!r} is {got}, but the model's is {need}; "
+                "weights must be floating point (re-export them)"
             )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())

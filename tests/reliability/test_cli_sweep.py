@@ -10,7 +10,6 @@ exception that reaches the CLI without being a DepthselError is a bug."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch

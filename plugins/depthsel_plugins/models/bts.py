@@ -319,8 +319,9 @@ class BtsModel(nn.Module):
         """
         h, w = image.shape[-2:]
         if h % 32 or w % 32:
+            fit_h, fit_w = (max(32, 32 * round(v / 32)) for v in (h, w))
             raise InputSizeError(f"BTS needs input sides that are multiples of 32, got {h}x{w}; resize "
-                                 f"the input, e.g. size=[{max(32, 32 * round(h / 32))},{max(32, 32 * round(w / 32))}]")
+                                 f"the input, e.g. size=[{fit_h},{fit_w}]")
         return self.decoder(self.encoder(image), focal)["depth"]
 
 

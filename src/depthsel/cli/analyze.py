@@ -166,7 +166,8 @@ def analyze(
     result, directory = run_analysis(
         name, model=model, data=data, out=out, layers=layers, model_config=model_config,
         width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
-        data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit, force=force,
+        data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+        force=force,
     )
     _print_result(result, directory, fmt)
 
@@ -194,7 +195,8 @@ def dissect(
     result, directory = run_analysis(
         "dissection", model=model, data=data, out=out, layers=layers, model_config=model_config,
         width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
-        data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit, force=force,
+        data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+        force=force,
     )
     _print_result(result, directory, fmt)
 

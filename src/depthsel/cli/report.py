@@ -19,9 +19,10 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o",
                    help="Where to write the HTML; default RUN_DIR/report.html.")] = None,
     title: Annotated[str | None, typer.Option("--title", help="Page title; default: the directory name.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite --out even if it is not an earlier report.")] = False,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid",
-                            help="Leave out results that fail verification (listed on stderr) instead of failing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite --out even if it is not an earlier report.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="Leave out results that fail verification (listed on stderr).")] = False,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Write a self-contained report.html (metrics tables, embedded figures, run config)."""
