@@ -83,10 +83,8 @@ SLOW_ENV = "DEPTHSEL_PLUGIN_SLOW_S"
 
 
 def _slow_import_s() -> float:
-    try:
-        return float(os.environ.get(SLOW_ENV, "") or 10.0)
-    except ValueError:
-        return 10.0
+    value = os.environ.get(SLOW_ENV, "").strip()
+    return float(value) if re.fullmatch(r"\d+(\.\d*)?", value) else 10.0
 
 
 def _short_error(exc: BaseException) -> str:
@@ -134,18 +132,16 @@ class PluginManager:
             self._statuses[label] = status
             t0 = time.perf_counter()
             try:
-                # stdout carries data (``--format json``): what a plugin prints at import goes
-                # to stderr. SystemExit and KeyboardInterrupt raised by the plugin's own code
-                # are a broken plugin too, not a reason to end every command.
+                # stdout carries data (--format json), so plugin output goes to stderr; SystemExit
+                # and KeyboardInterrupt from a plugin's import are a broken plugin, not an exit.
                 with contextlib.redirect_stdout(sys.stderr):
                     plugin = ep.load()
                 self._register_checked(plugin, label)
             except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 self._fail(status, exc)
-            elapsed = time.perf_counter() - t0
-            if elapsed > _slow_import_s():
-                warnings.warn(f"depthsel plugin {label!r} took {elapsed:.1f} s to import "
-                              f"(over {_slow_import_s():g} s; set {SLOW_ENV} to change the threshold)",
+            if (elapsed := time.perf_counter() - t0) > _slow_import_s():
+                warnings.warn(f"depthsel plugin {label!r} took {elapsed:.1f} s to import (over "
+                              f"{_slow_import_s():g} s; {SLOW_ENV} sets the threshold)",
                               RuntimeWarning, stacklevel=2)
 
     def _register_checked(self, plugin: object, label: str) -> None:
