@@ -130,7 +130,9 @@ class ResponseAccumulator:
         self._sums += sums.sum(0).to(torch.float64)
         self._abs_sums += abs_sums.sum(0).to(torch.float64)
         self._counts += bin_counts(bins, self.num_bins).sum(0).to(torch.float64)
-        self.num_images += int(act.shape[0])
+        # Only images with a valid pixel count: an all-invalid frame adds nothing, and
+        # counting it would make num_images depend on which batch it shared.
+        self.num_images += int((bins >= 0).flatten(1).any(1).sum())
 
     def _move(self, device: torch.device) -> None:
         assert self._sums is not None and self._abs_sums is not None

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from .errors import ConfigError
 from .registry import PluginEntry, get_plugin_manager
 from .zoo import ModelInfo
 
@@ -90,8 +91,17 @@ def get_analyzer(name: str, /, **config: Any) -> Any:
     return get_plugin_manager().create("analyzers", name, **config)
 
 
-def get_dataset(name: str, /, **config: Any) -> Any:
-    """Build a registered dataset, e.g. ``get_dataset("folder", root=...)``."""
+def get_dataset(name: str | None = None, /, **config: Any) -> Any:
+    """Build a registered dataset, e.g. ``get_dataset("folder", root=...)``.
+
+    The name may also come as ``name=`` in ``config``, so a stored spec such as
+    ``{"name": "folder", "root": ...}`` builds with ``get_dataset(**spec)``.
+    """
+    if name is None:
+        name = config.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"a dataset spec needs a 'name' string, got {config!r}; "
+                              "e.g. {'name': 'synthetic', 'split': 'train'}")
     return get_plugin_manager().create("datasets", name, **config)
 
 

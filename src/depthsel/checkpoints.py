@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "strip_prefix",
+    "check_weights",
 ]
 
 # Keys under which training scripts commonly nest the weights.
@@ -72,8 +73,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if type(exc).__name__ == "SafetensorError":
+            # safetensors reports a full disk as its own error type; the user's to fix.
+            detail = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"could not write {str(final)!r} ({detail}); check free disk space "
+                                  "and permissions: the previous file, if any, is unchanged") from exc
         raise
     return final
 
@@ -225,6 +231,7 @@ def load_weights(
     """
     state = load_state_dict(path, trust_pickle=trust_pickle)
     target = getattr(model, "module", model)
+    check_weights(state, target.state_dict(), path)
     try:
         target.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
@@ -235,6 +242,36 @@ def load_weights(
             "Check the model name and width, or pass strict=False to load a subset."
         ) from exc
     return model
+
+
+def check_weights(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                  path: str | os.PathLike[str]) -> None:
+    """Refuse weights that would load silently but wrong.
+
+    ``load_state_dict`` copies an int32 tensor into a float parameter without a
+    word, and NaN weights give NaN activations that later read as "no
+    selectivity". Both are refused here, naming the first offending tensor.
+
+    Raises
+    ------
+    CheckpointError
+        A tensor whose model counterpart is floating point is not, or a floating
+        point tensor holds NaN or infinity.
+    """
+    for name, value in state.items():
+        want = expected.get(name)
+        if want is not None and want.is_floating_point() and not value.is_floating_point():
+            got, need = (str(t.dtype).replace("torch.", "") for t in (value, want))
+            raise CheckpointError(
+                f"{str(path)!r}: tensor {name!r} is {got}, but the model's is {need}; "
+                "weights must be floating point (re-export them)"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{str(path)!r}: tensor {name!r} holds {bad} NaN or infinite value(s); the checkpoint is "
+                "broken (a diverged run?): use an earlier one"
+            )
 
 
 def save_state_dict(

@@ -90,6 +90,19 @@ def _save_ckpt(path: Path, images_done: int, fp: str, accs: Mapping[str, Respons
             old.unlink(missing_ok=True)
 
 
+def _ckpt_stem(checkpoint: str | Path, rank: int, world: int) -> Path:
+    """The checkpoint path the helpers above derive their file names from.
+
+    They call ``with_suffix``, which replaces whatever follows the last dot: a
+    marker suffix keeps ``ck.train`` and ``ck.test`` (or ``ck.rank0`` and
+    ``ck.rank1``) two checkpoints instead of one shared ``ck.json``.
+    """
+    p = Path(str(checkpoint))
+    if p.suffix in (".json", ".safetensors"):
+        p = p.with_suffix("")
+    return p.parent / (p.name + (f".rank{rank}" if world > 1 else "") + ".ckpt")
+
+
 def _tensors_name(path: Path, images_done: int) -> str:
     return f"{path.with_suffix('').name}.{images_done:010d}.safetensors"
 
@@ -189,7 +202,7 @@ def collect_responses(
     ckpt_path = None
     start = 0
     if checkpoint is not None:
-        ckpt_path = Path(str(checkpoint) + (f".rank{rank}" if world > 1 else ""))
+        ckpt_path = _ckpt_stem(checkpoint, rank, world)
         start = _load_ckpt(ckpt_path, fp, accs)
     remaining = shard[start:]
     loader = DataLoader(Subset(dataset, remaining), batch_size=batch_size, shuffle=False,

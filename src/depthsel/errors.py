@@ -15,6 +15,7 @@ __all__ = [
     "InvalidDepthError",
     "ShapeMismatchError",
     "ActivationShapeError",
+    "InputSizeError",
     "LayerNotFoundError",
     "BinCountError",
     "PluginError",
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "DatasetError",
     "ResultFormatError",
+    "RunDirError",
     "CaptureError",
     "ConfigError",
     "suggest",
@@ -40,6 +42,10 @@ class InvalidDepthError(DepthselError):
 
 class ShapeMismatchError(DepthselError):
     """Two tensors that must agree in batch size or spatial size do not."""
+
+
+class InputSizeError(ShapeMismatchError, ValueError):
+    """The input's spatial size does not fit the model (also a ``ValueError``)."""
 
 
 class ActivationShapeError(DepthselError):
@@ -80,6 +86,10 @@ class DatasetError(DepthselError):
 
 class ResultFormatError(DepthselError):
     """A saved result or run directory is malformed or from an unknown version."""
+
+
+class RunDirError(DepthselError):
+    """A run or result directory is in use by another process, or would be overwritten."""
 
 
 class CaptureError(DepthselError):

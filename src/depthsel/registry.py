@@ -10,10 +10,13 @@ any such failure raise instead.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import os
 import re
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -76,7 +79,19 @@ def _strict() -> bool:
     return os.environ.get("DEPTHSEL_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
 
 
+SLOW_ENV = "DEPTHSEL_PLUGIN_SLOW_S"
+
+
+def _slow_import_s() -> float:
+    value = os.environ.get(SLOW_ENV, "").strip()
+    return float(value) if re.fullmatch(r"\d+(\.\d*)?", value) else 10.0
+
+
 def _short_error(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({exc.code!r}) while being imported"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt raised while the plugin was being imported"
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
@@ -115,11 +130,19 @@ class PluginManager:
             label = f"{dist_name}:{ep.name}" if dist_name else ep.name
             status = PluginStatus(name=label, version=version, source=ep.value)
             self._statuses[label] = status
+            t0 = time.perf_counter()
             try:
-                plugin = ep.load()
+                # stdout carries data (--format json), so plugin output goes to stderr; SystemExit
+                # and KeyboardInterrupt from a plugin's import are a broken plugin, not an exit.
+                with contextlib.redirect_stdout(sys.stderr):
+                    plugin = ep.load()
                 self._register_checked(plugin, label)
-            except Exception as exc:  # one broken plugin must never break the rest
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 self._fail(status, exc)
+            if (elapsed := time.perf_counter() - t0) > _slow_import_s():
+                warnings.warn(f"depthsel plugin {label!r} took {elapsed:.1f} s to import (over "
+                              f"{_slow_import_s():g} s; {SLOW_ENV} sets the threshold)",
+                              RuntimeWarning, stacklevel=2)
 
     def _register_checked(self, plugin: object, label: str) -> None:
         self._pm.register(plugin, name=label)
@@ -214,8 +237,10 @@ class PluginManager:
                     staged: dict[str, PluginEntry] = {}
                     register = self._make_register(kind, label, staged)
                     try:
-                        impl.function(register=register)
-                    except Exception as exc:
+                        # Hooks often import the plugin's submodules: same isolation as at import.
+                        with contextlib.redirect_stdout(sys.stderr):
+                            impl.function(register=register)
+                    except (Exception, SystemExit, KeyboardInterrupt) as exc:
                         if status is None:
                             status = PluginStatus(name=label, version="", source="")
                             self._statuses[label] = status

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import atomic_write_bytes
-from .errors import ResultFormatError
+from .errors import DepthselError, ResultFormatError, RunDirError
+from .rundir import MANIFEST_NAME, RunDir, is_locked
+from .safeio import read_json_bounded, read_regular, regular_files
 
-__all__ = ["Report", "Table", "collect_report", "render_report", "write_report"]
+__all__ = ["Report", "Table", "collect_report", "render_report", "write_report", "check_report_target"]
 
 CONFIG_NAMES = {"config.json", "run.json", "run_config.json", "hparams.json", "args.json",
                 "config.yaml", "config.yml", "config.toml", "hparams.yaml"}
@@ -32,6 +34,7 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_ROWS = 200
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_TEXT_BYTES = 2 * 1024 * 1024
+REPORT_MARK = "depthsel report:"
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
@@ -66,15 +69,6 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     images: list[tuple[str, str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def _files(root: Path, suffixes: Iterable[str]) -> list[Path]:
-    wanted = set(suffixes)
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in wanted
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
 
 
 def _scalar(value: Any) -> Any:
@@ -148,45 +142,102 @@ def _json_tables(rel: str, payload: Any, report: Report) -> None:
         report.tables.append(Table(rel, ["value"], [[_scalar(payload)]]))
 
 
-def collect_report(run_dir: str | Path, *, title: str | None = None, exclude: Iterable[Path] = ()) -> Report:
-    """Gather configs, tables and images from ``run_dir`` (recursively)."""
+def collect_report(run_dir: str | Path, *, title: str | None = None, exclude: Iterable[Path] = (),
+                   skip_invalid: bool = False) -> Report:
+    """Gather configs, tables and images from ``run_dir`` (recursively).
+
+    Only regular files inside ``run_dir`` are read: symlinks (to files or
+    folders) are listed in :attr:`Report.skipped`, never followed, and JSON is
+    parsed with bounded size and nesting. Every saved result (``result.json``)
+    and every run manifest is verified first; one that fails raises
+    :class:`ResultFormatError`, or with ``skip_invalid`` is left out, with the
+    reason in :attr:`Report.skipped`.
+    """
     root = Path(run_dir)
     if not root.is_dir():
         raise ResultFormatError(f"{str(root)!r} is not a directory; pass a run or result directory")
     skip = {Path(p).resolve() for p in exclude}
     report = Report(title=title or root.resolve().name)
-    for path in _files(root, {".json", ".jsonl", ".csv", ".yaml", ".yml", ".toml"}):
-        if path.resolve() in skip:
+    texts, skipped = regular_files(root, {".json", ".jsonl", ".csv", ".yaml", ".yml", ".toml"})
+    report.skipped.extend(skipped)
+    bad = _verify(root, texts, report, skip_invalid)
+    for path in texts:
+        if path.resolve() in skip or path.name == MANIFEST_NAME or _inside(path, bad):
+            continue
+        _add_text_file(root, path, report)
+    images, skipped = regular_files(root, IMAGE_TYPES)
+    report.skipped.extend(skipped)
+    for path in images:
+        if _inside(path, bad):
             continue
         rel = path.relative_to(root).as_posix()
-        if path.stat().st_size > MAX_TEXT_BYTES:
-            report.skipped.append(f"{rel} (over {MAX_TEXT_BYTES // 1024 // 1024} MiB)")
-            continue
-        text = path.read_text(errors="replace")
-        if path.name in CONFIG_NAMES:
-            report.configs.append((rel, text))
-            continue
-        try:
-            if path.suffix == ".json":
-                _json_tables(rel, json.loads(text), report)
-            elif path.suffix == ".jsonl":
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
-                if records and all(isinstance(r, Mapping) for r in records):
-                    report.tables.append(_records_table(rel, records))
-            elif path.suffix == ".csv":
-                records = list(csv.DictReader(text.splitlines()))
-                if records:
-                    report.tables.append(_records_table(rel, records))
-        except (json.JSONDecodeError, csv.Error) as exc:
-            report.skipped.append(f"{rel} (unreadable: {exc})")
-    for path in _files(root, IMAGE_TYPES):
-        rel = path.relative_to(root).as_posix()
-        if path.stat().st_size > MAX_IMAGE_BYTES:
+        data = read_regular(path, MAX_IMAGE_BYTES)
+        if len(data) > MAX_IMAGE_BYTES:
             report.skipped.append(f"{rel} (image over {MAX_IMAGE_BYTES // 1024 // 1024} MiB)")
             continue
-        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-        report.images.append((rel, IMAGE_TYPES[path.suffix.lower()], encoded))
+        report.images.append((rel, IMAGE_TYPES[path.suffix.lower()], base64.b64encode(data).decode("ascii")))
     return report
+
+
+def _inside(path: Path, dirs: set[Path]) -> bool:
+    return any(d == path.parent or d in path.parents for d in dirs)
+
+
+def _verify(root: Path, texts: list[Path], report: Report, skip_invalid: bool) -> set[Path]:
+    """Verify every result and manifest under ``root``; returns the directories that failed."""
+    from .results import load_result
+
+    bad: set[Path] = set()
+    # result.json before manifest.json: its own hashes give the more precise reason.
+    checks = sorted((p for p in texts if p.name in ("result.json", MANIFEST_NAME)),
+                    key=lambda p: (p.parent, p.name != "result.json"))
+    for path in checks:
+        folder = path.parent
+        if folder in bad:
+            continue
+        try:
+            if path.name == "result.json":
+                load_result(folder)
+            elif not is_locked(folder):  # a run still writing may be between two files
+                problems = RunDir(folder).verify_manifest()
+                if problems:
+                    raise ResultFormatError("; ".join(problems))
+        except DepthselError as exc:
+            rel = folder.relative_to(root).as_posix() + "/"
+            reason = str(exc).replace(str(folder) + "/", rel).replace(str(folder), rel)
+            if not skip_invalid:
+                raise ResultFormatError(
+                    f"{rel} fails verification ({reason}); fix or remove it, or pass --skip-invalid "
+                    "to leave it out of the report"
+                ) from exc
+            report.skipped.append(f"{rel} (fails verification: {reason})")
+            bad.add(folder)
+    return bad
+
+
+def _add_text_file(root: Path, path: Path, report: Report) -> None:
+    rel = path.relative_to(root).as_posix()
+    raw = read_regular(path, MAX_TEXT_BYTES)
+    if len(raw) > MAX_TEXT_BYTES:
+        report.skipped.append(f"{rel} (over {MAX_TEXT_BYTES // 1024 // 1024} MiB)")
+        return
+    text = raw.decode("utf-8", errors="replace")
+    if path.name in CONFIG_NAMES:
+        report.configs.append((rel, text))
+        return
+    try:
+        if path.suffix == ".json":
+            _json_tables(rel, read_json_bounded(path, text=text), report)
+        elif path.suffix == ".jsonl":
+            records = [read_json_bounded(path, text=line) for line in text.splitlines() if line.strip()]
+            if records and all(isinstance(r, Mapping) for r in records):
+                report.tables.append(_records_table(rel, records))
+        elif path.suffix == ".csv":
+            records = list(csv.DictReader(text.splitlines()))
+            if records:
+                report.tables.append(_records_table(rel, records))
+    except (ResultFormatError, csv.Error) as exc:
+        report.skipped.append(f"{rel} (unreadable: {str(exc).replace(str(path), rel)})")
 
 
 def _cell(value: Any) -> str:
@@ -209,7 +260,7 @@ def render_report(report: Report) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>depthsel report: {e(report.title)}</title>",
+        f"<title>{REPORT_MARK} {e(report.title)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>depthsel report: {e(report.title)}</h1>",
         f'<p class="note">generated {e(time.strftime("%Y-%m-%d %H:%M:%S"))} by depthsel {e(__version__)}</p>',
@@ -245,8 +296,32 @@ def render_report(report: Report) -> str:
     return "\n".join(out)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+def check_report_target(target: Path, *, force: bool) -> None:
+    """Refuse to replace anything but an earlier depthsel report, unless ``force``.
+
+    Raises
+    ------
+    RunDirError
+        ``target`` exists and is not a report this function's caller wrote before
+        (``report --out RUN/result.json`` must not destroy the result).
+    """
+    if force or not (target.exists() or target.is_symlink()):
+        return
+    if target.is_file() and not target.is_symlink():
+        with open(target, "rb") as fh:
+            head = fh.read(2048)
+        if head.startswith(b"<!DOCTYPE html>") and REPORT_MARK.encode() in head:
+            return
+    raise RunDirError(f"{str(target)!r} already exists and is not a depthsel report; choose another "
+                      "--out, or pass --force to overwrite it")
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None,
+                 force: bool = False, skip_invalid: bool = False) -> Path:
     """Write ``report.html`` for ``run_dir`` (default ``run_dir/report.html``) atomically.
+
+    ``force`` and ``skip_invalid`` are those of :func:`check_report_target` and
+    :func:`collect_report`.
 
     Returns
     -------
@@ -255,5 +330,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
     """
     root = Path(run_dir)
     target = Path(out) if out is not None else root / "report.html"
-    report = collect_report(root, title=title, exclude=[target])
+    check_report_target(target, force=force)
+    report = collect_report(root, title=title, exclude=[target], skip_invalid=skip_invalid)
     return atomic_write_bytes(target, render_report(report).encode("utf-8"))

@@ -25,9 +25,10 @@ import torch
 from .checkpoints import atomic_write, atomic_write_bytes
 from .errors import ResultFormatError
 
-__all__ = ["Result", "load_result", "provenance", "FORMAT_VERSION"]
+__all__ = ["Result", "load_result", "provenance", "content_hash", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# 2: the tensors hash is mandatory and the JSON carries content_sha256.
+FORMAT_VERSION = 2
 _TENSORS = "result.safetensors"
 _JSON = "result.json"
 _CSV = "result.csv"
@@ -112,7 +113,11 @@ class Result:
             # JSON) is detected on load instead of mixing two results.
             written.append(atomic_write(out / _TENSORS, write_tensors))
             payload["tensors_sha256"] = digest["sha256"]
-            text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+            # The JSON carries a hash of its own canonical content, so a hand-edited number
+            # is caught on load like a swapped tensors file.
+            plain = json.loads(json.dumps(payload, default=_json_default, allow_nan=True))
+            plain["content_sha256"] = content_hash(plain)
+            text = json.dumps(plain, indent=2, sort_keys=True, allow_nan=True)
             rows = self.rows()
             if rows:
                 written.append(atomic_write_bytes(out / _CSV, _csv_bytes(rows)))
@@ -134,6 +139,13 @@ class Result:
     def load(cls, directory: str | Path) -> "Result":
         """Load and validate a result saved by :meth:`save`."""
         return load_result(directory, expected=cls)
+
+
+def content_hash(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of a result payload's canonical JSON, without its own ``content_sha256`` key."""
+    body = {k: v for k, v in payload.items() if k != "content_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _is_scalarish(v: Any) -> bool:
@@ -179,13 +191,19 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
     jpath, tpath = d / _JSON, d / _TENSORS
     if not jpath.is_file():
         raise ResultFormatError(f"{str(d)!r} holds no {_JSON}; is it a depthsel result directory?")
-    try:
-        payload = json.loads(jpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultFormatError(f"{str(jpath)!r} is not valid JSON ({exc}); the file is corrupt") from exc
+    if jpath.is_symlink() or tpath.is_symlink():
+        raise ResultFormatError(f"{str(d)!r}: {_JSON} or {_TENSORS} is a symlink; copy the files instead")
+    from .safeio import read_json_bounded
+
+    payload = read_json_bounded(jpath)
     if not isinstance(payload, Mapping) or payload.get("format") != "depthsel-result":
         raise ResultFormatError(f"{str(jpath)!r} is not a depthsel result")
     version = payload.get("format_version")
+    if version == 1:
+        raise ResultFormatError(
+            f"{str(jpath)!r} has format version 1, written before results carried integrity "
+            "hashes; re-run the analysis to save it in the current format"
+        )
     if version != FORMAT_VERSION:
         raise ResultFormatError(
             f"{str(jpath)!r} has format version {version!r}; this depthsel reads {FORMAT_VERSION}"
@@ -230,20 +248,37 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
                 f"tensor {name!r} is {list(t.shape)} {t.dtype}, but {_JSON} says "
                 f"{spec.get('shape')} {spec.get('dtype')}: the files do not belong together"
             )
-    expected_hash = payload.get("tensors_sha256")
-    if specs and isinstance(expected_hash, str):
-        actual = hashlib.sha256(tpath.read_bytes()).hexdigest()
-        if actual != expected_hash:
+    extra = set(tensors) - set(specs)
+    if extra:
+        raise ResultFormatError(f"{_TENSORS} holds tensors not listed in {_JSON}: {sorted(extra)}")
+    _verify_hashes(payload, jpath, tpath if specs else None)
+    obj = cls(tensors=tensors, data=dict(payload["data"]), config=dict(payload["config"]),
+              meta=dict(payload["meta"]))
+    return obj
+
+
+def _verify_hashes(payload: Mapping[str, Any], jpath: Path, tpath: Path | None) -> None:
+    """Both hashes are mandatory: a result that cannot prove it is intact is refused."""
+    expected = payload.get("tensors_sha256")
+    if tpath is not None:
+        if not isinstance(expected, str):
+            raise ResultFormatError(
+                f"{str(jpath)!r} records no tensors_sha256, so {_TENSORS} cannot be verified; "
+                "re-run the analysis"
+            )
+        if hashlib.sha256(tpath.read_bytes()).hexdigest() != expected:
             raise ResultFormatError(
                 f"{str(tpath)!r} does not match the hash recorded in {_JSON}: the files come from "
                 "different saves (an interrupted overwrite?); re-run the analysis"
             )
-    extra = set(tensors) - set(specs)
-    if extra:
-        raise ResultFormatError(f"{_TENSORS} holds tensors not listed in {_JSON}: {sorted(extra)}")
-    obj = cls(tensors=tensors, data=dict(payload["data"]), config=dict(payload["config"]),
-              meta=dict(payload["meta"]))
-    return obj
+    recorded = payload.get("content_sha256")
+    if not isinstance(recorded, str):
+        raise ResultFormatError(f"{str(jpath)!r} records no content_sha256; re-run the analysis")
+    if content_hash(payload) != recorded:
+        raise ResultFormatError(
+            f"{str(jpath)!r} was edited after it was saved (its content no longer matches its "
+            "content_sha256); re-run the analysis instead of editing results"
+        )
 
 
 def _load_analyzer_plugins() -> None:

@@ -53,6 +53,11 @@ def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
 
 
 LOSSES = ("l1", "hu", "silog")
+#: Files a training run owns in its directory (glob patterns).
+RUN_FILES = ("config.json", "checkpoint.json", "checkpoint.*.safetensors", "model.safetensors",
+             "history.json", "manifest.json")
+#: Config keys a resumed run may change: they extend the run or move it, not redefine it.
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "device", "checkpoint_every", "out_dir", "name")
 
 
 @dataclass
@@ -270,7 +275,12 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001
             raise ResultFormatError(f"checkpoint in {run} is unreadable ({exc}); delete it to start over") from exc
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ResultFormatError(f"the checkpoint in {run} does not fit this model ({detail}); "
+                                    "resume with the model options of the run, or start over") from exc
         _load_optimizer(self.opt, tensors, meta["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(meta["step"])
@@ -278,12 +288,31 @@ class Trainer:
         return True
 
     # ----------------------------------------------------------------- loop
-    def fit(self, resume: bool = True) -> dict[str, Any]:
-        """Train to ``total_steps``; returns the history."""
-        run = self.cfg.run_dir
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run / "config.json", json.dumps(self.cfg.to_dict(), indent=2, default=str).encode())
-        if not (resume and self.load_checkpoint()):
+    def fit(self, resume: bool = True, *, overwrite: bool = True) -> dict[str, Any]:
+        """Train to ``total_steps`` holding the run directory's lock; returns the history.
+
+        Parameters
+        ----------
+        resume
+            Continue from the run directory's checkpoint when there is one. Its
+            stored configuration must equal this one (except :data:`RESUME_MAY_CHANGE`);
+            a mismatch raises :class:`~depthsel.errors.ConfigError` naming the keys,
+            before anything is written.
+        overwrite
+            When not resuming, allow replacing a run that is already there; ``False``
+            raises :class:`~depthsel.errors.RunDirError` instead (the CLI without ``--force``).
+        """
+        from .rundir import open_run
+
+        with open_run(self.cfg.run_dir) as rd:
+            return self._fit(rd, resume, overwrite)
+
+    def _fit(self, rd: Any, resume: bool, overwrite: bool) -> dict[str, Any]:
+        run = rd.path
+        # Validates the stored config against this one before config.json is touched.
+        resuming = rd.begin(self.cfg.to_dict(), resume=resume, overwrite=overwrite, owned=RUN_FILES,
+                            may_change=RESUME_MAY_CHANGE, what="a training run")
+        if not (resuming and self.load_checkpoint()):
             torch.manual_seed(self.cfg.seed)
         use_amp = self.cfg.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
@@ -332,6 +361,8 @@ class Trainer:
         save_state_dict(self.model.state_dict(), run / "model.safetensors",
                         metadata={"config": json.dumps(self.cfg.to_dict(), default=str)})
         atomic_write_bytes(run / "history.json", json.dumps(self.history, indent=1).encode())
+        rd.write_manifest("train", self.cfg.to_dict(), [p.name for p in run.iterdir() if p.is_file()
+                                                         and not p.name.startswith(".")])
         return self.history
 
     def _train_step(self, batch: dict[str, Any], scaler: Any, use_amp: bool) -> None:

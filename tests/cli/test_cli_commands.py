@@ -120,10 +120,10 @@ def test_analyze_with_weights(runner: Any, toy_plugin: str, tmp_path: Path) -> N
     from depthsel import save_state_dict
 
     save_state_dict(ToyDepthNet(width=8).state_dict(), tmp_path / "w.safetensors")
-    args = ["analyze", "toy-mean", "-m", "toy", "-d", "toyset", "-o", tmp_path / "r", "--weights"]
-    assert invoke(runner, [*args, tmp_path / "w.safetensors"]).exit_code == 0
-    assert_one_line_error(invoke(runner, [*args, tmp_path / "w.safetensors", "--width", "4"]),
-                          "does not fit")
+    args = ["analyze", "toy-mean", "-m", "toy", "-d", "toyset", "--weights"]
+    assert invoke(runner, [*args, tmp_path / "w.safetensors", "-o", tmp_path / "r"]).exit_code == 0
+    assert_one_line_error(invoke(runner, [*args, tmp_path / "w.safetensors", "--width", "4",
+                                          "-o", tmp_path / "r2"]), "does not fit")
 
 
 @pytest.mark.parametrize("extra, needle", [

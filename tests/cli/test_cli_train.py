@@ -21,7 +21,7 @@ def test_train_writes_run_and_resumes(runner, tmp_path: Path) -> None:
         assert (run / name).is_file(), name
     assert json.loads((run / "config.json").read_text())["selectivity"]["layers"] == ["decode_conv5"]
     # A second call with more epochs continues from step 2 instead of starting over.
-    again = invoke_json(runner, [*ARGS, "--epochs", "2", "--out", str(tmp_path), "--name", "r"])
+    again = invoke_json(runner, [*ARGS, "--epochs", "2", "--out", str(tmp_path), "--name", "r", "--resume"])
     assert again["steps"] == 4
     history = json.loads((run / "history.json").read_text())
     assert [s["step"] for s in history["steps"]] == [1, 2, 3, 4]

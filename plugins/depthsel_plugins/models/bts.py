@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthsel import ModelInfo
+from depthsel.errors import InputSizeError
 
 from .backbones.densenet import STAGE_NAMES, densenet161
 
@@ -318,7 +319,9 @@ class BtsModel(nn.Module):
         """
         h, w = image.shape[-2:]
         if h % 32 or w % 32:
-            raise ValueError(f"BTS needs input sides that are multiples of 32, got {h}x{w}")
+            fit_h, fit_w = (max(32, 32 * round(v / 32)) for v in (h, w))
+            raise InputSizeError(f"BTS needs input sides that are multiples of 32, got {h}x{w}; resize "
+                                 f"the input, e.g. size=[{fit_h},{fit_w}]")
         return self.decoder(self.encoder(image), focal)["depth"]
 
 

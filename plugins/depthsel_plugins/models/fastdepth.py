@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthsel.errors import ConfigError, InputSizeError
+
 from .backbones.mobilenet import MobileNetV1, init_weights
 
 __all__ = ["FastDepth", "fastdepth", "register_models", "DECODER_LAYERS", "TINY_WIDTH"]
@@ -76,7 +78,7 @@ class FastDepth(nn.Module):
     def __init__(self, width: float = 1.0) -> None:
         super().__init__()
         if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+            raise ConfigError(f"width must be positive, got {width}")
         encoder = MobileNetV1(width_mult=width, num_classes=1)
         for i in range(14):
             setattr(self, f"conv{i}", encoder.model[i])
@@ -110,7 +112,9 @@ class FastDepth(nn.Module):
         """
         if image.shape[-2] % 32 or image.shape[-1] % 32:
             size = tuple(image.shape[-2:])
-            raise ValueError(f"FastDepth needs H and W divisible by 32, got {size}")
+            fit = tuple(max(32, 32 * round(v / 32)) for v in size)
+            raise InputSizeError(f"FastDepth needs H and W divisible by 32, got {size}; resize the "
+                                 f"input, e.g. size=[{fit[0]},{fit[1]}]")
         x = image
         skips: dict[int, torch.Tensor] = {}
         for i in range(14):

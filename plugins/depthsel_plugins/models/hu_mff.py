@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthsel.errors import ConfigError
+
 from .backbones.init import he_init
 from .backbones.resnet import resnet50
 from .backbones.senet import senet154
@@ -299,7 +301,7 @@ def _build(encoder_cls: Callable[[float], nn.Module], width: float, tiny: bool,
            align_corners: bool) -> HuMFF:
     w = TINY_WIDTH if tiny else width
     if w <= 0:
-        raise ValueError(f"width must be positive, got {w}")
+        raise ConfigError(f"width must be positive, got {w}")
     return HuMFF(encoder_cls(w), width=w, align_corners=align_corners)
 
 

@@ -20,7 +20,10 @@ from .common import build_dataset, build_model, parse_model_config, parse_settin
 from .errors import CliError, handle_errors
 from .output import FormatOption, OutputFormat, emit, emit_json, key_value_rows, message
 
-__all__ = ["register", "run_analysis"]
+__all__ = ["register", "run_analysis", "RESULT_FILES"]
+
+#: What a saved result consists of; none is replaced without --force.
+RESULT_FILES = ("result.json", "result.safetensors", "result.csv")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name (`depthsel models`).")]
 DataOpt = Annotated[str, typer.Option("--data", "-d",
@@ -41,6 +44,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images
 DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device, e.g. cpu or cuda:0.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for model initialisation and the analysis.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Use only the first N samples.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite a result already in --out.")]
 DataSetOpt = Annotated[list[str] | None, typer.Option("--data-set",
                        help="Dataset option key=value (JSON values), e.g. size=[96,128]; repeatable.")]
 
@@ -62,6 +66,7 @@ def run_analysis(
     device: str = "cpu",
     seed: int = 0,
     limit: int | None = None,
+    force: bool = False,
 ) -> tuple[Any, Path]:
     """Build everything from command-line strings, run analyzer ``name``, save the result.
 
@@ -70,6 +75,25 @@ def run_analysis(
     tuple
         ``(result, directory)``.
     """
+    from ..rundir import open_run
+
+    # The output directory is locked for the whole analysis, so a second writer to the
+    # same --out fails at once instead of racing this one to the last rename.
+    with open_run(out) as rd:
+        rd.refuse_overwrite(RESULT_FILES, force=force, what="a result", hint="choose another --out")
+        result = _analyse(name, model=model, data=data, layers=layers, model_config=model_config,
+                          width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
+                          data_settings=data_settings, batch_size=batch_size, device=device, seed=seed,
+                          limit=limit)
+        directory = result.save(out)
+        rd.write_manifest(f"analysis:{name}", result.meta.get("cli", {}), RESULT_FILES)
+    return result, Path(directory)
+
+
+def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, model_config: str | None,
+             width: float | None, weights: Path | None, trust_pickle: bool, settings: list[str] | None,
+             data_settings: list[str] | None, batch_size: int, device: str, seed: int,
+             limit: int | None) -> Any:
     import torch
 
     from ..api import get_analyzer
@@ -106,8 +130,7 @@ def run_analysis(
         "device": device,
         "seed": seed,
     })
-    directory = result.save(out)
-    return result, Path(directory)
+    return result
 
 
 def _print_result(result: Any, directory: Path, fmt: OutputFormat) -> None:
@@ -136,6 +159,7 @@ def analyze(
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
+    force: ForceOpt = False,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Run analyzer NAME on a model and a dataset; save the result to --out."""
@@ -143,6 +167,7 @@ def analyze(
         name, model=model, data=data, out=out, layers=layers, model_config=model_config,
         width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
         data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+        force=force,
     )
     _print_result(result, directory, fmt)
 
@@ -163,6 +188,7 @@ def dissect(
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
+    force: ForceOpt = False,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Dissect a model's layers for depth selectivity (= `analyze dissection`)."""
@@ -170,6 +196,7 @@ def dissect(
         "dissection", model=model, data=data, out=out, layers=layers, model_config=model_config,
         width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
         data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+        force=force,
     )
     _print_result(result, directory, fmt)
 

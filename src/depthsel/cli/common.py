@@ -11,6 +11,7 @@ here means every command reports bad input with the same one-line errors.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,10 +132,19 @@ def build_dataset(spec: str | DataSpec, *, limit: int | None = None, **config: A
 
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as JSON (numbers, booleans, lists), else keep the string."""
+    _check_depth(text, "--set")
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _check_depth(text: str, label: str) -> None:
+    # json.loads recurses once per level: a deep enough value is a RecursionError.
+    from ..safeio import MAX_JSON_DEPTH, json_depth
+
+    if len(text) > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+        raise CliError(f"{label} value nests JSON deeper than {MAX_JSON_DEPTH} levels")
 
 
 def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
@@ -168,7 +178,12 @@ def parse_model_config(model_config: str | None, width: float | None) -> dict[st
         text = model_config
         path = Path(model_config).expanduser()
         if not model_config.lstrip().startswith("{") and path.is_file():
-            text = path.read_text()
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise CliError(f"--model-config file {model_config!r} is not UTF-8 JSON text; "
+                               "pass a JSON object such as '{\"width\": 0.25}'") from None
+        _check_depth(text, "--model-config")
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -180,8 +195,8 @@ def parse_model_config(model_config: str | None, width: float | None) -> dict[st
             raise CliError("--model-config must be a JSON object, e.g. '{\"width\": 0.25}'")
         config.update(parsed)
     if width is not None:
-        if not width > 0:
-            raise CliError(f"--width must be > 0, got {width}")
+        if not (width > 0 and math.isfinite(width)):
+            raise CliError(f"--width must be a finite number > 0, got {width}")
         config["width"] = width
     return config
 
@@ -271,6 +286,8 @@ def split_layers(values: Sequence[str] | None) -> list[str]:
     """Flatten repeated and comma-separated ``--layers`` values, keeping order."""
     out: list[str] = []
     for value in values or ():
+        if not value.strip(" ,"):
+            raise CliError("--layers got an empty value; name a layer or glob (`depthsel layers MODEL`)")
         for part in value.split(","):
             part = part.strip()
             if part and part not in out:

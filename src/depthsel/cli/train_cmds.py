@@ -56,6 +56,22 @@ SeedsOption = Annotated[str, typer.Option(
                     "as mean ± 95% CI over them.")]
 
 
+def _check_train_options(*, name: str, lr: float, weight: float, liveness: float, objective: str) -> None:
+    """Refuse values that would train garbage, or write outside --out, before any work."""
+    import math
+
+    from ..registry import get_plugin_manager
+
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CliError(f"--name {name!r} must be a plain directory name (no '/', not '.' or '..')")
+    if not (math.isfinite(lr) and lr > 0):
+        raise CliError(f"--lr must be a finite number > 0, got {lr}")
+    for label, value in (("--weight", weight), ("--liveness", liveness)):
+        if not (math.isfinite(value) and value >= 0):
+            raise CliError(f"{label} must be a finite number >= 0, got {value}")
+    get_plugin_manager().entry("objectives", objective)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``demo`` and ``train`` to the application."""
 
@@ -174,34 +190,54 @@ def register(app: typer.Typer) -> None:
         liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive (0: paper's objective).")] = 0.0,
         binner: Annotated[str, typer.Option("--binner", help="Binner config as JSON, e.g. {\"name\": \"sid\", \"num_bins\": 64}.")] = '{"name": "sid", "num_bins": 64}',
         epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs.")] = 10,
-        max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
+        max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps.")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size.")] = 8,
         lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-3,
         loss: Annotated[str, typer.Option("--loss", help="l1, hu or silog.")] = "l1",
         schedule: Annotated[str, typer.Option("--schedule", help="cosine, step or none.")] = "cosine",
         checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 50,
-        resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from OUT/NAME's checkpoint if present.")] = True,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/NAME from its checkpoint; the settings must match the run's.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Start over, deleting the run already in OUT/NAME.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Train a model with (or without) the selectivity term; resumable."""
+        import torch
+
         from ..training import SelectivityConfig, TrainConfig, Trainer
 
+        if resume and force:
+            raise CliError("--resume continues a run and --force deletes it: pass one of them")
+        _check_train_options(name=name, lr=lr, weight=weight, liveness=liveness, objective=objective)
+        from .common import _check_depth
+
+        _check_depth(binner, "--binner")
         try:
             binner_cfg = json.loads(binner)
         except json.JSONDecodeError as exc:
             raise CliError(f"--binner is not valid JSON ({exc}); e.g. '{{\"name\": \"sid\", \"num_bins\": 64}}'") from exc
+        if not isinstance(binner_cfg, dict):
+            raise CliError("--binner must be a JSON object, e.g. '{\"name\": \"sid\", \"num_bins\": 64}'")
+        torch.manual_seed(seed)  # --seed covers the model's initial weights too
         built = build_model(model, config=parse_model_config(model_config, width), device=device)
-        dataset = build_dataset(data, **parse_settings(data_set))
+        if layers:
+            from ..layers import LayerSelector
+
+            LayerSelector(split_layers(layers)).resolve(built.model)  # a typo fails now, not never
+        data_cfg = parse_settings(data_set)
+        dataset = build_dataset(data, **data_cfg)
         sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
                                 weight=weight, objective_options={"liveness": liveness}) if weight else None
         cfg = TrainConfig(name=name, out_dir=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                           lr=lr, loss=loss, schedule=schedule, seed=seed, device=device, amp=amp,
-                          checkpoint_every=checkpoint_every, selectivity=sel)
+                          checkpoint_every=checkpoint_every, selectivity=sel,
+                          extra={"model": built.describe(), "data": data, "data_settings": data_cfg})
         try:
-            history = Trainer(built.model, built.info, dataset, cfg).fit(resume=resume)
+            history = Trainer(built.model, built.info, dataset, cfg).fit(resume=resume, overwrite=force)
+        except DepthselError:
+            raise
         except (KeyError, ValueError) as exc:
             raise DepthselError(f"training failed on bad configuration: {exc}") from exc
         last = history["steps"][-1] if history["steps"] else {}
