@@ -62,9 +62,6 @@ def test_f4_binary_model_config_file(tmp_path: Path) -> None:
                      "--out", tmp_path / "d"]), "--model-config file", "is not UTF-8")
 
 
-@pytest.mark.xfail(strict=True, reason="needs a 3-line change in plugins/depthsel_plugins/analyses/"
-                   "dissection.py::_load_assignment (read it with depthsel.safeio.read_json_bounded / "
-                   "catch SafetensorError); that file is the lead's while the permutation test is replaced")
 @pytest.mark.parametrize("suffix", [".json", ".safetensors"])
 def test_f4_binary_assignment_file(tmp_path: Path, suffix: str) -> None:
     blob = tmp_path / f"assignment{suffix}"

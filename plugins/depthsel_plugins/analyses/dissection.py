@@ -23,7 +23,6 @@ built with :func:`depthsel.get_dataset`; ``ctx.dataset`` is then not used).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -42,6 +41,8 @@ from depthsel.data import collate
 from depthsel.dissect import collect_responses
 from depthsel.errors import BinCountError, DepthselError, ResultFormatError
 from depthsel.results import provenance
+from depthsel.safeio import read_json_bounded
+from safetensors import SafetensorError
 from depthsel.selectivity import assign_bins, depth_selectivity, matched_assignment, summarize_layer
 from depthsel.zoo import ModelInfo
 
@@ -82,12 +83,19 @@ def _load_assignment(spec: Any, layer: str, r: torch.Tensor, nb: int) -> torch.T
                 f"assignment file {str(path)!r} does not exist; pass a JSON {{layer: [bins]}} or "
                 "safetensors file, 'matched', or None for the paper rule"
             )
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            table = load_file(str(path))
-        else:
-            table = json.loads(path.read_text())
+                table = load_file(str(path))
+            else:
+                table = read_json_bounded(path)
+        except (SafetensorError, OSError, ValueError, ResultFormatError) as exc:
+            raise DissectionConfigError(
+                f"assignment file {str(path)!r} is not a readable JSON or safetensors table ({exc}); "
+                "write {layer: [bins]} as JSON or safetensors") from None
+        if not isinstance(table, Mapping):
+            raise DissectionConfigError(f"assignment file {str(path)!r} must hold a {{layer: [bins]}} object")
     if layer not in table:
         raise DissectionConfigError(f"the assignment lists no layer {layer!r}; add it or use assignment=None")
     out = torch.as_tensor(table[layer], dtype=torch.long).flatten()
