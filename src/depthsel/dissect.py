@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -64,11 +64,25 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _save_ckpt(path: Path, images_done: int, fp: str, accs: Mapping[str, ResponseAccumulator]) -> None:
+class StreamState(Protocol):
+    """Extra per-pass state (e.g. a permutation sample) saved in the same checkpoint as the sums."""
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and JSON metadata that restore the state exactly."""
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def _save_ckpt(path: Path, images_done: int, fp: str, accs: Mapping[str, ResponseAccumulator],
+               extra: StreamState | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"images_done": images_done, "fingerprint": fp, "layers": {}}
+    if extra is not None:
+        ext, meta["extra"] = extra.state_dict()
+        tensors.update({f"extra/{k}": v.contiguous() for k, v in ext.items()})
     for name, acc in accs.items():
         st = acc.state_dict()
         for key in ("sums", "abs_sums", "counts"):
@@ -107,7 +121,8 @@ def _tensors_name(path: Path, images_done: int) -> str:
     return f"{path.with_suffix('').name}.{images_done:010d}.safetensors"
 
 
-def _load_ckpt(path: Path, fp: str, accs: Mapping[str, ResponseAccumulator]) -> int:
+def _load_ckpt(path: Path, fp: str, accs: Mapping[str, ResponseAccumulator],
+               extra: StreamState | None = None) -> int:
     jpath = path.with_suffix(".json")
     if not jpath.is_file():
         return 0
@@ -143,6 +158,13 @@ def _load_ckpt(path: Path, fp: str, accs: Mapping[str, ResponseAccumulator]) -> 
                 f"dissection checkpoint {str(jpath)!r} lacks {exc} for layer {name!r}; delete it to start over"
             ) from exc
         acc.load_state_dict(state)
+    if extra is not None:
+        if "extra" not in meta:
+            raise ResultFormatError(
+                f"dissection checkpoint {str(jpath)!r} holds no permutation/diagnostics state; it was written "
+                "with those off or by an older version: delete it to start over")
+        extra.load_state_dict({k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")},
+                              meta["extra"])
     return int(meta["images_done"])
 
 
@@ -164,6 +186,7 @@ def collect_responses(
     progress: bool | None = None,
     max_batches: int | None = None,
     indices: Sequence[int] | None = None,
+    state: StreamState | None = None,
 ) -> ResponseCollection:
     """Accumulate per-unit, per-bin responses of ``layers`` over ``dataset``.
 
@@ -189,6 +212,10 @@ def collect_responses(
         Stop after this many batches (for tests and quick looks).
     indices
         Restrict to these dataset indices (in this order).
+    state
+        Extra state of the pass (the dissection's permutation sample and
+        diagnostics) saved and restored with each checkpoint, so that a
+        resumed pass equals an uninterrupted one.
     """
     modules = LayerSelector(layers).resolve(model)
     binners = dict(binner) if isinstance(binner, Mapping) else {n: binner for n in modules}
@@ -203,7 +230,7 @@ def collect_responses(
     start = 0
     if checkpoint is not None:
         ckpt_path = _ckpt_stem(checkpoint, rank, world)
-        start = _load_ckpt(ckpt_path, fp, accs)
+        start = _load_ckpt(ckpt_path, fp, accs, state)
     remaining = shard[start:]
     loader = DataLoader(Subset(dataset, remaining), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate)
@@ -239,11 +266,11 @@ def collect_responses(
                 cap.clear()
                 done += int(batch["image"].shape[0])
                 if ckpt_path is not None and (i + 1) % checkpoint_every == 0:
-                    _save_ckpt(ckpt_path, done, fp, accs)
+                    _save_ckpt(ckpt_path, done, fp, accs, state)
     finally:
         model.train(was_training)
     if ckpt_path is not None:
-        _save_ckpt(ckpt_path, done, fp, accs)
+        _save_ckpt(ckpt_path, done, fp, accs, state)
     if world > 1:
         for acc in accs.values():
             if acc.num_units is None:

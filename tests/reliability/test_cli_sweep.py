@@ -29,7 +29,7 @@ PATH_IN = {"weights", "checkpoint", "run_dir"}
 PATH_OUT = {"out"}
 # `demo` is one fixed experiment whose own option checks are being rewritten with it
 # (src/depthsel/experiment.py); it is swept with the values its parser must refuse.
-PARSE_ONLY = {"demo"}
+PARSE_ONLY = {"demo", "sweep", "reproduce"}
 
 
 def _base(cmd: str, tmp: Path) -> list[str]:
@@ -43,6 +43,11 @@ def _base(cmd: str, tmp: Path) -> list[str]:
         "train": [*TINY, "--weight", "0", "--batch-size", "2", "--max-steps", "1", "--out", out],
         "demo": ["--epochs", "1", "--train-samples", "2", "--test-samples", "2", "--size", "32x32",
                  "--out", out],
+        "sweep": ["--epochs", "1", "--train-samples", "2", "--test-samples", "2", "--size", "32x32",
+                  "--seeds", "1", "--weights", "0,1", "--out", out],
+        "combine": [str(tmp / "run"), str(tmp / "run"), "--out", out],
+        "reproduce": ["you2021", "--data", "synthetic", "--data-set", "num_samples=2", "--tiny", "--epochs", "1",
+                      "--max-steps", "1", "--out", out],
     }.get(cmd, [])
 
 
@@ -108,7 +113,8 @@ def test_every_command_refuses_bad_options_in_one_line(sandbox: Path) -> None:
     runner = CliRunner(env=ENV)
     cases = _cases(sandbox)
     swept = {cmd for cmd, _, _ in cases}
-    assert {"analyze", "dissect", "train", "report", "convert", "layers", "demo", "binners"} <= swept
+    assert {"analyze", "dissect", "train", "report", "convert", "layers", "demo", "sweep", "combine",
+            "binners"} <= swept
     failures = []
     for cmd, label, args in cases:
         result = runner.invoke(app, args)

@@ -126,3 +126,37 @@ def test_f12_train_seed_seeds_the_initial_weights(tmp_path: Path) -> None:
     c = _first_loss(tmp_path, "c", 4)
     assert a == b
     assert c != a  # the seed is what decides: another seed, another start
+
+
+# ---------------------------------------------------------------------- F11
+def test_f11_resumed_dissection_with_permutations_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    """The permutation sample, its key generator and the diagnostics are checkpointed with the sums."""
+    import torch
+
+    from depthsel import ModelInfo
+    from depthsel.analysis import AnalysisContext
+    from depthsel.testing import ToyDepthDataset, ToyDepthNet
+    from depthsel_plugins.analyses.dissection import DissectionAnalyzer
+
+    info = ModelInfo(input_size=(32, 32), normalization="unit")
+    data = ToyDepthDataset(9, seed=4)
+    cfg = dict(binner={"name": "sid", "num_bins": 6}, permutations=99, permutation_images=5)
+
+    def run(**extra: object) -> object:
+        torch.manual_seed(0)
+        model = ToyDepthNet(width=4).eval()
+        ctx = AnalysisContext(model=model, dataset=data, info=info, layers=["dec2", "dec3"], batch_size=2,
+                              progress=False, seed=7)
+        return DissectionAnalyzer(**cfg, **extra).run(ctx)
+
+    whole = run()
+    stem = str(tmp_path / "ck")
+    run(checkpoint=stem, max_batches=2)  # "killed" after 2 of 5 batches
+    resumed = run(checkpoint=stem)
+    assert resumed.data["splits"]["test"]["dec3"]["resumed_from"] == 4
+    assert set(resumed.tensors) == set(whole.tensors)
+    for key, value in whole.tensors.items():
+        torch.testing.assert_close(resumed.tensors[key], value, rtol=0, atol=1e-12, equal_nan=True, msg=key)
+    for layer in ("dec2", "dec3"):
+        a, b = whole.data["splits"]["test"][layer], resumed.data["splits"]["test"][layer]
+        assert a["frac_significant"] == b["frac_significant"] and a["per_bin_error"] == b["per_bin_error"]

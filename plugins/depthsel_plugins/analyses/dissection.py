@@ -140,6 +140,27 @@ class _Observer:
                                                   batch.get("valid"))
         return pred
 
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The key generator, every reservoir and every diagnostic, for a resumable checkpoint."""
+        tensors: dict[str, torch.Tensor] = {"generator": self.gen.get_state()}
+        meta: dict[str, Any] = {"reservoirs": {}, "diagnostics": {}, "unusable_output": self.unusable_output}
+        for kind, table in (("reservoirs", self.reservoirs), ("diagnostics", self.diagnostics)):
+            for name, obj in table.items():
+                t, m = obj.state_dict(f"{kind}/{name}/")
+                tensors.update(t)
+                meta[kind][name] = m
+        return tensors, meta
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (layers must match)."""
+        for kind, table in (("reservoirs", self.reservoirs), ("diagnostics", self.diagnostics)):
+            if set(meta.get(kind, {})) != set(table):
+                raise ResultFormatError(f"the checkpoint's {kind} cover other layers; delete it to start over")
+            for name, obj in table.items():
+                obj.load_state_dict(dict(tensors), meta[kind][name], f"{kind}/{name}/")
+        self.gen.set_state(tensors["generator"])
+        self.unusable_output = meta.get("unusable_output")
+
     def adapter(self, name: str, inner: Any = None) -> Any:
         def adapt(output: Any) -> torch.Tensor:
             if inner is not None:
@@ -184,8 +205,8 @@ class DissectionAnalyzer(Analyzer):
         Optional ``{split: dataset config}``; dissects each instead of ``ctx.dataset``.
     align_corners, max_batches, checkpoint
         Passed to :func:`~depthsel.dissect.collect_responses` (the checkpoint
-        stem gets ``.{split}`` appended). After a resume, the permutation
-        sample covers only the batches processed in the resumed run.
+        stem gets ``.{split}`` appended). The checkpoint also holds the
+        permutation sample and the diagnostics, so a resume changes nothing.
     """
 
     name = "dissection"
@@ -276,7 +297,7 @@ class DissectionAnalyzer(Analyzer):
             # One checkpoint per split: each has its own dataset fingerprint.
             checkpoint=f"{self.checkpoint}.{split}" if self.checkpoint else None,
             num_workers=ctx.num_workers, progress=ctx.progress,
-            max_batches=self.max_batches,
+            max_batches=self.max_batches, state=observer,
         )
         res = DissectionResult(config=self.config(), meta={**provenance(coll.fingerprint),
                                                            "dataset_fingerprints": {split: coll.fingerprint}})

@@ -86,6 +86,27 @@ class PredictionDiagnostics:
         self.same_bin += torch.bincount(idx, weights=same, minlength=nb).cpu()
         self.bin_offset += torch.bincount(idx, weights=(pred_bins[ok] - idx).abs().double(), minlength=nb).cpu()
 
+    _SUMS = ("abs_err", "sq_err", "count", "same_bin", "bin_offset")
+
+    def state_dict(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and metadata that restore the diagnostics exactly."""
+        st = self.acc.state_dict() if self.acc.num_units is not None else None
+        tensors = {f"{prefix}{k}": getattr(self, k) for k in self._SUMS}
+        meta: dict[str, Any] = {"acc": None}
+        if st is not None:
+            tensors.update({f"{prefix}acc/{k}": st[k] for k in ("sums", "abs_sums", "counts")})
+            meta["acc"] = {k: v for k, v in st.items() if not isinstance(v, torch.Tensor)}
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> None:
+        """Restore :meth:`state_dict`."""
+        for k in self._SUMS:
+            setattr(self, k, tensors[f"{prefix}{k}"].clone())
+        if meta.get("acc") is not None:
+            state = dict(meta["acc"])
+            state.update({k: tensors[f"{prefix}acc/{k}"] for k in ("sums", "abs_sums", "counts")})
+            self.acc.load_state_dict(state)
+
     def _nearest_end(self, p: torch.Tensor) -> torch.Tensor:
         edges = self.binner.edges.to(p.device)
         low = torch.zeros_like(p, dtype=torch.long)

@@ -105,6 +105,21 @@ class ImageReservoir:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def state_dict(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        """Tensors (one per stored image) and counters that restore the sample exactly."""
+        tensors = {f"{prefix}keys": torch.tensor(self.keys, dtype=torch.float64)}
+        for i, (a, b) in enumerate(zip(self.acts, self.bins)):
+            tensors[f"{prefix}act/{i}"], tensors[f"{prefix}bins/{i}"] = a, b
+        return tensors, {"images": len(self.keys), "images_seen": self.images_seen}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, object], prefix: str) -> None:
+        """Restore :meth:`state_dict`."""
+        n = int(meta["images"])  # type: ignore[call-overload]
+        self.keys = [float(k) for k in tensors[f"{prefix}keys"].tolist()]
+        self.acts = [tensors[f"{prefix}act/{i}"].clone() for i in range(n)]
+        self.bins = [tensors[f"{prefix}bins/{i}"].clone() for i in range(n)]
+        self.images_seen = int(meta["images_seen"])  # type: ignore[call-overload]
+
 
 @dataclass
 class PermutationTest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +50,14 @@ def _data_configs(data: str, train_frames: str | None, test_frames: str | None, 
     else:
         train_cfg["split"], test_cfg["split"] = "train", "test"
     return spec.name, train_cfg, test_cfg
+
+
+def _check_numbers(allow_zero: tuple[str, ...] = ("liveness",), **values: float) -> None:
+    """Refuse NaN, infinite or negative option values (zero only where it means "off")."""
+    for name, v in values.items():
+        if not math.isfinite(v) or v < 0 or (v == 0 and name not in allow_zero):
+            bound = ">= 0" if name in allow_zero else "> 0"
+            raise CliError(f"--{name} {v!r}: give a finite number {bound}")
 
 
 SeedsOption = Annotated[str, typer.Option(
@@ -101,6 +110,7 @@ def register(app: typer.Typer) -> None:
         from ..experiment import ExperimentConfig, parse_seeds, run_experiment
         from .common import parse_size
 
+        _check_numbers(lr=lr, width=width, liveness=liveness, weight=weight, allow_zero=("weight", "liveness"))
         hw = parse_size(size)
         assert hw is not None
         name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
@@ -144,7 +154,10 @@ def register(app: typer.Typer) -> None:
         try:
             ws = [float(w) for w in weights.split(",") if w.strip()]
         except ValueError:
-            raise CliError(f"--weights {weights!r}: give numbers separated by commas, e.g. 0,0.1,1") from None
+            ws = []
+        if not ws or not all(math.isfinite(w) and w >= 0 for w in ws):
+            raise CliError(f"--weights {weights!r}: give finite numbers >= 0 separated by commas, e.g. 0,0.1,1")
+        _check_numbers(lr=lr, width=width, liveness=liveness)
         hw = parse_size(size)
         assert hw is not None
         name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
