@@ -22,13 +22,26 @@ from torch.utils.hooks import RemovableHandle
 from .errors import ActivationShapeError, CaptureError
 from .layers import LayerSelector, LayerSpec, unwrap_model
 
-__all__ = ["Capture", "RepeatedHookWarning", "TokenGridAdapter", "Adapter", "count_hooks"]
+__all__ = ["Capture", "RepeatedHookWarning", "TokenGridAdapter", "Adapter", "count_hooks",
+           "InplaceModificationError"]
 
 Adapter = Callable[[Any], torch.Tensor]
 
 
 class RepeatedHookWarning(UserWarning):
     """A hooked module ran more than once in one forward pass."""
+
+
+class InplaceModificationError(CaptureError):
+    """A captured activation was changed in place after its module returned it."""
+
+
+def _version(t: torch.Tensor) -> int | None:
+    # Inference-mode tensors have no version counter; they cannot be checked.
+    try:
+        return int(t._version)
+    except (RuntimeError, AttributeError):
+        return None
 
 
 class TokenGridAdapter:
@@ -132,6 +145,7 @@ class Capture:
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._fired: dict[str, int] = {}
+        self._versions: dict[str, tuple[torch.Tensor, int]] = {}
         self._warned: set[str] = set()
         self._active = False
 
@@ -168,6 +182,10 @@ class Capture:
                 )
             if self.detach:
                 out = out.detach()
+            version = _version(out)
+            if version is not None:
+                # detach() shares the version counter, so a later in-place op shows here too.
+                self._versions[name] = (out, version)
             if self.keep:
                 self.outputs[name] = out
             if self.on_output is not None:
@@ -178,11 +196,31 @@ class Capture:
     def _reset_forward(self, *_args: Any) -> None:
         # A new forward of the root model starts: reset per-forward fire counts.
         self._fired.clear()
+        self._versions.clear()
+
+    def _check_inplace(self, *_args: Any) -> None:
+        # The root forward returned: a captured tensor whose version moved was
+        # overwritten by a later in-place op (e.g. ReLU(inplace=True) after a hooked
+        # BatchNorm), so what was kept is no longer what the module produced.
+        versions, self._versions = self._versions, {}
+        for name, (tensor, version) in versions.items():
+            now = _version(tensor)
+            if now is not None and now != version:
+                module = self.modules.get(name)
+                kind = type(module).__name__ if module is not None else "module"
+                self.outputs = {}
+                raise InplaceModificationError(
+                    f"the output of layer {name!r} ({kind}) was modified in place after it was "
+                    "captured (e.g. by a following ReLU(inplace=True) or `x += ...`), so the "
+                    "captured values are not the layer's output; make that op out-of-place "
+                    "(inplace=False), or hook the module that does the in-place op instead"
+                )
 
     def clear(self) -> None:
         """Drop captured outputs (frees their memory and graph)."""
         self.outputs = {}
         self._fired.clear()
+        self._versions.clear()
 
     def __enter__(self) -> "Capture":
         if self._active:
@@ -194,6 +232,9 @@ class Capture:
                 self._handles.append(self.model.register_forward_pre_hook(self._reset_forward))
             for name, module in self.modules.items():
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
+            self._handles.append(root.register_forward_hook(self._check_inplace))
+            if root is not self.model:
+                self._handles.append(self.model.register_forward_hook(self._check_inplace))
         except BaseException:
             self._remove()
             raise
