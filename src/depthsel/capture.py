@@ -59,6 +59,39 @@ class TokenGridAdapter:
         self.grid = grid
         self.skip_tokens = skip_tokens
 
+    def check_grid(self, image_size: tuple[int, int]) -> None:
+        """Raise if the grid's aspect ratio contradicts the input image's (e.g. a transposed grid)."""
+        if self.grid is None:
+            return
+        h, w = self.grid
+        ih, iw = image_size
+        if h <= 0 or w <= 0 or ih <= 0 or iw <= 0:
+            return
+        # Square patches: h / w must follow H / W; a transposed grid flips it.
+        ratio = (h / w) / (ih / iw)
+        if not 0.8 <= ratio <= 1.25:
+            raise ActivationShapeError(
+                f"TokenGridAdapter grid {h}x{w} (rows x columns) does not match the {ih}x{iw} input "
+                f"image; for square patches use grid=({w}, {h})" if h != w else
+                f"TokenGridAdapter grid {h}x{w} does not match the {ih}x{iw} input image; "
+                "pass grid=(rows, columns) of the patch grid"
+            )
+
+    def inverse(self, grid: torch.Tensor, original: Any) -> Any:
+        """Write a ``[B, C, h, w]`` grid back into the token layout of ``original``.
+
+        Used by interventions (correction, ablation) that replace a layer's output.
+        """
+        tokens = original[0] if isinstance(original, (tuple, list)) else original
+        b, c = grid.shape[:2]
+        patches = grid.reshape(b, c, -1).transpose(1, 2)
+        out = torch.cat([tokens[:, : self.skip_tokens], patches.to(tokens.dtype)], dim=1)
+        if isinstance(original, tuple):
+            return (out, *original[1:])
+        if isinstance(original, list):
+            return [out, *original[1:]]
+        return out
+
     def __call__(self, output: Any) -> torch.Tensor:
         tokens = output[0] if isinstance(output, (tuple, list)) else output
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
@@ -145,6 +178,7 @@ class Capture:
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._fired: dict[str, int] = {}
+        self._input_hw: tuple[int, int] | None = None
         self._versions: dict[str, tuple[torch.Tensor, int]] = {}
         self._warned: set[str] = set()
         self._active = False
@@ -174,6 +208,9 @@ class Capture:
                     stacklevel=2,
                 )
             out = adapter(output)
+            check = getattr(adapter, "check_grid", None)
+            if callable(check) and self._input_hw is not None:
+                check(self._input_hw)
             if not isinstance(out, torch.Tensor) or out.ndim != 4:
                 raise ActivationShapeError(
                     f"layer {name!r} produced {getattr(out, 'shape', type(out).__name__)}, not "
@@ -193,10 +230,14 @@ class Capture:
 
         return hook
 
-    def _reset_forward(self, *_args: Any) -> None:
-        # A new forward of the root model starts: reset per-forward fire counts.
+    def _reset_forward(self, _module: Any = None, args: Any = (), *_rest: Any) -> None:
+        # A new forward of the root model starts: reset per-forward fire counts, and note
+        # the image size so token grids can be checked against it.
         self._fired.clear()
         self._versions.clear()
+        first = args[0] if isinstance(args, tuple) and args else None
+        if isinstance(first, torch.Tensor) and first.ndim == 4:
+            self._input_hw = (int(first.shape[-2]), int(first.shape[-1]))
 
     def _check_inplace(self, *_args: Any) -> None:
         # The root forward returned: a captured tensor whose version moved was

@@ -130,7 +130,7 @@ def evaluate(model: nn.Module, info: ModelInfo, dataset: Dataset[Any], *, protoc
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            pred = info.forward(model, batch)
+            pred = info.predict(model, batch)
             metrics.update(pred.float(), batch["depth"], batch["valid"])
     finally:
         model.train(was)
@@ -334,7 +334,7 @@ class Trainer:
             if self.reg is not None:
                 self.reg.weight = self._weight_at(self.step)
                 with self.reg.attach():
-                    pred = self.info.forward(self.model, batch)
+                    pred = self.info.predict(self.model, batch)
                     task_loss = self.loss_fn(pred.float(), depth, valid)
                     reg_loss = self.reg.loss(depth, valid)
                 stats = self.reg.last_stats()
@@ -343,7 +343,7 @@ class Trainer:
                 record["ds"] = sum(finite) / len(finite) if finite else float("nan")
                 loss = task_loss + reg_loss
             else:
-                pred = self.info.forward(self.model, batch)
+                pred = self.info.predict(self.model, batch)
                 task_loss = self.loss_fn(pred.float(), depth, valid)
                 loss = task_loss
         self.opt.zero_grad(set_to_none=True)

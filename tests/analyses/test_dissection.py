@@ -107,7 +107,11 @@ BINNER = {"name": "uniform", "num_bins": 16, "min_depth": 0.0, "max_depth": 20.0
 def test_reference_preset_equals_handwritten_dissect_math() -> None:
     model, ds = toy_model(), toy_dataset()
     # dec2.0 is a conv: signed activations, so signed-mean-then-abs matters.
-    res = run(model, ds, ["dec2.0", "dec3"], binner=BINNER, preset="reference", permutations=0)
+    # dec3 has 8 units on 16 bins: the bins are kept (fit_bins_to_units=False), so the assignment
+    # must be explicit (Eq. 6 would put the 8 units on bins 0..7 only).
+    spread = list(range(0, 16, 2))
+    res = run(model, ds, ["dec2.0", "dec3"], binner=BINNER, preset="reference", permutations=0,
+              fit_bins_to_units=False, assignment={"dec2.0": list(range(16)), "dec3": spread})
     edges = get_binner("uniform", num_bins=16, min_depth=0.0, max_depth=20.0).edges
     for layer in ("dec2.0", "dec3"):
         r, amax, ds_ref = handwritten_reference(model, ds, layer, edges)

@@ -133,7 +133,7 @@ class CorrectionAnalyzer(Analyzer):
 
     def __init__(self, *, dissection: str | Path | None = None, split: str | None = None,
                  response: str = "signed", each_layer: bool = True, protocol: str = "default",
-                 binner: Any = "sid", fit_bins_to_units: bool = False, preset: str = "default") -> None:
+                 binner: Any = "sid", fit_bins_to_units: bool = True, preset: str = "default") -> None:
         if response not in ("signed", "abs"):
             raise CorrectionConfigError(f"response must be 'signed' or 'abs', got {response!r}")
         super().__init__(dissection=str(dissection) if dissection is not None else None, split=split,
@@ -175,7 +175,7 @@ class CorrectionAnalyzer(Analyzer):
             state["depth"], state["valid"] = batch["depth"], batch.get("valid")
 
         common = dict(batch_size=ctx.batch_size, device=ctx.device, protocol=self.protocol,
-                      progress=ctx.progress, on_batch=on_batch)
+                      progress=ctx.progress, adapters=ctx.adapters, on_batch=on_batch)
         clean = evaluate(ctx.model, ctx.info, ctx.dataset, description="clean", **common)
         fns = self.hooks(dis, layers, state)
         corrected = {"all": evaluate(ctx.model, ctx.info, ctx.dataset, fns=fns,
