@@ -76,7 +76,12 @@ class SelectivityConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (saved as ``config.json``)."""
+    """Everything that defines a training run (saved as ``config.json``).
+
+    ``normalization`` is the model's input normalisation; the trainer fills it
+    from the :class:`~depthsel.ModelInfo` so analyses of the saved weights can
+    read it back (:func:`depthsel.trained.saved_normalization`).
+    """
 
     name: str = "run"
     out_dir: str = "runs"
@@ -93,6 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     selectivity: SelectivityConfig | None = None
     eval_protocol: str = "default"
+    normalization: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -180,6 +186,13 @@ class Trainer:
     def __init__(self, model: nn.Module, info: ModelInfo, train_set: Dataset[Any], config: TrainConfig,
                  eval_set: Dataset[Any] | None = None) -> None:
         self.model, self.info, self.cfg = model, info, config
+        if config.normalization is None:
+            config.normalization = info.resolved_normalization
+        elif config.normalization != info.normalization:
+            from dataclasses import replace
+
+            # The config states it: train (and record) with that normalisation.
+            self.info = info = replace(info, normalization=config.normalization)
         self.train_set, self.eval_set = train_set, eval_set
         self.device = torch.device(config.device)
         self.model.to(self.device)
@@ -319,7 +332,8 @@ class Trainer:
         from .checkpoints import save_state_dict
 
         save_state_dict(self.model.state_dict(), run / "model.safetensors",
-                        metadata={"config": json.dumps(self.cfg.to_dict(), default=str)})
+                        metadata={"config": json.dumps(self.cfg.to_dict(), default=str),
+                                  "normalization": str(self.cfg.normalization)})
         atomic_write_bytes(run / "history.json", json.dumps(self.history, indent=1).encode())
         return self.history
 

@@ -16,13 +16,27 @@ import typer
 
 from ..analysis import AnalysisContext
 from ..errors import DepthselError
-from .common import build_dataset, build_model, parse_model_config, parse_settings, split_layers
+from .common import (
+    build_dataset,
+    build_model,
+    parse_model_config,
+    parse_settings,
+    parse_tokens,
+    split_layers,
+)
 from .errors import CliError, handle_errors
-from .output import FormatOption, OutputFormat, emit, emit_json, key_value_rows, message
+from .output import FormatOption, OutputFormat, emit, emit_json, key_value_rows, message, warn
 
 __all__ = ["register", "run_analysis"]
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name (`depthsel models`).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name (`depthsel models`), "
+                     "or your own: package.module:Factory or path/to/file.py:Factory.")]
+NormOpt = Annotated[str | None, typer.Option("--normalization", metavar="imagenet|unit",
+                    help="Input normalisation of the model (default: the model's own, or the one "
+                    "recorded with --weights; warns once when neither states it).")]
+TokensOpt = Annotated[list[str] | None, typer.Option("--tokens", metavar="LAYER[:grid=HxW][:skip=N]",
+                      help="Token layer [B, N, C] read as a grid, e.g. blocks.11:grid=14x14:skip=1; "
+                      "repeatable.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d",
                     help="DATASPEC: NAME or NAME:PATH, e.g. synthetic or folder:../shared/data/nyu2_mini_test.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Directory the result is saved to.")]
@@ -62,6 +76,8 @@ def run_analysis(
     device: str = "cpu",
     seed: int = 0,
     limit: int | None = None,
+    normalization: str | None = None,
+    tokens: list[str] | None = None,
 ) -> tuple[Any, Path]:
     """Build everything from command-line strings, run analyzer ``name``, save the result.
 
@@ -75,22 +91,27 @@ def run_analysis(
     from ..api import get_analyzer
 
     analyzer_cfg = parse_settings(settings)
+    layer_list = split_layers(layers)
+    trained = _trained_options(name, weights, analyzer_cfg)
+    if not layer_list and trained.get("layers"):
+        layer_list = list(trained["layers"])
+    analyzer_cfg_full = {**{k: v for k, v in trained.items() if k != "layers"}, **analyzer_cfg}
     try:
-        analyzer = get_analyzer(name, **analyzer_cfg)
+        analyzer = get_analyzer(name, **analyzer_cfg_full)
     except TypeError as exc:
         raise CliError(f"analyzer {name!r} rejected its --set options {analyzer_cfg}: {exc}") from exc
     torch.manual_seed(seed)
     built = build_model(model, config=parse_model_config(model_config, width), weights=weights,
-                        trust_pickle=trust_pickle, device=device)
+                        trust_pickle=trust_pickle, device=device, normalization=normalization)
     dataset = build_dataset(data, limit=limit, **parse_settings(data_settings))
-    layer_list = split_layers(layers)
     if not layer_list and not built.info.suggested_layers:
-        raise CliError(f"model {model!r} suggests no layers; pass --layers (see `depthsel layers {model}`)")
+        hint = f"depthsel layers {model}" + (f" --model-config '{model_config}'" if model_config else "")
+        raise CliError(f"model {model!r} suggests no layers; pass --layers (list them with `{hint}`)")
     describe = getattr(dataset, "describe", None)
     if callable(describe):
         message(f"data: {describe()}", style="dim")
     ctx = AnalysisContext(model=built.model, dataset=dataset, info=built.info, layers=layer_list,
-                          device=device, batch_size=batch_size, seed=seed)
+                          device=device, batch_size=batch_size, seed=seed, adapters=parse_tokens(tokens))
     result = analyzer.run(ctx)
     if result is None or not hasattr(result, "save"):
         raise DepthselError(f"analyzer {name!r} returned {type(result).__name__}, not a depthsel Result")
@@ -98,6 +119,7 @@ def run_analysis(
     result.meta.setdefault("cli", {
         "analyzer": name,
         "analyzer_config": analyzer_cfg,
+        "from_training_run": {k: v for k, v in trained.items() if k not in analyzer_cfg},
         "model": built.describe(),
         "data": data,
         "limit": limit,
@@ -108,6 +130,37 @@ def run_analysis(
     })
     directory = result.save(out)
     return result, Path(directory)
+
+
+def _trained_options(name: str, weights: Path | None, explicit: dict[str, Any]) -> dict[str, Any]:
+    """Binning, assignment and layers saved by `depthsel train` beside ``weights``.
+
+    Used for every option the analyzer accepts and the command line did not set,
+    so a trained model is dissected exactly as it was trained (no silent default).
+    """
+    import inspect
+
+    from ..registry import get_plugin_manager
+    from ..trained import dissection_options, run_config_path
+
+    if weights is None:
+        return {}
+    saved = dissection_options(weights)
+    if not saved:
+        return {}
+    try:
+        params = inspect.signature(get_plugin_manager().entry("analyzers", name).factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    out = {k: v for k, v in saved.items() if k == "layers" or k in params}
+    used = {k: v for k, v in out.items() if k not in explicit}
+    if used:
+        message(f"using {', '.join(sorted(used))} saved by training in {run_config_path(weights)}",
+                style="dim")
+    for key in sorted(set(out) & set(explicit)):
+        if explicit[key] != out[key]:
+            warn(f"--set {key} differs from the training run's {out[key]!r}")
+    return out
 
 
 def _print_result(result: Any, directory: Path, fmt: OutputFormat) -> None:
@@ -136,6 +189,8 @@ def analyze(
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
+    normalization: NormOpt = None,
+    tokens: TokensOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Run analyzer NAME on a model and a dataset; save the result to --out."""
@@ -143,6 +198,7 @@ def analyze(
         name, model=model, data=data, out=out, layers=layers, model_config=model_config,
         width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
         data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+        normalization=normalization, tokens=tokens,
     )
     _print_result(result, directory, fmt)
 
@@ -163,6 +219,8 @@ def dissect(
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
+    normalization: NormOpt = None,
+    tokens: TokensOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Dissect a model's layers for depth selectivity (= `analyze dissection`)."""
@@ -170,6 +228,7 @@ def dissect(
         "dissection", model=model, data=data, out=out, layers=layers, model_config=model_config,
         width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
         data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
+        normalization=normalization, tokens=tokens,
     )
     _print_result(result, directory, fmt)
 
