@@ -142,7 +142,7 @@ def _measure(model: TinyDPT, reg, image: torch.Tensor, depth: torch.Tensor) -> f
         model(image)
         reg.loss(depth)
     model.train()
-    return reg.last_stats()["blocks.1"]["mean_ds"]
+    return reg.last_stats()["blocks.1"]["target_ds"]
 
 
 def train(steps: int = 40, seed: int = 0, weight: float = 1.0,

@@ -195,10 +195,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool | None = None) -> dict[
         layers = dsum["test"]
         rows[label] = {
             "delta1": metrics["delta1"], "rmse": metrics["rmse"], "abs_rel": metrics["abs_rel"],
-            "mean_ds": _layer_mean(layers, "mean_ds"), "target_ds": _layer_mean(layers, "mean_target_ds"),
+            "mean_ds": _layer_mean(layers, "argmax_ds"), "target_ds": _layer_mean(layers, "target_ds"),
             "peak_on_target": _layer_mean(layers, "peak_on_target"),
             "dead_units": sum(int(v["dead_units"]) for v in layers.values()),
-            "target_ds_train": _layer_mean(tsum, "mean_target_ds"),
+            "target_ds_train": _layer_mean(tsum, "target_ds"),
             "peak_on_target_train": _layer_mean(tsum, "peak_on_target"),
         }
         summary["models"][label] = {"metrics": metrics, "dissection": dsum, "dissection_train": tsum,

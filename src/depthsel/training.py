@@ -94,6 +94,7 @@ class TrainConfig:
     loss: str = "l1"
     seed: int = 0
     device: str = "cpu"
+    #: Mixed precision: float16 (with gradient scaling) on CUDA, bfloat16 on CPU.
     amp: bool = False
     checkpoint_every: int = 50
     selectivity: SelectivityConfig | None = None
@@ -292,8 +293,9 @@ class Trainer:
         atomic_write_bytes(run / "config.json", json.dumps(self.cfg.to_dict(), indent=2, default=str).encode())
         if not (resume and self.load_checkpoint()):
             torch.manual_seed(self.cfg.seed)
-        use_amp = self.cfg.amp and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        use_amp = bool(self.cfg.amp)
+        # CUDA: float16 with a gradient scaler; CPU: bfloat16, which needs no scaler.
+        scaler = torch.amp.GradScaler("cuda") if use_amp and self.device.type == "cuda" else None
         self.model.train()
         progress = None
         task = None
@@ -301,7 +303,7 @@ class Trainer:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             progress = Progress(TextColumn(f"[bold]{self.cfg.name}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]:.3f} DS {task.fields[ds]:.3f}"),
+                                TextColumn("loss {task.fields[loss]:.3f} target DS {task.fields[ds]:.3f}"),
                                 TimeRemainingColumn(), console=get_console())
             progress.start()
             task = progress.add_task("train", total=self.total_steps, completed=self.step, loss=float("nan"),
@@ -317,7 +319,7 @@ class Trainer:
                     if progress is not None and task is not None:
                         last = self.history["steps"][-1]
                         progress.update(task, completed=self.step, loss=last["loss"],
-                                        ds=last.get("ds", float("nan")))
+                                        ds=last.get("target_ds", float("nan")))
                     at_boundary = self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps
                     if at_boundary:
                         self._end_epoch()
@@ -344,7 +346,8 @@ class Trainer:
             group["lr"] = lr
         depth, valid = batch["depth"], batch["valid"]
         record: dict[str, Any] = {"step": self.step + 1, "lr": lr}
-        with torch.autocast(self.device.type, enabled=use_amp):
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
             if self.reg is not None:
                 self.reg.weight = self._weight_at(self.step)
                 with self.reg.attach():
@@ -352,9 +355,9 @@ class Trainer:
                     task_loss = self.loss_fn(pred.float(), depth, valid)
                     reg_loss = self.reg.loss(depth, valid)
                 stats = self.reg.last_stats()
-                layer_ds = [v["mean_ds"] for k, v in stats.items() if not k.startswith("_")]
-                finite = [v for v in layer_ds if v == v]
-                record["ds"] = sum(finite) / len(finite) if finite else float("nan")
+                for key in ("target_ds", "argmax_ds"):
+                    values = [v[key] for k, v in stats.items() if not k.startswith("_") and v[key] == v[key]]
+                    record[key] = sum(values) / len(values) if values else float("nan")
                 loss = task_loss + reg_loss
             else:
                 pred = self.info.predict(self.model, batch)

@@ -119,7 +119,7 @@ def test_reference_preset_equals_handwritten_dissect_math() -> None:
         torch.testing.assert_close(res.get(layer, "R"), r, rtol=1e-5, atol=1e-7)
         assert torch.equal(res.get(layer, "argmax_bin"), amax)
         torch.testing.assert_close(res.get(layer, "ds"), ds_ref, rtol=1e-5, atol=1e-7)
-        assert res.summary_for(layer).mean_ds == pytest.approx(float(ds_ref.mean()), rel=1e-5)
+        assert res.summary_for(layer).argmax_ds == pytest.approx(float(ds_ref.mean()), rel=1e-5)
 
 
 def test_default_preset_differs_as_documented() -> None:
@@ -144,7 +144,7 @@ def test_default_preset_differs_as_documented() -> None:
     other_s = (rs.sum(1) - top_s) / (rs.shape[1] - 1)
     excl = (top_s - other_s) / (top_s + other_s)
     assert bool((ref.get("dec2.0", "ds") > excl).all())
-    assert ref.summary_for("dec2.0").mean_ds > dflt.summary_for("dec2.0").mean_ds
+    assert ref.summary_for("dec2.0").argmax_ds > dflt.summary_for("dec2.0").argmax_ds
 
 
 # ------------------------------------------------------------- permutation test
@@ -264,5 +264,5 @@ def test_dissection_on_real_nyu(tmp_path: Path) -> None:
     total = sum(int(ds[i]["valid"].sum()) for i in range(len(ds)))
     assert int(counts.sum()) == total
     assert res.data["splits"]["test"]["dec3"]["num_images"] == len(ds)
-    assert 0.0 <= res.summary_for("dec3").mean_ds <= 1.0
+    assert 0.0 <= res.summary_for("dec3").argmax_ds <= 1.0
     assert res.plot(tmp_path, units=[1])

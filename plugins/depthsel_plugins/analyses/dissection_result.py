@@ -154,8 +154,8 @@ class DissectionResult(Result):
         return out
 
     def summary(self) -> dict[str, Any]:
-        """Preset and, per split and layer, mean DS, target DS, peak-on-target and dead units."""
-        keys = ("mean_ds", "mean_target_ds", "peak_on_target", "dead_units", "frac_significant")
+        """Preset and, per split and layer, argmax DS, target DS, peak-on-target and dead units."""
+        keys = ("argmax_ds", "target_ds", "peak_on_target", "dead_units", "frac_significant")
         return {
             "kind": self.kind, "preset": self.preset,
             "splits": {s: {layer: {k: v.get(k) for k in keys} for layer, v in d.items()}

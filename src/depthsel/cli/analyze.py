@@ -107,6 +107,7 @@ def run_analysis(
     if not layer_list and not built.info.suggested_layers:
         hint = f"depthsel layers {model}" + (f" --model-config '{model_config}'" if model_config else "")
         raise CliError(f"model {model!r} suggests no layers; pass --layers (list them with `{hint}`)")
+    _probe_forward(built, dataset, device, model)
     describe = getattr(dataset, "describe", None)
     if callable(describe):
         message(f"data: {describe()}", style="dim")
@@ -130,6 +131,41 @@ def run_analysis(
     })
     directory = result.save(out)
     return result, Path(directory)
+
+
+def _probe_forward(built: Any, dataset: Any, device: str, model: str) -> None:
+    """Run the model once on the first sample, so a bad input size is one line, not a traceback."""
+    import torch
+
+    from ..data import collate
+
+    info = built.info
+    try:
+        batch = collate([dataset[0]])
+    except Exception as exc:  # noqa: BLE001 - a dataset that cannot load its first item
+        raise CliError(f"cannot read the first sample of the data ({type(exc).__name__}: {exc})") from exc
+    h, w = (int(s) for s in batch["image"].shape[-2:])
+    mult = max(1, int(info.input_multiple))
+    if h % mult or w % mult:
+        raise CliError(f"{model!r} needs input sides that are multiples of {mult}, but the data gives "
+                       f"{h}x{w}; resize it, e.g. --data-set 'size=[{h // mult * mult or mult},"
+                       f"{w // mult * mult or mult}]'")
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    was = built.model.training
+    built.model.eval()
+    try:
+        with torch.no_grad():
+            info.predict(built.model, batch)
+    except DepthselError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, KeyError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CliError(
+            f"{model!r} failed on a {h}x{w} input from the data ({type(exc).__name__}: {first}); "
+            "check the input size (--data-set 'size=[H,W]'), --model-config and --weights"
+        ) from exc
+    finally:
+        built.model.train(was)
 
 
 def _trained_options(name: str, weights: Path | None, explicit: dict[str, Any]) -> dict[str, Any]:

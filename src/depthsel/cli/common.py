@@ -207,7 +207,8 @@ class BuiltModel:
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable provenance for run configs and reports."""
-        return {"name": self.name, "config": self.config, "weights": self.weights}
+        return {"name": self.name, "config": self.config, "weights": self.weights,
+                "normalization": self.info.normalization}
 
 
 def build_model(

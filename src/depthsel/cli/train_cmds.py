@@ -92,7 +92,8 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @handle_errors
     def train(
-        model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")],
+        model: Annotated[str, typer.Option("--model", "-m", help="Registered model name, or "
+                         "package.module:Factory or path/to/file.py:Factory.")],
         data: Annotated[str, typer.Option("--data", "-d", help="DATASPEC, e.g. synthetic or folder:PATH.")],
         name: Annotated[str, typer.Option("--name", help="Run name: weights and history go to OUT/NAME.")] = "run",
         out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of the run directory.")] = Path("runs"),
@@ -114,7 +115,10 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from OUT/NAME's checkpoint if present.")] = True,
         seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-        amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
+        amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: float16 on CUDA, bfloat16 on CPU.")] = False,
+        normalization: Annotated[str | None, typer.Option("--normalization", metavar="imagenet|unit",
+                                 help="Input normalisation of the model (default: the model's own); "
+                                 "recorded with the weights.")] = None,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Train a model with (or without) the selectivity term; resumable."""
@@ -124,7 +128,8 @@ def register(app: typer.Typer) -> None:
             binner_cfg = json.loads(binner)
         except json.JSONDecodeError as exc:
             raise CliError(f"--binner is not valid JSON ({exc}); e.g. '{{\"name\": \"sid\", \"num_bins\": 64}}'") from exc
-        built = build_model(model, config=parse_model_config(model_config, width), device=device)
+        built = build_model(model, config=parse_model_config(model_config, width), device=device,
+                            normalization=normalization)
         dataset = build_dataset(data, **parse_settings(data_set))
         sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
                                 weight=weight, objective_options={"liveness": liveness}) if weight else None
@@ -137,7 +142,7 @@ def register(app: typer.Typer) -> None:
             raise DepthselError(f"training failed on bad configuration: {exc}") from exc
         last = history["steps"][-1] if history["steps"] else {}
         result = {"run_dir": str(cfg.run_dir), "steps": last.get("step", 0), "loss": last.get("loss"),
-                  "ds": last.get("ds")}
+                  "target_ds": last.get("target_ds"), "argmax_ds": last.get("argmax_ds")}
         if fmt == OutputFormat.json:
             emit_json(result)
         else:
