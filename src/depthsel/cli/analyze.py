@@ -40,7 +40,7 @@ TokensOpt = Annotated[list[str] | None, typer.Option("--tokens", metavar="LAYER[
 DataOpt = Annotated[str, typer.Option("--data", "-d",
                     help="DATASPEC: NAME or NAME:PATH, e.g. synthetic or folder:../shared/data/nyu2_mini_test.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Directory the result is saved to.")]
-LayersOpt = Annotated[list[str] | None, typer.Option("--layers", "-l",
+LayersOpt = Annotated[list[str] | None, typer.Option("--layers", "-l", metavar="LAYER",
                       help="Layer names or globs; repeat or comma-separate. Default: the model's suggested layers.")]
 ModelConfigOpt = Annotated[str | None, typer.Option("--model-config",
                            help="Model factory options as a JSON object or JSON file.")]
@@ -49,13 +49,14 @@ WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w",
                        help="Checkpoint to load (.safetensors, or .pth with weights only).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle",
                      help="Allow unpickling the checkpoint: runs code from the file. Only for files you trust.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s",
-                   help="Analyzer option key=value (JSON values); repeatable.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
+                   help="Analyzer option, a JSON value (a bare word is a string); dotted keys nest; "
+                   "repeatable. The keys are listed at the end of this help.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device, e.g. cpu or cuda:0.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for model initialisation and the analysis.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Use only the first N samples.")]
-DataSetOpt = Annotated[list[str] | None, typer.Option("--data-set",
+DataSetOpt = Annotated[list[str] | None, typer.Option("--data-set", metavar="KEY=VALUE",
                        help="Dataset option key=value (JSON values), e.g. size=[96,128]; repeatable.")]
 
 
@@ -269,7 +270,49 @@ def dissect(
     _print_result(result, directory, fmt)
 
 
+def analyzer_options(names: list[str] | None = None) -> list[tuple[str, str]]:
+    """``(analyzer, "key=default, ...")`` for each registered analyzer: its ``--set`` keys."""
+    import inspect
+
+    from ..registry import get_plugin_manager
+
+    out: list[tuple[str, str]] = []
+    for name, entry in sorted(get_plugin_manager().entries("analyzers").items()):
+        if names is not None and name not in names:
+            continue
+        try:
+            params = inspect.signature(entry.factory).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        keys = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+        out.append((name, ", ".join(keys) or "(none)"))
+    return out
+
+
+class _AnalyzerHelp(typer.core.TyperCommand):
+    """A command whose help ends with the --set keys of its analyzers, read from the registry.
+
+    Computed when help is shown, so listing plugins costs nothing on other calls.
+    """
+
+    analyzers: list[str] | None = None
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        try:
+            lines = [f"{name}: {keys}" for name, keys in analyzer_options(self.analyzers)]
+        except DepthselError:
+            lines = []
+        if lines:
+            self.epilog = "--set keys (key=default):\n\n" + "\n\n".join(lines)
+        super().format_help(ctx, formatter)
+
+
+class _DissectHelp(_AnalyzerHelp):
+    analyzers = ["dissection"]
+
+
 def register(app: typer.Typer) -> None:
     """Add ``analyze`` and ``dissect`` to ``app``."""
-    app.command("analyze")(analyze)
-    app.command("dissect")(dissect)
+    app.command("analyze", cls=_AnalyzerHelp)(analyze)
+    app.command("dissect", cls=_DissectHelp)(dissect)

@@ -26,7 +26,7 @@ __all__ = ["register"]
 def layers(
     model: Annotated[str, typer.Argument(help="Registered model name (`depthsel models`), or "
                      "package.module:Factory or path/to/file.py:Factory.")],
-    pattern: Annotated[list[str] | None, typer.Option("--pattern", "-p",
+    pattern: Annotated[list[str] | None, typer.Option("--pattern", "-p", metavar="GLOB",
                        help="Only modules whose name matches this glob, e.g. 'decode*'; repeatable "
                        "(a module matching any pattern is listed).")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", metavar="HxW",

@@ -104,13 +104,46 @@ def emit_table(
         console.print(empty)
         return
     table = Table(title=title, show_lines=False, header_style="bold")
+    columns = _fitting_columns(rows, list(columns), console.width)
+    cells = [[_cell(row.get(col, "")) for col in columns] for row in rows]
     for i, col in enumerate(columns):
-        # Names are what users copy into other commands: never fold them.
+        header = col.replace("_", " ")
+        # Names are what users copy into other commands: never fold them. Other
+        # columns wrap between words only: a column is at least as wide as its
+        # longest word, so neither "descriptio|n" nor "decode_conv|1" can happen.
         keep = i == 0 or col in ("plugin", "name")
-        table.add_column(col.replace("_", " "), overflow="fold", no_wrap=keep)
-    for row in rows:
-        table.add_row(*(_cell(row.get(col, "")) for col in columns))
+        longest = max([len(w) for w in header.split()] + [len(w) for r in cells for w in r[i].split()])
+        table.add_column(header, overflow="fold", no_wrap=keep, min_width=min(longest, 40))
+    for row_cells in cells:
+        table.add_row(*row_cells)
     console.print(table)
+
+
+#: Columns left out of a table that does not fit the terminal (``--format json`` keeps them).
+OPTIONAL_COLUMNS = ("plugin", "source")
+
+
+def _fitting_columns(rows: Sequence[Mapping[str, Any]], columns: list[str], width: int) -> list[str]:
+    """Drop optional columns, last first, while the table cannot fit ``width`` without breaking words."""
+
+    def needed(cols: list[str]) -> int:
+        total = 1
+        for i, col in enumerate(cols):
+            texts = [_cell(r.get(col, "")) for r in rows]
+            if i == 0 or col in ("plugin", "name"):
+                w = max([len(col)] + [len(t) for t in texts])
+            else:
+                w = max([len(x) for x in col.replace("_", " ").split()] + [len(x) for t in texts for x in t.split()])
+            total += w + 3
+        return total
+
+    cols = list(columns)
+    for col in reversed(OPTIONAL_COLUMNS):
+        if needed(cols) <= width:
+            break
+        if col in cols[1:]:
+            cols.remove(col)
+    return cols
 
 
 def _cell(value: Any) -> str:
