@@ -214,7 +214,8 @@ class Capture:
             if not isinstance(out, torch.Tensor) or out.ndim != 4:
                 raise ActivationShapeError(
                     f"layer {name!r} produced {getattr(out, 'shape', type(out).__name__)}, not "
-                    "[B, K, h, w]; pass adapters={name: depthsel.TokenGridAdapter(...)} or hook a "
+                    "[B, K, h, w]; pass adapters={name: depthsel.TokenGridAdapter(...)} (CLI: --tokens "
+                    "LAYER:grid=HxW:skip=N) or hook a "
                     "layer with a spatial output"
                 )
             if self.detach:

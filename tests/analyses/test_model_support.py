@@ -115,3 +115,18 @@ def test_transposed_grid_is_refused() -> None:
     TokenGridAdapter((4, 8)).check_grid((16, 32))
     with pytest.raises(ActivationShapeError, match=r"grid=\(4, 8\)"):
         TokenGridAdapter((8, 4)).check_grid((16, 32))
+
+
+def test_transposed_grid_is_refused_during_capture(vit: Any) -> None:
+    torch.manual_seed(0)
+    model = vit.TinyDPT(image_size=(32, 64))  # an 8x16 patch grid
+    h, w = model.grid
+    from depthsel import Capture
+
+    with Capture(model, ["blocks.1"], adapters={"blocks.1": TokenGridAdapter((h, w), skip_tokens=1)}) as cap:
+        model(torch.rand(1, 3, 32, 64))
+    assert cap.outputs["blocks.1"].shape[-2:] == (h, w)
+    with pytest.raises(ActivationShapeError, match=rf"grid=\({h}, {w}\)"):
+        with Capture(model, ["blocks.1"], adapters={"blocks.1": TokenGridAdapter((w, h), skip_tokens=1)}):
+            model(torch.rand(1, 3, 32, 64))
+    assert_no_hooks(model)

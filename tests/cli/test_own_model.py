@@ -124,3 +124,38 @@ def test_normalization_is_recorded_or_warned_once(runner, tmp_path: Path) -> Non
             info.normalize(ToyDepthDataset(1)[0]["image"][None])
     unstated = [w for w in caught if issubclass(w.category, zoo.UnstatedNormalizationWarning)]
     assert len(unstated) == 1 and "normalization=" in str(unstated[0].message)
+
+
+def test_token_layers_from_the_command_line(runner, tmp_path: Path) -> None:
+    vit = str(ROOT / "examples" / "vit_adapter.py") + ":TinyDPT"
+    base = ["dissect", "--model", vit, *DATA, "--layers", "blocks.1", "--normalization", "unit",
+            "--set", "permutations=0"]
+    res = invoke(runner, [*base, "--tokens", "blocks.1:grid=8x8:skip=1", "--out", tmp_path / "t"])
+    assert res.exit_code == 0, res.stderr
+    result = json.loads((tmp_path / "t" / "result.json").read_text())
+    assert result["data"]["layers"] == ["blocks.1"]
+    _error_line(invoke(runner, [*base, "--out", tmp_path / "u"]), "--tokens")
+    _error_line(invoke(runner, [*base, "--tokens", "blocks.1:grid=8x8:skp=1", "--out", tmp_path / "v"]),
+                "grid=HxW or skip=N")
+
+
+def _error_line(res, needle: str) -> None:
+    # Progress notes ("data: ...") may come first on stderr; the error itself is one line.
+    assert res.exit_code == 1, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and needle in last, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("analyzer, figure", [("dissection", "test_up1_heatmap.png"),
+                                              ("correction", "correction.png"),
+                                              ("ablation", "ablation_up1.png")])
+def test_every_analyzer_writes_its_figures_from_the_cli(runner, tmp_path: Path, analyzer: str,
+                                                        figure: str) -> None:
+    extra = {"dissection": ["--set", "permutations=0"], "correction": [],
+             "ablation": ["--set", "step=4", "--set", "seeds=1"]}[analyzer]
+    res = invoke(runner, ["analyze", analyzer, "--model", UNET, "--model-config", '{"base": 4}', *DATA,
+                          "--limit", "4", "--layers", "up1", *extra, "--out", tmp_path / "r"])
+    assert res.exit_code == 0, res.stderr
+    png = tmp_path / "r" / "figures" / figure
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"

@@ -33,6 +33,7 @@ from depthsel.errors import DepthselError
 from depthsel.results import Result, provenance
 
 from .dissection_result import DissectionResult
+from .figures import pyplot, save_figure
 from .interventions import TensorFn, evaluate, load_or_dissect
 
 __all__ = ["CorrectionAnalyzer", "CorrectionResult", "correct_activations", "nearest_bins",
@@ -99,6 +100,26 @@ class CorrectionResult(Result):
         for cond, m in self.data.get("corrected", {}).items():
             out.append({"condition": cond, **{k: m.get(k) for k in _KEYS}})
         return out
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """One bar chart per metric (δ1, RMSE, AbsRel): clean beside each corrected condition."""
+        plt = pyplot()
+        rows = self.rows()
+        labels = [str(r["condition"]) for r in rows]
+        fig, axes = plt.subplots(1, len(_KEYS), figsize=(3.2 * len(_KEYS), 3.0))
+        titles = {"delta1": "δ1 (higher is better)", "rmse": "RMSE, m (lower is better)",
+                  "abs_rel": "AbsRel (lower is better)"}
+        for ax, key in zip(axes, _KEYS):
+            values = [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
+            colors = ["tab:gray"] + ["tab:orange"] * (len(rows) - 1)
+            ax.bar(range(len(rows)), values, color=colors)
+            ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+            ax.set_title(titles[key], fontsize=9)
+            for i, v in enumerate(values):
+                ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
+        fig.suptitle("ORACLE correction (uses ground-truth depth)", fontsize=9)
+        fig.tight_layout()
+        return [save_figure(fig, Path(out_dir) / "correction.png")]
 
     def summary(self) -> dict[str, Any]:
         """Oracle flag, clean and corrected δ1/RMSE/AbsRel."""

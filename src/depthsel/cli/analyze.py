@@ -130,8 +130,31 @@ def run_analysis(
         "device": device,
         "seed": seed,
     })
-    directory = result.save(out)
-    return result, Path(directory)
+    directory = Path(result.save(out))
+    _write_figures(result, directory)
+    return result, directory
+
+
+def _write_figures(result: Any, directory: Path) -> list[Path]:
+    """Every analyzer's figures from the CLI too: ``result.plot(out_dir)`` into ``DIR/figures``.
+
+    Results whose ``save`` already draws their figure (adversarial, masks) have a
+    differently shaped ``plot`` and are left as they are.
+    """
+    import inspect
+
+    plot = getattr(result, "plot", None)
+    if not callable(plot):
+        return []
+    try:
+        params = list(inspect.signature(plot).parameters)
+    except (TypeError, ValueError):
+        return []
+    if not params or params[0] != "out_dir":
+        return []
+    paths = plot(directory / "figures")
+    message(f"figures in {directory / 'figures'}", style="dim")
+    return list(paths or [])
 
 
 def _probe_forward(built: Any, dataset: Any, device: str, model: str) -> None:
