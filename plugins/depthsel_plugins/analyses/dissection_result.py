@@ -180,7 +180,8 @@ class DissectionResult(Result):
             k = int(self.get(layer, "ds", split).numel())
             chosen = units if units is not None else sorted({0, k // 3, (2 * k) // 3, k - 1})
             for u in chosen:
-                paths.append(plot_response_curve(self, layer, u, out / f"{split}_{safe}_unit{u}.png",
+                # Zero-padded so files sort in unit order (unit005 before unit010).
+                paths.append(plot_response_curve(self, layer, u, out / f"{split}_{safe}_unit{u:03d}.png",
                                                  split=split))
         return paths
 
