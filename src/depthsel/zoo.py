@@ -88,7 +88,7 @@ class ModelInfo:
 
     input_size: tuple[int, int]
     output_stride: int = 1
-    normalization: str | None = "imagenet"
+    normalization: str | None = None
     suggested_layers: tuple[str, ...] = ()
     layer_units: Mapping[str, int] = field(default_factory=dict)
     depth_presets: Mapping[str, float] = field(
