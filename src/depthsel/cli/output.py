@@ -106,17 +106,41 @@ def emit_table(
     table = Table(title=title, show_lines=False, header_style="bold")
     columns = _fitting_columns(rows, list(columns), console.width)
     cells = [[_cell(row.get(col, "")) for col in columns] for row in rows]
-    for i, col in enumerate(columns):
-        header = col.replace("_", " ")
+    headers = [col.replace("_", " ") for col in columns]
+    widths = _column_widths(headers, cells, [i == 0 or c in ("plugin", "name") for i, c in enumerate(columns)],
+                            console.width)
+    for i, header in enumerate(headers):
         # Names are what users copy into other commands: never fold them. Other
-        # columns wrap between words only: a column is at least as wide as its
-        # longest word, so neither "descriptio|n" nor "decode_conv|1" can happen.
-        keep = i == 0 or col in ("plugin", "name")
-        longest = max([len(w) for w in header.split()] + [len(w) for r in cells for w in r[i].split()])
-        table.add_column(header, overflow="fold", no_wrap=keep, min_width=min(longest, 40))
+        # columns wrap between words only: each is at least as wide as its longest
+        # word, so neither "descriptio|n" nor "decode_conv|1" can happen.
+        keep = i == 0 or columns[i] in ("plugin", "name")
+        table.add_column(header, overflow="fold", no_wrap=keep, width=widths[i])
     for row_cells in cells:
         table.add_row(*row_cells)
     console.print(table)
+
+
+def _column_widths(headers: list[str], cells: list[list[str]], keep: list[bool], width: int) -> list[int | None]:
+    """Fixed column widths when the natural table is wider than ``width``, else ``None`` (Rich decides).
+
+    Each column gets its longest word (its whole text when it must not wrap), then the
+    room left is shared in proportion to how much wider each column would like to be.
+    """
+    natural, minimal = [], []
+    for i, header in enumerate(headers):
+        texts = [header] + [r[i] for r in cells]
+        full = max(len(line) for t in texts for line in (t.splitlines() or [""]))
+        word = full if keep[i] else max([len(w) for t in texts for w in t.split()] or [1])
+        natural.append(full)
+        minimal.append(min(word, 40) if not keep[i] else full)
+    pad = 3 * len(headers) + 1
+    if sum(natural) + pad <= width:
+        return [None] * len(headers)
+    room = max(0, width - pad - sum(minimal))
+    want = [n - m for n, m in zip(natural, minimal)]
+    total = sum(want) or 1
+    out = [m + (room * w) // total for m, w in zip(minimal, want)]
+    return list(out)
 
 
 #: Columns left out of a table that does not fit the terminal (``--format json`` keeps them).
