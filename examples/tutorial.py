@@ -49,7 +49,7 @@ def _data(size: tuple[int, int], train: int, test: int) -> tuple[Any, Any]:
 
 
 def _train(label: str, weight: float, train_set: Any, runs: Path, epochs: int, base: int,
-           num_bins: int) -> Path:
+           num_bins: int, resume: bool = False) -> Path:
     torch.manual_seed(0)  # both twins start from the same weights
     model = UNet(base=base)
     sel = SelectivityConfig(layers=[LAYER], binner={"name": "sid", "num_bins": num_bins},
@@ -57,13 +57,14 @@ def _train(label: str, weight: float, train_set: Any, runs: Path, epochs: int, b
                             objective_options={"liveness": 1.0}) if weight else None
     cfg = TrainConfig(name=label, out_dir=str(runs), epochs=epochs, batch_size=8, lr=3e-3,
                       selectivity=sel, checkpoint_every=10_000)
-    Trainer(model, DEPTHSEL_INFO, train_set, cfg).fit(resume=False)
+    # resume=True continues (or, when finished, just reloads) a run left in `runs`.
+    Trainer(model, DEPTHSEL_INFO, train_set, cfg).fit(resume=resume)
     return cfg.run_dir
 
 
 def run_tutorial(out: str | Path, *, size: tuple[int, int] = (64, 64), train: int = 96, test: int = 24,
                  epochs: int = 30, base: int = 8, num_bins: int = 16,
-                 runs: str | Path | None = None) -> dict[str, Any]:
+                 runs: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run every step and write the figures to ``out`` (training runs to ``runs``, default ``out/runs``)."""
     out = Path(out)
     runs_dir = Path(runs) if runs is not None else out / "runs"
@@ -80,8 +81,8 @@ def run_tutorial(out: str | Path, *, size: tuple[int, int] = (64, 64), train: in
                                  binner={"name": "sid", "num_bins": num_bins})
 
     # 3. Train a baseline and its interpretable twin.
-    runs = {"baseline": _train("baseline", 0.0, train_set, runs_dir, epochs, base, num_bins),
-            "interpretable": _train("interpretable", 1.0, train_set, runs_dir, epochs, base, num_bins)}
+    runs = {label: _train(label, weight, train_set, runs_dir, epochs, base, num_bins, resume)
+            for label, weight in (("baseline", 0.0), ("interpretable", 1.0))}
 
     # 4. Dissect both with exactly the binning the interpretable run saved.
     summary: dict[str, Any] = {"untrained": untrained.summary()["splits"]["test"][LAYER]}
@@ -109,9 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="docs/img/tutorial", help="folder for figures and summary.json")
     parser.add_argument("--runs", default=None, help="folder for the two training runs (default: OUT/runs)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long run (what the tests do)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse finished runs in --runs (redraw figures without retraining)")
     args = parser.parse_args(argv)
     kwargs: dict[str, Any] = {"size": (32, 32), "train": 16, "test": 4, "epochs": 1, "base": 4} if args.tiny else {}
     kwargs["runs"] = args.runs
+    kwargs["resume"] = args.resume
     summary = run_tutorial(args.out, **kwargs)
     for label in ("untrained", "baseline", "interpretable"):
         s = summary[label]

@@ -149,9 +149,9 @@ def parse_value(text: str, key: str = "value") -> Any:
 def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
     """Turn ``["num_bins=32", "above_range=first_bin"]`` into keyword configuration.
 
-    Values are read as JSON when they parse (``32``, ``true``, ``[1, 2]``) and
-    as strings otherwise. Dotted keys nest: ``binner.num_bins=32`` gives
-    ``{"binner": {"num_bins": 32}}``.
+    Values are JSON (``32``, ``true``, ``[1, 2]``); a bare word is a string and
+    anything else is an error (see :func:`parse_value`). Dotted keys nest:
+    ``binner.num_bins=32`` gives ``{"binner": {"num_bins": 32}}``.
     """
     out: dict[str, Any] = {}
     for item in items or ():
