@@ -86,3 +86,11 @@ def test_fewer_units_than_bins_needs_a_stated_choice(data) -> None:
 def test_bad_data_is_a_clear_error() -> None:
     with pytest.raises(depthsel.DepthselError, match=r"\[N, H, W\]"):
         depthsel.dissect(_unet(), (torch.rand(2, 3, 8, 8), torch.rand(3, 8, 8)), layers="up1")
+
+
+def test_layer_not_found_hint_works_for_unregistered_models() -> None:
+    with pytest.raises(LayerNotFoundError) as info:
+        depthsel.dissect(_unet(), toy_batch(batch=1, size=(16, 16)), layers="upp1", normalization="unit")
+    msg = str(info.value)
+    assert "up1" in msg  # the closest real name
+    assert "depthsel.layers(model, input_size)" in msg and "path/to/file.py:Factory" in msg
