@@ -25,6 +25,22 @@ def test_figures_sort_in_unit_order_and_dead_units_are_marked(tmp_path: Path) ->
     paths = res.plot(tmp_path, units=[2, 10, 5])
     names = sorted(p.name for p in paths if "unit" in p.name)
     assert names == ["test_dec2_unit002.png", "test_dec2_unit005.png", "test_dec2_unit010.png"]
+    # A dead unit's curve says it is dead instead of showing a flat line as if measured.
+    from depthsel_plugins.analyses import dissection_plots
+
+    titles: list[str] = []
+    original = dissection_plots.save_figure
+
+    def spy(fig, path, **kw):  # record the title before the figure is closed
+        titles.append(fig.axes[0].get_title())
+        return original(fig, path, **kw)
+
+    dissection_plots.save_figure = spy
+    try:
+        res.plot(tmp_path / "curves", units=[0, 5])
+    finally:
+        dissection_plots.save_figure = original
+    assert "DEAD" in titles[1] and "DEAD" not in titles[2] and "DS=" in titles[2]
     plt = pyplot()
     fig, ax = plt.subplots()
     ax.imshow(torch.zeros(16, 4).numpy())

@@ -44,13 +44,17 @@ def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_pat
     ds = float(result.get(layer, "ds", split)[unit])
     asg = int(result.get(layer, "assigned", split)[unit])
     amax = int(result.get(layer, "argmax_bin", split)[unit])
+    dead = bool(result.get(layer, "dead", split)[unit])
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(centres, y, "-", color="tab:blue", lw=1.2)
-    ax.plot(centres[amax], y[amax], "o", color="tab:red", label=f"argmax bin {amax}")
+    ax.plot(centres, y, "-", color="tab:gray" if dead else "tab:blue", lw=1.2)
+    if not dead:
+        ax.plot(centres[amax], y[amax], "o", color="tab:red", label=f"argmax bin {amax}")
     ax.axvline(centres[asg], ls="--", color="tab:green", label=f"assigned bin {asg}")
     ax.set_xlabel("depth (m, bin centre)")
     ax.set_ylabel("average response R")
-    ax.set_title(f"{layer} unit {unit}  DS={ds:.3f}")
+    # A dead unit's flat line is not a measurement of selectivity: say so in the title.
+    ax.set_title(f"{layer} unit {unit}  " + ("DEAD: never active on a valid pixel" if dead else f"DS={ds:.3f}"),
+                 color="tab:red" if dead else "black")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out_path)
