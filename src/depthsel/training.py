@@ -182,10 +182,13 @@ class Trainer:
         The run configuration.
     eval_set
         Optional held-out dataset evaluated after every epoch.
+    adapters
+        ``{layer: TokenGridAdapter(...)}`` for layers that output tokens (passed to
+        the regularizer; not saved in ``config.json``).
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, train_set: Dataset[Any], config: TrainConfig,
-                 eval_set: Dataset[Any] | None = None) -> None:
+                 eval_set: Dataset[Any] | None = None, adapters: Mapping[str, Any] | None = None) -> None:
         self.model, self.info, self.cfg = model, info, config
         if config.normalization is None:
             config.normalization = info.resolved_normalization
@@ -213,7 +216,7 @@ class Trainer:
             self.reg = SelectivityRegularizer(model, layers, dict(sel.binner), objective=sel.objective,
                                               weight=sel.weight, fit_bins_to_units=sel.fit_bins_to_units,
                                               preset=sel.preset, assignment=assignment,
-                                              objective_options=sel.objective_options)
+                                              objective_options=sel.objective_options, adapters=adapters)
         self.step = 0
         self.history: dict[str, list[dict[str, Any]]] = {"steps": [], "epochs": []}
 

@@ -135,6 +135,12 @@ def test_token_layers_from_the_command_line(runner, tmp_path: Path) -> None:
     result = json.loads((tmp_path / "t" / "result.json").read_text())
     assert result["data"]["layers"] == ["blocks.1"]
     _error_line(invoke(runner, [*base, "--out", tmp_path / "u"]), "--tokens")
+    # Training reads token layers the same way.
+    trained = invoke_json(runner, ["train", "--model", vit, *DATA, "--layers", "blocks.1", "--normalization",
+                                   "unit", "--tokens", "blocks.1:grid=8x8:skip=1", "--binner",
+                                   '{"name": "sid", "num_bins": 4}', "--epochs", "1", "--batch-size", "4",
+                                   "--out", tmp_path, "--name", "vit"])
+    assert trained["steps"] == 2 and trained["target_ds"] == trained["target_ds"]
     _error_line(invoke(runner, [*base, "--tokens", "blocks.1:grid=8x8:skp=1", "--out", tmp_path / "v"]),
                 "grid=HxW or skip=N")
 

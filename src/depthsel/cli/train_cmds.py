@@ -9,7 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import DepthselError
-from .common import build_dataset, build_model, parse_dataspec, parse_model_config, parse_settings, split_layers
+from .common import (
+    build_dataset,
+    build_model,
+    parse_dataspec,
+    parse_model_config,
+    parse_settings,
+    parse_tokens,
+    split_layers,
+)
 from .errors import CliError, handle_errors
 from .output import FormatOption, OutputFormat, emit, emit_json, message
 
@@ -116,6 +124,9 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: float16 on CUDA, bfloat16 on CPU.")] = False,
+        tokens: Annotated[list[str] | None, typer.Option("--tokens", metavar="LAYER[:grid=HxW][:skip=N]",
+                          help="Token layer [B, N, C] read as a grid, e.g. blocks.11:grid=14x14:skip=1; "
+                          "repeatable.")] = None,
         normalization: Annotated[str | None, typer.Option("--normalization", metavar="imagenet|unit",
                                  help="Input normalisation of the model (default: the model's own); "
                                  "recorded with the weights.")] = None,
@@ -137,7 +148,7 @@ def register(app: typer.Typer) -> None:
                           lr=lr, loss=loss, schedule=schedule, seed=seed, device=device, amp=amp,
                           checkpoint_every=checkpoint_every, selectivity=sel)
         try:
-            history = Trainer(built.model, built.info, dataset, cfg).fit(resume=resume)
+            history = Trainer(built.model, built.info, dataset, cfg, adapters=parse_tokens(tokens)).fit(resume=resume)
         except (KeyError, ValueError) as exc:
             raise DepthselError(f"training failed on bad configuration: {exc}") from exc
         last = history["steps"][-1] if history["steps"] else {}
