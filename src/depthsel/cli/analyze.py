@@ -104,7 +104,7 @@ def run_analysis(
     torch.manual_seed(seed)
     built = build_model(model, config=parse_model_config(model_config, width), weights=weights,
                         trust_pickle=trust_pickle, device=device, normalization=normalization)
-    dataset = build_dataset(data, limit=limit, **parse_settings(data_settings))
+    dataset = build_dataset(data, limit=limit, **parse_settings(data_settings, "--data-set"))
     if not layer_list and not built.info.suggested_layers:
         hint = f"depthsel layers {model}" + (f" --model-config '{model_config}'" if model_config else "")
         raise CliError(f"model {model!r} suggests no layers; pass --layers (list them with `{hint}`)")

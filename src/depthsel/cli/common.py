@@ -126,10 +126,10 @@ def build_dataset(spec: str | DataSpec, *, limit: int | None = None, **config: A
     return dataset
 
 
-_BARE_WORD = re.compile(r"^[A-Za-z0-9_.~/\\+-][A-Za-z0-9_.~/\\+=-]*$")
+_BARE_WORD = re.compile(r"^[A-Za-z0-9_.~/\\+-][A-Za-z0-9_.~/\\+=:-]*$")
 
 
-def parse_value(text: str, key: str = "value") -> Any:
+def parse_value(text: str, key: str = "value", option: str = "--set") -> Any:
     """Parse a ``--set`` value as JSON; a bare word (``sid``, ``runs/d``) is a string.
 
     Anything else that is not valid JSON is an error: ``{name:sid}`` used to be
@@ -141,12 +141,13 @@ def parse_value(text: str, key: str = "value") -> Any:
         if _BARE_WORD.match(text) and not text[:1].isdigit():
             return text
         raise CliError(
-            f"--set {key}={text} is not valid JSON ({exc.msg} at column {exc.colno}); quote strings "
-            f"and keys as JSON, e.g. --set 'binner={{\"name\": \"sid\", \"num_bins\": 32}}'"
+            f"{option} {key}={text} is not valid JSON ({exc.msg} at column {exc.colno}); quote strings "
+            f"and keys as JSON, e.g. --set 'binner={{\"name\": \"sid\", \"num_bins\": 32}}' "
+            "or --data-set 'size=[96, 128]'"
         ) from None
 
 
-def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
+def parse_settings(items: Sequence[str] | None, option: str = "--set") -> dict[str, Any]:
     """Turn ``["num_bins=32", "above_range=first_bin"]`` into keyword configuration.
 
     Values are JSON (``32``, ``true``, ``[1, 2]``); a bare word is a string and
@@ -158,15 +159,15 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise CliError(f"--set {item!r} is not key=value; e.g. --set num_bins=32")
+            raise CliError(f"{option} {item!r} is not key=value; e.g. {option} num_bins=32")
         target = out
         parts = key.split(".")
         for part in parts[:-1]:
             nxt = target.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise CliError(f"--set {item!r} conflicts with an earlier --set {part}=...")
+                raise CliError(f"{option} {item!r} conflicts with an earlier {option} {part}=...")
             target = nxt
-        target[parts[-1]] = parse_value(value.strip(), key)
+        target[parts[-1]] = parse_value(value.strip(), key, option)
     return out
 
 

@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
             raise CliError(f"--binner is not valid JSON ({exc}); e.g. '{{\"name\": \"sid\", \"num_bins\": 64}}'") from exc
         built = build_model(model, config=parse_model_config(model_config, width), device=device,
                             normalization=normalization)
-        dataset = build_dataset(data, **parse_settings(data_set))
+        dataset = build_dataset(data, **parse_settings(data_set, "--data-set"))
         sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
                                 weight=weight, objective_options={"liveness": liveness}) if weight else None
         cfg = TrainConfig(name=name, out_dir=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
