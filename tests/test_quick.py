@@ -94,3 +94,16 @@ def test_layer_not_found_hint_works_for_unregistered_models() -> None:
     msg = str(info.value)
     assert "up1" in msg  # the closest real name
     assert "depthsel.layers(model, input_size)" in msg and "path/to/file.py:Factory" in msg
+
+
+def test_a_stored_mismatched_dissection_is_refused(data) -> None:
+    # A result as older versions wrote it: bins not fitted, no explicit assignment, K < Nb.
+    model = _unet()
+    binner = {"name": "uniform", "num_bins": 8, "min_depth": 0.0, "max_depth": 10.0}
+    res = depthsel.dissect(model, data, layers="up1", binner=binner, normalization="unit",
+                           fit_bins_to_units=False, assignment={"up1": [0, 1, 2, 3]})
+    res.config["assignment"] = None  # what the old default recorded
+    with pytest.raises(BinCountError, match="bins 0..3 of 8"):
+        depthsel.ablate(model, data, layers="up1", dissection=res, normalization="unit", step=4, seeds=1)
+    res.config["assignment"] = "inline"  # stated explicitly: the user's choice, accepted
+    depthsel.ablate(model, data, layers="up1", dissection=res, normalization="unit", step=4, seeds=1)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from depthsel.analysis import AnalysisContext
 from depthsel.data import collate
-from depthsel.errors import ActivationShapeError, ShapeMismatchError
+from depthsel.errors import ActivationShapeError, BinCountError, ShapeMismatchError
 from depthsel.layers import LayerSelector
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
@@ -139,6 +139,27 @@ def evaluate(
     return metrics.compute()
 
 
+def check_assignment(result: DissectionResult) -> None:
+    """Refuse a dissection whose units were put on bins ``0..K-1`` of ``Nb > K`` bins.
+
+    Results saved before ``fit_bins_to_units`` became the default could hold
+    that silent mismatch (no explicit assignment, bins not fitted): their target
+    DS and peak-on-target do not measure what they say.
+    """
+    if result.config.get("assignment") is not None or result.config.get("fit_bins_to_units", True):
+        return
+    for split in result.splits:
+        for layer in result.layers:
+            k = int(result.get(layer, "assigned", split).numel())
+            nb = result.binner(layer, split).num_bins
+            if k < nb:
+                raise BinCountError(
+                    f"the dissection of {layer!r} ({split}) assigned its {k} units to bins 0..{k - 1} of "
+                    f"{nb}: its target DS does not measure the paper's assignment; dissect again with "
+                    "fit_bins_to_units=true (the default) or an explicit assignment"
+                )
+
+
 def load_or_dissect(ctx: AnalysisContext, path: str | Path | DissectionResult | None,
                     **dissect_config: Any) -> tuple[DissectionResult, str]:
     """A stored dissection (path or object), or a fresh one of ``ctx.dataset``.
@@ -148,10 +169,12 @@ def load_or_dissect(ctx: AnalysisContext, path: str | Path | DissectionResult | 
     very data the analysis then evaluates on.
     """
     if isinstance(path, DissectionResult):
+        check_assignment(path)
         return path, "dissection passed in by the caller"
     if path is not None:
         res = load_result(path, expected=DissectionResult)
         assert isinstance(res, DissectionResult)
+        check_assignment(res)
         return res, f"stored dissection {str(path)!r}"
     msg = ("no dissection given: dissected the evaluation data itself first, so the responses "
            "come from the same images that are evaluated (not a held-out train split)")
