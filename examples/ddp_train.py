@@ -82,7 +82,7 @@ def main() -> None:
         opt.step()
         if rank == 0:
             stats = reg.last_stats()
-            ds = {k: round(v["mean_ds"], 4) for k, v in stats.items() if k != "_total"}
+            ds = {k: round(v["target_ds"], 4) for k, v in stats.items() if k != "_total"}
             print(f"step {step}: task {task.item():.4f}  selectivity loss {sel.item():+.4f}  "
                   f"batch DS {ds}", flush=True)
 

@@ -32,7 +32,7 @@ def main(steps: int = 200, weight: float = 1.0, seed: int = 0) -> dict[str, floa
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        ds = reg.last_stats()["dec3"]["mean_ds"]
+        ds = reg.last_stats()["dec3"]["target_ds"]
         first = ds if step == 0 else first
         last = ds
         if step % 50 == 0 or step == steps - 1:

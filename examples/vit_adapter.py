@@ -142,7 +142,7 @@ def _measure(model: TinyDPT, reg, image: torch.Tensor, depth: torch.Tensor) -> f
         model(image)
         reg.loss(depth)
     model.train()
-    return reg.last_stats()["blocks.1"]["mean_ds"]
+    return reg.last_stats()["blocks.1"]["target_ds"]
 
 
 def train(steps: int = 40, seed: int = 0, weight: float = 1.0,
@@ -150,7 +150,7 @@ def train(steps: int = 40, seed: int = 0, weight: float = 1.0,
     """Train :class:`TinyDPT` with L1 + the selectivity term; return DS before/after.
 
     Uses :func:`depthsel.testing.toy_batch` (32x32 synthetic scenes). The
-    returned dict has ``ds_start``, ``ds_end`` (mean DS of ``blocks.1`` on a
+    returned dict has ``ds_start``, ``ds_end`` (mean target DS of ``blocks.1`` on a
     held-out batch) and ``last_loss``.
     """
     from depthsel.testing import toy_batch
@@ -178,7 +178,7 @@ def main() -> None:
     """Train briefly and print the depth selectivity of ``blocks.1``."""
     torch.set_num_threads(1)
     out = train()
-    print(f"blocks.1 mean DS: {out['ds_start']:.4f} -> {out['ds_end']:.4f} "
+    print(f"blocks.1 target DS: {out['ds_start']:.4f} -> {out['ds_end']:.4f} "
           f"(last loss {out['last_loss']:.4f})")
 
 

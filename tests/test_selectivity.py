@@ -93,5 +93,5 @@ def test_summarize_layer() -> None:
     s = summarize_layer("x", r, torch.tensor([0, 2, 1]))
     assert s.dead_units == 1 and s.dead_unit_indices == [2]
     assert s.peak_on_target == pytest.approx(1 / 3)
-    assert s.mean_ds == pytest.approx((1 + 1 + 0) / 3)
+    assert s.argmax_ds == pytest.approx((1 + 1 + 0) / 3)
     assert s.to_dict()["layer"] == "x"

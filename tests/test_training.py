@@ -71,9 +71,9 @@ def test_deterministic_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
 def test_selectivity_term_is_logged_and_baseline_has_none(tmp_path: Path) -> None:
     torch.manual_seed(0)
     h = Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "sel", epochs=1)).fit(resume=False)
-    assert all("ds" in s for s in h["steps"])
+    assert all("target_ds" in s and "argmax_ds" in s for s in h["steps"])
     h0 = Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "base", epochs=1, selectivity=None)).fit()
-    assert all("ds" not in s for s in h0["steps"])
+    assert all("target_ds" not in s for s in h0["steps"])
 
 
 def test_config_round_trip_and_errors(tmp_path: Path) -> None:

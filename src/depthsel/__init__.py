@@ -33,12 +33,20 @@ from .selectivity import (
     matched_assignment,
     summarize_layer,
 )
+from . import dissect, layers  # callable modules: depthsel.dissect(...), depthsel.layers(...)
+from .layertable import LayerTable
+from .quick import ablate, correct
 from .zoo import ModelInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "LayerTable",
+    "ablate",
+    "correct",
+    "dissect",
+    "layers",
     "BatchStats",
     "Binner",
     "Capture",

@@ -39,6 +39,10 @@ class AnalysisContext:
         Seed for anything random in the analysis.
     progress
         Draw progress bars (``None``: when stderr is a terminal).
+    adapters
+        ``{layer: callable}`` reshaping non-spatial layer outputs to ``[B, K, h, w]``,
+        e.g. ``{"blocks.11": depthsel.TokenGridAdapter(grid=(14, 14), skip_tokens=1)}``
+        for ViT tokens. Every analyzer hooks layers through these.
     extras
         Analyzer-specific inputs (e.g. a stored dissection for correction).
     """
@@ -53,10 +57,14 @@ class AnalysisContext:
     seed: int = 0
     progress: bool | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    adapters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.layers:
             self.layers = list(self.info.suggested_layers)
+        # Older callers passed adapters through extras; there is one place for them now.
+        if "adapters" in self.extras and not self.adapters:
+            self.adapters = dict(self.extras.pop("adapters") or {})
 
     def loader(self, shuffle: bool = False, batch_size: int | None = None) -> DataLoader[Any]:
         """A deterministic DataLoader over the dataset."""

@@ -22,13 +22,26 @@ from torch.utils.hooks import RemovableHandle
 from .errors import ActivationShapeError, CaptureError
 from .layers import LayerSelector, LayerSpec, unwrap_model
 
-__all__ = ["Capture", "RepeatedHookWarning", "TokenGridAdapter", "Adapter", "count_hooks"]
+__all__ = ["Capture", "RepeatedHookWarning", "TokenGridAdapter", "Adapter", "count_hooks",
+           "InplaceModificationError"]
 
 Adapter = Callable[[Any], torch.Tensor]
 
 
 class RepeatedHookWarning(UserWarning):
     """A hooked module ran more than once in one forward pass."""
+
+
+class InplaceModificationError(CaptureError):
+    """A captured activation was changed in place after its module returned it."""
+
+
+def _version(t: torch.Tensor) -> int | None:
+    # Inference-mode tensors have no version counter; they cannot be checked.
+    try:
+        return int(t._version)
+    except (RuntimeError, AttributeError):
+        return None
 
 
 class TokenGridAdapter:
@@ -45,6 +58,39 @@ class TokenGridAdapter:
     def __init__(self, grid: tuple[int, int] | None = None, skip_tokens: int = 0) -> None:
         self.grid = grid
         self.skip_tokens = skip_tokens
+
+    def check_grid(self, image_size: tuple[int, int]) -> None:
+        """Raise if the grid's aspect ratio contradicts the input image's (e.g. a transposed grid)."""
+        if self.grid is None:
+            return
+        h, w = self.grid
+        ih, iw = image_size
+        if h <= 0 or w <= 0 or ih <= 0 or iw <= 0:
+            return
+        # Square patches: h / w must follow H / W; a transposed grid flips it.
+        ratio = (h / w) / (ih / iw)
+        if not 0.8 <= ratio <= 1.25:
+            raise ActivationShapeError(
+                f"TokenGridAdapter grid {h}x{w} (rows x columns) does not match the {ih}x{iw} input "
+                f"image; for square patches use grid=({w}, {h})" if h != w else
+                f"TokenGridAdapter grid {h}x{w} does not match the {ih}x{iw} input image; "
+                "pass grid=(rows, columns) of the patch grid"
+            )
+
+    def inverse(self, grid: torch.Tensor, original: Any) -> Any:
+        """Write a ``[B, C, h, w]`` grid back into the token layout of ``original``.
+
+        Used by interventions (correction, ablation) that replace a layer's output.
+        """
+        tokens = original[0] if isinstance(original, (tuple, list)) else original
+        b, c = grid.shape[:2]
+        patches = grid.reshape(b, c, -1).transpose(1, 2)
+        out = torch.cat([tokens[:, : self.skip_tokens], patches.to(tokens.dtype)], dim=1)
+        if isinstance(original, tuple):
+            return (out, *original[1:])
+        if isinstance(original, list):
+            return [out, *original[1:]]
+        return out
 
     def __call__(self, output: Any) -> torch.Tensor:
         tokens = output[0] if isinstance(output, (tuple, list)) else output
@@ -132,6 +178,8 @@ class Capture:
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._fired: dict[str, int] = {}
+        self._input_hw: tuple[int, int] | None = None
+        self._versions: dict[str, tuple[torch.Tensor, int]] = {}
         self._warned: set[str] = set()
         self._active = False
 
@@ -160,14 +208,22 @@ class Capture:
                     stacklevel=2,
                 )
             out = adapter(output)
+            check = getattr(adapter, "check_grid", None)
+            if callable(check) and self._input_hw is not None:
+                check(self._input_hw)
             if not isinstance(out, torch.Tensor) or out.ndim != 4:
                 raise ActivationShapeError(
                     f"layer {name!r} produced {getattr(out, 'shape', type(out).__name__)}, not "
-                    "[B, K, h, w]; pass adapters={name: depthsel.TokenGridAdapter(...)} or hook a "
+                    "[B, K, h, w]; pass adapters={name: depthsel.TokenGridAdapter(...)} (CLI: --tokens "
+                    "LAYER:grid=HxW:skip=N) or hook a "
                     "layer with a spatial output"
                 )
             if self.detach:
                 out = out.detach()
+            version = _version(out)
+            if version is not None:
+                # detach() shares the version counter, so a later in-place op shows here too.
+                self._versions[name] = (out, version)
             if self.keep:
                 self.outputs[name] = out
             if self.on_output is not None:
@@ -175,14 +231,38 @@ class Capture:
 
         return hook
 
-    def _reset_forward(self, *_args: Any) -> None:
-        # A new forward of the root model starts: reset per-forward fire counts.
+    def _reset_forward(self, _module: Any = None, args: Any = (), *_rest: Any) -> None:
+        # A new forward of the root model starts: reset per-forward fire counts, and note
+        # the image size so token grids can be checked against it.
         self._fired.clear()
+        self._versions.clear()
+        first = args[0] if isinstance(args, tuple) and args else None
+        if isinstance(first, torch.Tensor) and first.ndim == 4:
+            self._input_hw = (int(first.shape[-2]), int(first.shape[-1]))
+
+    def _check_inplace(self, *_args: Any) -> None:
+        # The root forward returned: a captured tensor whose version moved was
+        # overwritten by a later in-place op (e.g. ReLU(inplace=True) after a hooked
+        # BatchNorm), so what was kept is no longer what the module produced.
+        versions, self._versions = self._versions, {}
+        for name, (tensor, version) in versions.items():
+            now = _version(tensor)
+            if now is not None and now != version:
+                module = self.modules.get(name)
+                kind = type(module).__name__ if module is not None else "module"
+                self.outputs = {}
+                raise InplaceModificationError(
+                    f"the output of layer {name!r} ({kind}) was modified in place after it was "
+                    "captured (e.g. by a following ReLU(inplace=True) or `x += ...`), so the "
+                    "captured values are not the layer's output; make that op out-of-place "
+                    "(inplace=False), or hook the module that does the in-place op instead"
+                )
 
     def clear(self) -> None:
         """Drop captured outputs (frees their memory and graph)."""
         self.outputs = {}
         self._fired.clear()
+        self._versions.clear()
 
     def __enter__(self) -> "Capture":
         if self._active:
@@ -194,6 +274,9 @@ class Capture:
                 self._handles.append(self.model.register_forward_pre_hook(self._reset_forward))
             for name, module in self.modules.items():
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
+            self._handles.append(root.register_forward_hook(self._check_inplace))
+            if root is not self.model:
+                self._handles.append(self.model.register_forward_hook(self._check_inplace))
         except BaseException:
             self._remove()
             raise

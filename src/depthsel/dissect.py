@@ -12,6 +12,9 @@ single-process result whatever the world size.
 
 from __future__ import annotations
 
+import sys as _sys
+import types as _types
+
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -280,3 +283,19 @@ def collect_responses(
             acc.sync()
     return ResponseCollection(accumulators=accs, binners=binners, fingerprint=fp, resumed_from=start)
 
+
+class _CallableModule(_types.ModuleType):
+    """``depthsel.dissect`` is both this module and the one-call :func:`depthsel.quick.dissect`.
+
+    The package attribute and the submodule share a name, so the module itself
+    is made callable: ``import depthsel.dissect`` keeps working and
+    ``depthsel.dissect(...)`` runs the one-call function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .quick import dissect as _fn
+
+        return _fn(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

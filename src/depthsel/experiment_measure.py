@@ -65,7 +65,7 @@ def per_image_metrics(model: torch.nn.Module, info: Any, dataset: Dataset[Any], 
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            pred = info.forward(model, batch).float()
+            pred = info.predict(model, batch).float()
             for i in range(pred.shape[0]):
                 one = DepthMetrics(protocol)
                 one.update(pred[i:i + 1], batch["depth"][i:i + 1], batch["valid"][i:i + 1])

@@ -10,6 +10,10 @@ user sees in ``print(model)``.
 
 from __future__ import annotations
 
+import sys as _sys
+import types as _types
+from typing import Any
+
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
@@ -119,8 +123,27 @@ class LayerSelector:
         hint = ", ".join(close) if close else "(the model has no submodules)"
         return (
             f"layer spec {label!r} matched no module; closest names: {hint}. "
-            "Run `depthsel layers MODEL` to list them"
+            "List every layer with depthsel.layers(model, input_size) in Python, or "
+            "`depthsel layers MODEL` where MODEL is a registered name, package.module:Factory "
+            "or path/to/file.py:Factory"
         )
 
     def __repr__(self) -> str:
         return f"LayerSelector({self.items!r})"
+
+
+class _CallableModule(_types.ModuleType):
+    """``depthsel.layers`` is both this module and the one-call :func:`depthsel.layertable.layers`.
+
+    The package attribute and the submodule share a name, so the module itself
+    is made callable: ``import depthsel.layers`` keeps working and
+    ``depthsel.layers(...)`` runs the one-call function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .layertable import layers as _fn
+
+        return _fn(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

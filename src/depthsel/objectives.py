@@ -17,7 +17,7 @@ import torch
 from .errors import ConfigError
 from .selectivity import ABSENT_POLICIES, selectivity_from_stats
 
-__all__ = ["BatchStats", "SelectivityObjective", "ObjectiveOutput"]
+__all__ = ["BatchStats", "SelectivityObjective", "ObjectiveOutput", "batch_selectivity"]
 
 
 @dataclass
@@ -62,11 +62,32 @@ class ObjectiveOutput:
         ds = self.ds.detach()
         d = self.defined
         n = int(d.sum())
-        return {
-            "score": float(self.score.detach()),
-            "mean_ds": float(ds[d].mean()) if n else float("nan"),
-            "units_counted": float(n),
-        }
+        return {"score": float(self.score.detach()), "units_counted": float(n)}
+
+
+@torch.no_grad()
+def batch_selectivity(stats: BatchStats, absent: str = "exclude") -> dict[str, float]:
+    """The batch's ``target_ds``, ``argmax_ds`` and ``peak_on_target`` of one layer (for logging).
+
+    The same three names as a dissection's layer summary: mean DS with the
+    assigned bin, mean DS with the argmax bin (over units where each is
+    defined), and the fraction of units whose argmax bin over the bins present
+    in the batch is their assigned bin (among units whose assigned bin is present).
+    """
+    r = stats.responses().detach().abs()
+    present = stats.present.to(r.device)
+    assigned = stats.assigned.to(r.device)
+    tds, t_def = selectivity_from_stats(r, present, assigned, absent=absent)
+    ads, a_def = selectivity_from_stats(r, present, None, absent=absent)
+    masked = torch.where(present.expand_as(r), r, torch.full_like(r, -1.0))
+    seen = present[assigned]
+    peak = (masked.argmax(dim=1) == assigned) & seen
+
+    def mean(x: torch.Tensor, m: torch.Tensor) -> float:
+        return float(x[m].mean()) if bool(m.any()) else float("nan")
+
+    return {"target_ds": mean(tds, t_def), "argmax_ds": mean(ads, a_def),
+            "peak_on_target": float(peak.sum()) / int(seen.sum()) if bool(seen.any()) else float("nan")}
 
 
 class SelectivityObjective(ABC):

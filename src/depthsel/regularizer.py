@@ -29,7 +29,7 @@ from .binning import Binner
 from .capture import Adapter, Capture
 from .errors import BinCountError, CaptureError, ConfigError, InvalidDepthError, ShapeMismatchError
 from .layers import LayerSelector, LayerSpec
-from .objectives import BatchStats, SelectivityObjective
+from .objectives import BatchStats, SelectivityObjective, batch_selectivity
 from .selectivity import assign_bins
 
 __all__ = ["SelectivityRegularizer", "PRESETS"]
@@ -278,12 +278,14 @@ class SelectivityRegularizer:
                 sums, counts = self._maybe_sync(sums, counts)
                 if int(counts.sum()) == 0:
                     self.skipped_batches += 1
-                    stats_log[name] = {"score": float("nan"), "mean_ds": float("nan"),
+                    stats_log[name] = {"score": float("nan"), "target_ds": float("nan"),
+                                       "argmax_ds": float("nan"), "peak_on_target": float("nan"),
                                        "units_counted": 0.0}
                     continue
-                out = self.objective.layer_score(BatchStats(sums, counts, assigned))
+                batch_stats = BatchStats(sums, counts, assigned)
+                out = self.objective.layer_score(batch_stats)
                 scores.append(out.score)
-                stats_log[name] = out.stats()
+                stats_log[name] = {**out.stats(), **batch_selectivity(batch_stats, self.objective.absent)}
         if not scores:
             # No valid pixel anywhere: a zero that stays in the autograd graph, so that
             # reg.loss(depth).backward() works on its own (and DDP sees every rank's graph).
@@ -312,7 +314,16 @@ class SelectivityRegularizer:
         return sums, counts
 
     def last_stats(self) -> dict[str, dict[str, float]]:
-        """Per-layer ``score``, ``mean_ds`` and ``units_counted`` of the last :meth:`loss`."""
+        """Per-layer numbers of the last :meth:`loss`, and ``"_total"``.
+
+        Each layer has ``score`` (what the objective maximised), ``target_ds``
+        (mean DS at the assigned bins), ``argmax_ds`` (mean DS at each unit's
+        argmax bin), ``peak_on_target`` and ``units_counted``: the names a
+        dissection's layer summary uses. They are statistics of *this batch*;
+        under gradient accumulation each call of :meth:`loss` sees one
+        micro-batch, so they (and the DS the loss is built on) are per
+        micro-batch, not pooled over the accumulated batch.
+        """
         return {k: dict(v) for k, v in self._last.items()}
 
     def config(self) -> dict[str, Any]:

@@ -73,6 +73,13 @@ class Result:
         """Flat rows for ``result.csv``; empty means no CSV is written."""
         return []
 
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :meth:`rows` as a CSV file (atomically) and return its path."""
+        rows = self.rows()
+        if not rows:
+            raise ResultFormatError(f"a {self.kind} result has no per-row table to write as CSV")
+        return atomic_write_bytes(Path(path), _csv_bytes(rows))
+
     def summary(self) -> dict[str, Any]:
         """A compact JSON-serialisable summary (what ``--format json`` prints)."""
         return {"kind": self.kind, **{k: v for k, v in self.data.items() if _is_scalarish(v)}}

@@ -183,9 +183,9 @@ class LayerSummary:
 
     Attributes
     ----------
-    mean_ds
+    argmax_ds
         Mean DS with the argmax bin over units where it is defined.
-    mean_target_ds
+    target_ds
         Mean DS with the assigned bin.
     peak_on_target
         Fraction of units whose argmax bin is their assigned bin.
@@ -196,8 +196,8 @@ class LayerSummary:
     layer: str
     num_units: int
     num_bins: int
-    mean_ds: float
-    mean_target_ds: float
+    argmax_ds: float
+    target_ds: float
     peak_on_target: float
     dead_units: int
     dead_unit_indices: list[int] = field(default_factory=list)
@@ -250,8 +250,8 @@ def summarize_layer(
         layer=layer,
         num_units=k,
         num_bins=nb,
-        mean_ds=_nanmean(ds),
-        mean_target_ds=_nanmean(tds),
+        argmax_ds=_nanmean(ds),
+        target_ds=_nanmean(tds),
         peak_on_target=float(peak.float().mean()) if k else float("nan"),
         dead_units=int(dead.sum()),
         dead_unit_indices=[int(i) for i in dead.nonzero().flatten().tolist()],

@@ -81,7 +81,12 @@ class SelectivityConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (saved as ``config.json``)."""
+    """Everything that defines a training run (saved as ``config.json``).
+
+    ``normalization`` is the model's input normalisation; the trainer fills it
+    from the :class:`~depthsel.ModelInfo` so analyses of the saved weights can
+    read it back (:func:`depthsel.trained.saved_normalization`).
+    """
 
     name: str = "run"
     out_dir: str = "runs"
@@ -94,10 +99,12 @@ class TrainConfig:
     loss: str = "l1"
     seed: int = 0
     device: str = "cpu"
+    #: Mixed precision: float16 (with gradient scaling) on CUDA, bfloat16 on CPU.
     amp: bool = False
     checkpoint_every: int = 50
     selectivity: SelectivityConfig | None = None
     eval_protocol: str = "default"
+    normalization: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -135,7 +142,7 @@ def evaluate(model: nn.Module, info: ModelInfo, dataset: Dataset[Any], *, protoc
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            pred = info.forward(model, batch)
+            pred = info.predict(model, batch)
             metrics.update(pred.float(), batch["depth"], batch["valid"])
     finally:
         model.train(was)
@@ -184,13 +191,24 @@ class Trainer:
         Functions ``f(trainer, entry)`` called at the end of every epoch, after
         the evaluation; they may add JSON-serialisable fields to ``entry``,
         which is saved in the history (learning curves use this).
+    adapters
+        ``{layer: TokenGridAdapter(...)}`` for layers that output tokens (passed to
+        the regularizer; not saved in ``config.json``).
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, train_set: Dataset[Any], config: TrainConfig,
                  eval_set: Dataset[Any] | None = None,
-                 epoch_callbacks: Sequence[Callable[["Trainer", dict[str, Any]], None]] = ()) -> None:
+                 epoch_callbacks: Sequence[Callable[["Trainer", dict[str, Any]], None]] = (),
+                 adapters: Mapping[str, Any] | None = None) -> None:
         self.model, self.info, self.cfg = model, info, config
         self.epoch_callbacks = list(epoch_callbacks)
+        if config.normalization is None:
+            config.normalization = info.resolved_normalization
+        elif config.normalization != info.normalization:
+            from dataclasses import replace
+
+            # The config states it: train (and record) with that normalisation.
+            self.info = info = replace(info, normalization=config.normalization)
         self.train_set, self.eval_set = train_set, eval_set
         self.device = torch.device(config.device)
         self.model.to(self.device)
@@ -210,7 +228,7 @@ class Trainer:
             self.reg = SelectivityRegularizer(model, layers, dict(sel.binner), objective=sel.objective,
                                               weight=sel.weight, fit_bins_to_units=sel.fit_bins_to_units,
                                               preset=sel.preset, assignment=assignment,
-                                              objective_options=sel.objective_options)
+                                              objective_options=sel.objective_options, adapters=adapters)
         self.step = 0
         self.history: dict[str, list[dict[str, Any]]] = {"steps": [], "epochs": []}
 
@@ -314,8 +332,9 @@ class Trainer:
                             may_change=RESUME_MAY_CHANGE, what="a training run")
         if not (resuming and self.load_checkpoint()):
             torch.manual_seed(self.cfg.seed)
-        use_amp = self.cfg.amp and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        use_amp = bool(self.cfg.amp)
+        # CUDA: float16 with a gradient scaler; CPU: bfloat16, which needs no scaler.
+        scaler = torch.amp.GradScaler("cuda") if use_amp and self.device.type == "cuda" else None
         self.model.train()
         progress = None
         task = None
@@ -323,7 +342,7 @@ class Trainer:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             progress = Progress(TextColumn(f"[bold]{self.cfg.name}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]:.3f} DS {task.fields[ds]:.3f}"),
+                                TextColumn("loss {task.fields[loss]:.3f} target DS {task.fields[ds]:.3f}"),
                                 TimeRemainingColumn(), console=get_console())
             progress.start()
             task = progress.add_task("train", total=self.total_steps, completed=self.step, loss=float("nan"),
@@ -344,7 +363,7 @@ class Trainer:
                     if progress is not None and task is not None:
                         last = self.history["steps"][-1]
                         progress.update(task, completed=self.step, loss=last["loss"],
-                                        ds=last.get("ds", float("nan")))
+                                        ds=last.get("target_ds", float("nan")))
                     at_boundary = self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps
                     if at_boundary:
                         self._end_epoch()
@@ -359,7 +378,8 @@ class Trainer:
         from .checkpoints import save_state_dict
 
         save_state_dict(self.model.state_dict(), run / "model.safetensors",
-                        metadata={"config": json.dumps(self.cfg.to_dict(), default=str)})
+                        metadata={"config": json.dumps(self.cfg.to_dict(), default=str),
+                                  "normalization": str(self.cfg.normalization)})
         atomic_write_bytes(run / "history.json", json.dumps(self.history, indent=1).encode())
         rd.write_manifest("train", self.cfg.to_dict(), [p.name for p in run.iterdir() if p.is_file()
                                                          and not p.name.startswith(".")])
@@ -372,20 +392,21 @@ class Trainer:
             group["lr"] = lr
         depth, valid = batch["depth"], batch["valid"]
         record: dict[str, Any] = {"step": self.step + 1, "lr": lr}
-        with torch.autocast(self.device.type, enabled=use_amp):
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
             if self.reg is not None:
                 self.reg.weight = self._weight_at(self.step)
                 with self.reg.attach():
-                    pred = self.info.forward(self.model, batch)
+                    pred = self.info.predict(self.model, batch)
                     task_loss = self.loss_fn(pred.float(), depth, valid)
                     reg_loss = self.reg.loss(depth, valid)
                 stats = self.reg.last_stats()
-                layer_ds = [v["mean_ds"] for k, v in stats.items() if not k.startswith("_")]
-                finite = [v for v in layer_ds if v == v]
-                record["ds"] = sum(finite) / len(finite) if finite else float("nan")
+                for key in ("target_ds", "argmax_ds"):
+                    values = [v[key] for k, v in stats.items() if not k.startswith("_") and v[key] == v[key]]
+                    record[key] = sum(values) / len(values) if values else float("nan")
                 loss = task_loss + reg_loss
             else:
-                pred = self.info.forward(self.model, batch)
+                pred = self.info.predict(self.model, batch)
                 task_loss = self.loss_fn(pred.float(), depth, valid)
                 loss = task_loss
         self.opt.zero_grad(set_to_none=True)

@@ -107,7 +107,11 @@ BINNER = {"name": "uniform", "num_bins": 16, "min_depth": 0.0, "max_depth": 20.0
 def test_reference_preset_equals_handwritten_dissect_math() -> None:
     model, ds = toy_model(), toy_dataset()
     # dec2.0 is a conv: signed activations, so signed-mean-then-abs matters.
-    res = run(model, ds, ["dec2.0", "dec3"], binner=BINNER, preset="reference", permutations=0)
+    # dec3 has 8 units on 16 bins: the bins are kept (fit_bins_to_units=False), so the assignment
+    # must be explicit (Eq. 6 would put the 8 units on bins 0..7 only).
+    spread = list(range(0, 16, 2))
+    res = run(model, ds, ["dec2.0", "dec3"], binner=BINNER, preset="reference", permutations=0,
+              fit_bins_to_units=False, assignment={"dec2.0": list(range(16)), "dec3": spread})
     edges = get_binner("uniform", num_bins=16, min_depth=0.0, max_depth=20.0).edges
     for layer in ("dec2.0", "dec3"):
         r, amax, ds_ref = handwritten_reference(model, ds, layer, edges)
@@ -115,7 +119,7 @@ def test_reference_preset_equals_handwritten_dissect_math() -> None:
         torch.testing.assert_close(res.get(layer, "R"), r, rtol=1e-5, atol=1e-7)
         assert torch.equal(res.get(layer, "argmax_bin"), amax)
         torch.testing.assert_close(res.get(layer, "ds"), ds_ref, rtol=1e-5, atol=1e-7)
-        assert res.summary_for(layer).mean_ds == pytest.approx(float(ds_ref.mean()), rel=1e-5)
+        assert res.summary_for(layer).argmax_ds == pytest.approx(float(ds_ref.mean()), rel=1e-5)
 
 
 def test_default_preset_differs_as_documented() -> None:
@@ -140,7 +144,7 @@ def test_default_preset_differs_as_documented() -> None:
     other_s = (rs.sum(1) - top_s) / (rs.shape[1] - 1)
     excl = (top_s - other_s) / (top_s + other_s)
     assert bool((ref.get("dec2.0", "ds") > excl).all())
-    assert ref.summary_for("dec2.0").mean_ds > dflt.summary_for("dec2.0").mean_ds
+    assert ref.summary_for("dec2.0").argmax_ds > dflt.summary_for("dec2.0").argmax_ds
 
 
 # ------------------------------------------------------------- permutation test
@@ -260,5 +264,5 @@ def test_dissection_on_real_nyu(tmp_path: Path) -> None:
     total = sum(int(ds[i]["valid"].sum()) for i in range(len(ds)))
     assert int(counts.sum()) == total
     assert res.data["splits"]["test"]["dec3"]["num_images"] == len(ds)
-    assert 0.0 <= res.summary_for("dec3").mean_ds <= 1.0
+    assert 0.0 <= res.summary_for("dec3").argmax_ds <= 1.0
     assert res.plot(tmp_path, units=[1])

@@ -74,7 +74,9 @@ def test_fit_attaches_logs_and_detaches(L: Any) -> None:
     trainer = _trainer(L, callback)
     trainer.fit(module, _loader())
     assert "depthsel/ds" in trainer.callback_metrics
-    assert "depthsel/net.dec2/mean_ds" in trainer.callback_metrics
+    assert "depthsel/net.dec2/target_ds" in trainer.callback_metrics
+    assert "depthsel/net.dec2/argmax_ds" in trainer.callback_metrics
+    assert "depthsel/net.dec2/mean_ds" not in trainer.callback_metrics
     assert torch.isfinite(trainer.callback_metrics["depthsel/ds"])
     assert not callback.attached
     assert_no_hooks(module)

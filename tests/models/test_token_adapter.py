@@ -120,7 +120,7 @@ def test_regularizer_gradients_reach_the_transformer_block(model: "vit.TinyDPT")
     # The selectivity term alone does not touch layers after the hooked block.
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("head"))
     stats = reg.last_stats()["blocks.1"]
-    assert stats["units_counted"] > 0 and math.isfinite(stats["mean_ds"])
+    assert stats["units_counted"] > 0 and math.isfinite(stats["target_ds"])
 
 
 def test_training_raises_target_selectivity_of_the_block() -> None:

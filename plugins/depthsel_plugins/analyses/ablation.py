@@ -134,7 +134,7 @@ class AblationAnalyzer(Analyzer):
     def __init__(self, *, dissection: str | Path | None = None, split: str | None = None,
                  selectivity: str = "ds", seeds: int | list[int] = 3, max_units: int | None = None,
                  step: int = 1, protocol: str = "default", binner: Any = "sid",
-                 fit_bins_to_units: bool = False, preset: str = "default") -> None:
+                 fit_bins_to_units: bool = True, preset: str = "default") -> None:
         if selectivity not in ("ds", "target_ds"):
             raise AblationConfigError(f"selectivity must be 'ds' or 'target_ds', got {selectivity!r}")
         if int(step) < 1:
@@ -164,7 +164,7 @@ class AblationAnalyzer(Analyzer):
         split = self.split or dis.default_split()
         res = AblationResult(config=self.config(), meta=provenance(None))
         common = dict(batch_size=ctx.batch_size, device=ctx.device, protocol=self.protocol,
-                      progress=ctx.progress)
+                      progress=ctx.progress, adapters=ctx.adapters)
         clean = evaluate(ctx.model, ctx.info, ctx.dataset, description="clean", **common)
         res.data = {"layers": list(ctx.layers), "metrics": list(METRICS), "orders": list(ORDERS),
                     "clean": clean, "dissection_source": source, "selectivity_split": split}

@@ -69,7 +69,7 @@ def _to_gt(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 def _predict(model: nn.Module, info: ModelInfo, batch: Mapping[str, Any],
              image: torch.Tensor) -> torch.Tensor:
-    return _b1hw(info.forward(model, {**batch, "image": image}))
+    return _b1hw(info.predict(model, {**batch, "image": image}))
 
 
 def attack_images(
@@ -313,13 +313,13 @@ class AdversarialAnalyzer(Analyzer):
                     batch = {k: v[:left] for k, v in batch.items()}  # exactly max_images images
                 batch = ctx.to_device(batch)
                 gt, valid = batch["depth"], batch["valid"]
-                with torch.no_grad(), Capture(model, ctx.layers) as cap:
+                with torch.no_grad(), Capture(model, ctx.layers, adapters=ctx.adapters or None) as cap:
                     pred_c = _predict(model, ctx.info, batch, batch["image"])
                     acts_c = dict(cap.outputs)
                 x_adv = attack_images(model, ctx.info, batch, attack=c["attack"], epsilon=c["epsilon"],
                                       steps=c["steps"], step_size=c["step_size"],
                                       random_start=c["random_start"], generator=gen)
-                with torch.no_grad(), Capture(model, ctx.layers) as cap:
+                with torch.no_grad(), Capture(model, ctx.layers, adapters=ctx.adapters or None) as cap:
                     pred_a = _predict(model, ctx.info, batch, x_adv)
                     acts_a = dict(cap.outputs)
                 clean_m.update(pred_c, gt, valid)

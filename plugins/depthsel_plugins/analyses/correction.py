@@ -33,6 +33,7 @@ from depthsel.errors import DepthselError
 from depthsel.results import Result, provenance
 
 from .dissection_result import DissectionResult
+from .figures import pyplot, save_figure
 from .interventions import TensorFn, evaluate, load_or_dissect
 
 __all__ = ["CorrectionAnalyzer", "CorrectionResult", "correct_activations", "nearest_bins",
@@ -100,6 +101,26 @@ class CorrectionResult(Result):
             out.append({"condition": cond, **{k: m.get(k) for k in _KEYS}})
         return out
 
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """One bar chart per metric (δ1, RMSE, AbsRel): clean beside each corrected condition."""
+        plt = pyplot()
+        rows = self.rows()
+        labels = [str(r["condition"]) for r in rows]
+        fig, axes = plt.subplots(1, len(_KEYS), figsize=(3.2 * len(_KEYS), 3.0))
+        titles = {"delta1": "δ1 (higher is better)", "rmse": "RMSE, m (lower is better)",
+                  "abs_rel": "AbsRel (lower is better)"}
+        for ax, key in zip(axes, _KEYS):
+            values = [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
+            colors = ["tab:gray"] + ["tab:orange"] * (len(rows) - 1)
+            ax.bar(range(len(rows)), values, color=colors)
+            ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+            ax.set_title(titles[key], fontsize=9)
+            for i, v in enumerate(values):
+                ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
+        fig.suptitle("ORACLE correction (uses ground-truth depth)", fontsize=9)
+        fig.tight_layout()
+        return [save_figure(fig, Path(out_dir) / "correction.png")]
+
     def summary(self) -> dict[str, Any]:
         """Oracle flag, clean and corrected δ1/RMSE/AbsRel."""
         return {"kind": self.kind, "oracle": True, "note": ORACLE_NOTE,
@@ -133,7 +154,7 @@ class CorrectionAnalyzer(Analyzer):
 
     def __init__(self, *, dissection: str | Path | None = None, split: str | None = None,
                  response: str = "signed", each_layer: bool = True, protocol: str = "default",
-                 binner: Any = "sid", fit_bins_to_units: bool = False, preset: str = "default") -> None:
+                 binner: Any = "sid", fit_bins_to_units: bool = True, preset: str = "default") -> None:
         if response not in ("signed", "abs"):
             raise CorrectionConfigError(f"response must be 'signed' or 'abs', got {response!r}")
         super().__init__(dissection=str(dissection) if dissection is not None else None, split=split,
@@ -175,7 +196,7 @@ class CorrectionAnalyzer(Analyzer):
             state["depth"], state["valid"] = batch["depth"], batch.get("valid")
 
         common = dict(batch_size=ctx.batch_size, device=ctx.device, protocol=self.protocol,
-                      progress=ctx.progress, on_batch=on_batch)
+                      progress=ctx.progress, adapters=ctx.adapters, on_batch=on_batch)
         clean = evaluate(ctx.model, ctx.info, ctx.dataset, description="clean", **common)
         fns = self.hooks(dis, layers, state)
         corrected = {"all": evaluate(ctx.model, ctx.info, ctx.dataset, fns=fns,

@@ -44,7 +44,7 @@ from depthsel.results import provenance
 from depthsel.safeio import read_json_bounded
 from safetensors import SafetensorError
 from depthsel.selectivity import assign_bins, depth_selectivity, matched_assignment, summarize_layer
-from depthsel.zoo import ModelInfo
+from depthsel.zoo import ModelInfo, select_prediction
 
 from .dissection_result import DissectionResult
 from .dissection_diagnostics import PredictionDiagnostics, bootstrap_layer, near_target_fraction
@@ -71,6 +71,15 @@ def make_binner(spec: str | Mapping[str, Any] | Binner) -> Binner:
 def _load_assignment(spec: Any, layer: str, r: torch.Tensor, nb: int) -> torch.Tensor:
     k = r.shape[0]
     if spec is None:
+        if k < nb:
+            # Eq. 6 with K < Nb puts the K units on bins 0..K-1 and leaves the rest of the
+            # range unassigned: target DS and peak-on-target would silently mean something else.
+            raise BinCountError(
+                f"layer {layer!r} has {k} units but the binner has {nb} bins, so the paper's "
+                f"assignment would cover only bins 0..{k - 1}; pass fit_bins_to_units=true (the "
+                f"paper rule, what `depthsel train` saves), binner.num_bins={k}, or an explicit "
+                "assignment"
+            )
         return assign_bins(k, nb)
     if spec == "matched":
         return matched_assignment(r, nb)
@@ -131,7 +140,10 @@ class _Observer:
             if name in self.reservoirs:
                 self.reservoirs[name].update(act, self.gt_bins[name], keys)
         if self.diagnostics:
-            depth_pred = pred if isinstance(pred, torch.Tensor) else None
+            try:
+                depth_pred: torch.Tensor | None = select_prediction(pred, getattr(self.info, "output_key", None))
+            except DepthselError:
+                depth_pred = None
             if depth_pred is None or depth_pred.ndim not in (3, 4) or depth_pred.shape[0] != batch["depth"].shape[0]:
                 self.unusable_output = f"model output of type {type(pred).__name__} is not a depth map [B,1,H,W]"
             else:
@@ -198,7 +210,9 @@ class DissectionAnalyzer(Analyzer):
         paper's bin slots to each unit's profile), a ``{layer: [bins]}`` dict,
         or a path to such a JSON/safetensors file.
     fit_bins_to_units
-        Use ``K`` bins for a layer with ``K < Nb`` units, as the paper does.
+        Use ``K`` bins for a layer with ``K < Nb`` units, as the paper does and as
+        ``depthsel train`` saves (default). ``False`` with ``K < Nb`` and the paper
+        assignment is an error, since units would cover only bins ``0..K-1``.
     split
         Label of ``ctx.dataset`` in the result.
     splits
@@ -214,7 +228,7 @@ class DissectionAnalyzer(Analyzer):
 
     def __init__(self, *, binner: str | Mapping[str, Any] | Binner = "sid", preset: str = "default",
                  permutations: int = 999, permutation_images: int = 128, diagnostics: bool = True,
-                 assignment: str | Mapping[str, Any] | None = None, fit_bins_to_units: bool = False,
+                 assignment: str | Mapping[str, Any] | None = None, fit_bins_to_units: bool = True,
                  split: str = "test", splits: Mapping[str, Mapping[str, Any]] | None = None,
                  align_corners: bool = False, max_batches: int | None = None,
                  checkpoint: str | None = None) -> None:
@@ -257,7 +271,7 @@ class DissectionAnalyzer(Analyzer):
         ctx.model.eval()
         try:
             with torch.no_grad(), Capture(ctx.model, ctx.layers,
-                                          adapters=ctx.extras.get("adapters")) as cap:
+                                          adapters=ctx.adapters or None) as cap:
                 ctx.info.forward(ctx.model, batch)
                 return {n: int(t.shape[1]) for n, t in cap.outputs.items()}
         finally:
@@ -279,7 +293,7 @@ class DissectionAnalyzer(Analyzer):
             raise DissectionConfigError(f"split {split!r} is empty; give it at least one sample")
         units = self._layer_units(ctx, dataset)
         binners = self.layer_binners(units)
-        adapters = dict(ctx.extras.get("adapters") or {})
+        adapters = dict(ctx.adapters)
         signed = self.preset == "reference"
         reservoirs = ({n: ImageReservoir(self.permutation_images, signed=signed) for n in units}
                       if self.permutations > 0 else {})

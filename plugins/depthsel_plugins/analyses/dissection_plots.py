@@ -44,13 +44,17 @@ def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_pat
     ds = float(result.get(layer, "ds", split)[unit])
     asg = int(result.get(layer, "assigned", split)[unit])
     amax = int(result.get(layer, "argmax_bin", split)[unit])
+    dead = bool(result.get(layer, "dead", split)[unit])
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(centres, y, "-", color="tab:blue", lw=1.2)
-    ax.plot(centres[amax], y[amax], "o", color="tab:red", label=f"argmax bin {amax}")
+    ax.plot(centres, y, "-", color="tab:gray" if dead else "tab:blue", lw=1.2)
+    if not dead:
+        ax.plot(centres[amax], y[amax], "o", color="tab:red", label=f"argmax bin {amax}")
     ax.axvline(centres[asg], ls="--", color="tab:green", label=f"assigned bin {asg}")
     ax.set_xlabel("depth (m, bin centre)")
     ax.set_ylabel("average response R")
-    ax.set_title(f"{layer} unit {unit}  DS={ds:.3f}")
+    # A dead unit's flat line is not a measurement of selectivity: say so in the title.
+    ax.set_title(f"{layer} unit {unit}  " + ("DEAD: never active on a valid pixel" if dead else f"DS={ds:.3f}"),
+                 color="tab:red" if dead else "black")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out_path)
@@ -69,14 +73,35 @@ def plot_response_heatmap(result: DissectionResult, layer: str, out_path: str | 
     order = sorted(range(r.shape[0]), key=lambda k: (int(asg[k]), int(amax[k])))
     rows = r[order]
     rows = rows / rows.max(1, keepdim=True).values.clamp(min=1e-12)
+    dead = result.get(layer, "dead", split)
+    centres = result.binner(layer, split).centers().tolist()
     fig, ax = plt.subplots(figsize=(5, 4))
     im = ax.imshow(rows.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
-    ax.set_xlabel("depth bin")
+    # x: depth in metres at a few bin centres, not bin indices.
+    nb = len(centres)
+    ticks = sorted({round(i * (nb - 1) / 5) for i in range(6)}) if nb > 1 else [0]
+    ax.set_xticks(ticks, [f"{centres[t]:.2g}" for t in ticks])
+    ax.set_xlabel("depth (m, bin centre)")
     ax.set_ylabel("unit (sorted by assigned bin)")
-    ax.set_title(f"{layer}: normalised responses")
+    n_dead = _mark_dead_units(ax, order, dead)
+    ax.set_title(f"{layer}: normalised responses" + (f" ({n_dead} dead, red)" if n_dead else ""))
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return save_figure(fig, out_path)
+
+
+def _mark_dead_units(ax: Any, order: Sequence[int], dead: torch.Tensor) -> int:
+    """Label rows with unit numbers when few enough, and mark dead units (never active) in red."""
+    n = len(order)
+    if n <= 32:
+        ax.set_yticks(range(n), [f"{k}{' (dead)' if bool(dead[k]) else ''}" for k in order], fontsize=6)
+        for label, k in zip(ax.get_yticklabels(), order):
+            if bool(dead[k]):
+                label.set_color("tab:red")
+    rows = [i for i, k in enumerate(order) if bool(dead[k])]
+    for i in rows:
+        ax.axhline(i, color="tab:red", lw=0.8, ls=":")
+    return len(rows)
 
 
 @torch.no_grad()

@@ -154,8 +154,8 @@ class DissectionResult(Result):
         return out
 
     def summary(self) -> dict[str, Any]:
-        """Preset and, per split and layer, mean DS, target DS, peak-on-target and dead units."""
-        keys = ("mean_ds", "mean_target_ds", "peak_on_target", "dead_units", "frac_significant")
+        """Preset and, per split and layer, argmax DS, target DS, peak-on-target and dead units."""
+        keys = ("argmax_ds", "target_ds", "peak_on_target", "dead_units", "frac_significant")
         return {
             "kind": self.kind, "preset": self.preset,
             "splits": {s: {layer: {k: v.get(k) for k in keys} for layer, v in d.items()}
@@ -180,7 +180,8 @@ class DissectionResult(Result):
             k = int(self.get(layer, "ds", split).numel())
             chosen = units if units is not None else sorted({0, k // 3, (2 * k) // 3, k - 1})
             for u in chosen:
-                paths.append(plot_response_curve(self, layer, u, out / f"{split}_{safe}_unit{u}.png",
+                # Zero-padded so files sort in unit order (unit005 before unit010).
+                paths.append(plot_response_curve(self, layer, u, out / f"{split}_{safe}_unit{u:03d}.png",
                                                  split=split))
         return paths
 

@@ -38,7 +38,7 @@ from depthsel.losses import hu_depth_loss
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import Result, provenance
-from depthsel.zoo import ModelInfo
+from depthsel.zoo import ModelInfo, select_prediction
 
 from .figures import pyplot, save_figure
 
@@ -167,7 +167,7 @@ def edge_mask(image: torch.Tensor, counts: torch.Tensor | Sequence[int]) -> torc
 def _run_net(model: nn.Module, info: ModelInfo, x_norm: torch.Tensor,
              batch: Mapping[str, Any]) -> torch.Tensor:
     # The mask is applied in normalised space, so call the model directly, not info.forward.
-    out = model(x_norm, **{n: batch[n] for n in info.extra_inputs})
+    out = select_prediction(model(x_norm, **{n: batch[n] for n in info.extra_inputs}), info.output_key)
     return out[:, None] if out.ndim == 3 else out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 from ..errors import DepthselError
 from ..zoo import ModelInfo
 from .errors import CliError
+from .output import message
 
 __all__ = [
     "DataSpec",
@@ -34,6 +36,7 @@ __all__ = [
     "parse_settings",
     "parse_model_config",
     "parse_size",
+    "parse_tokens",
     "split_layers",
     "LimitedDataset",
 ]
@@ -130,13 +133,26 @@ def build_dataset(spec: str | DataSpec, *, limit: int | None = None, **config: A
     return dataset
 
 
-def parse_value(text: str) -> Any:
-    """Parse a ``--set`` value as JSON (numbers, booleans, lists), else keep the string."""
-    _check_depth(text, "--set")
+_BARE_WORD = re.compile(r"^[A-Za-z0-9_.~/\\+-][A-Za-z0-9_.~/\\+=:-]*$")
+
+
+def parse_value(text: str, key: str = "value", option: str = "--set") -> Any:
+    """Parse a ``--set`` value as JSON; a bare word (``sid``, ``runs/d``) is a string.
+
+    Anything else that is not valid JSON is an error: ``{name:sid}`` used to be
+    read silently as the string ``"{name:sid}"``.
+    """
+    _check_depth(text, option)
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    except json.JSONDecodeError as exc:
+        if _BARE_WORD.match(text) and not text[:1].isdigit():
+            return text
+        raise CliError(
+            f"{option} {key}={text} is not valid JSON ({exc.msg} at column {exc.colno}); quote strings "
+            f"and keys as JSON, e.g. --set 'binner={{\"name\": \"sid\", \"num_bins\": 32}}' "
+            "or --data-set 'size=[96, 128]'"
+        ) from None
 
 
 def _check_depth(text: str, label: str) -> None:
@@ -147,27 +163,27 @@ def _check_depth(text: str, label: str) -> None:
         raise CliError(f"{label} value nests JSON deeper than {MAX_JSON_DEPTH} levels")
 
 
-def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
+def parse_settings(items: Sequence[str] | None, option: str = "--set") -> dict[str, Any]:
     """Turn ``["num_bins=32", "above_range=first_bin"]`` into keyword configuration.
 
-    Values are read as JSON when they parse (``32``, ``true``, ``[1, 2]``) and
-    as strings otherwise. Dotted keys nest: ``binner.num_bins=32`` gives
-    ``{"binner": {"num_bins": 32}}``.
+    Values are JSON (``32``, ``true``, ``[1, 2]``); a bare word is a string and
+    anything else is an error (see :func:`parse_value`). Dotted keys nest:
+    ``binner.num_bins=32`` gives ``{"binner": {"num_bins": 32}}``.
     """
     out: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise CliError(f"--set {item!r} is not key=value; e.g. --set num_bins=32")
+            raise CliError(f"{option} {item!r} is not key=value; e.g. {option} num_bins=32")
         target = out
         parts = key.split(".")
         for part in parts[:-1]:
             nxt = target.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise CliError(f"--set {item!r} conflicts with an earlier --set {part}=...")
+                raise CliError(f"{option} {item!r} conflicts with an earlier {option} {part}=...")
             target = nxt
-        target[parts[-1]] = parse_value(value.strip())
+        target[parts[-1]] = parse_value(value.strip(), key, option)
     return out
 
 
@@ -213,7 +229,8 @@ class BuiltModel:
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable provenance for run configs and reports."""
-        return {"name": self.name, "config": self.config, "weights": self.weights}
+        return {"name": self.name, "config": self.config, "weights": self.weights,
+                "normalization": self.info.normalization}
 
 
 def build_model(
@@ -224,13 +241,15 @@ def build_model(
     trust_pickle: bool = False,
     strict: bool = True,
     device: str = "cpu",
+    normalization: str | None = None,
 ) -> BuiltModel:
-    """Build a registered model, load weights into it, and fetch its :class:`ModelInfo`.
+    """Build a model, load weights into it, and fetch its :class:`ModelInfo`.
 
     Parameters
     ----------
     name
-        Registry name (``depthsel models`` lists them).
+        Registry name (``depthsel models`` lists them), or an import path:
+        ``package.module:Factory`` or ``path/to/file.py:Factory``.
     config
         Keyword configuration of the factory, e.g. ``{"width": 0.25}``.
     weights
@@ -241,11 +260,44 @@ def build_model(
         Require the checkpoint's keys to match the model's.
     device
         Where to put the model.
+    normalization
+        ``"imagenet"`` or ``"unit"``; overrides the model's info. When not given,
+        the normalisation recorded with ``weights`` by ``depthsel train`` is used.
     """
-    from ..api import get_model, get_model_info
-    from ..checkpoints import load_weights
+    from dataclasses import replace
 
+    from ..checkpoints import load_weights
+    from ..modelspec import build_import_model, is_import_spec
+    from ..trained import saved_normalization
+    from ..zoo import NORMALIZATIONS
+
+    if normalization is not None and normalization not in NORMALIZATIONS:
+        raise CliError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     cfg = dict(config or {})
+    if is_import_spec(name):
+        model, info = build_import_model(name, cfg)
+    else:
+        model, info = _build_registered(name, cfg)
+    if normalization is None and weights is not None:
+        saved = saved_normalization(weights)
+        if saved is not None and saved != info.normalization:
+            message(f"normalization: {saved} (recorded with {weights})", style="dim")
+            normalization = saved
+    if normalization is not None:
+        info = replace(info, normalization=normalization)
+    if weights is not None:
+        load_weights(model, weights, strict=strict, trust_pickle=trust_pickle)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise CliError(f"cannot move the model to device {device!r}: {exc}") from exc
+    return BuiltModel(model=model, info=info, name=name, config=cfg,
+                      weights=None if weights is None else str(weights))
+
+
+def _build_registered(name: str, cfg: dict[str, Any]) -> tuple[nn.Module, ModelInfo]:
+    from ..api import get_model, get_model_info
+
     info = get_model_info(name)
     try:
         model = get_model(name, **cfg)
@@ -256,14 +308,35 @@ def build_model(
         ) from exc
     if not isinstance(model, nn.Module):
         raise DepthselError(f"model plugin {name!r} returned {type(model).__name__}, not an nn.Module")
-    if weights is not None:
-        load_weights(model, weights, strict=strict, trust_pickle=trust_pickle)
-    try:
-        model = model.to(device)
-    except (RuntimeError, AssertionError) as exc:
-        raise CliError(f"cannot move the model to device {device!r}: {exc}") from exc
-    return BuiltModel(model=model, info=info, name=name, config=cfg,
-                      weights=None if weights is None else str(weights))
+    return model, info
+
+
+def parse_tokens(values: Sequence[str] | None) -> dict[str, Any]:
+    """``--tokens LAYER[:grid=HxW][:skip=N]`` into ``{layer: TokenGridAdapter}``.
+
+    ``blocks.11:grid=14x14:skip=1`` reshapes the ``[B, 1 + 196, C]`` tokens of
+    ``blocks.11`` (a class token, then a 14x14 patch grid) into ``[B, C, 14, 14]``.
+    """
+    from ..capture import TokenGridAdapter
+
+    out: dict[str, Any] = {}
+    for value in values or ():
+        layer, *opts = value.split(":")
+        layer = layer.strip()
+        if not layer:
+            raise CliError(f"--tokens {value!r} names no layer; e.g. --tokens blocks.11:grid=14x14:skip=1")
+        grid: tuple[int, int] | None = None
+        skip = 0
+        for opt in opts:
+            key, sep, val = opt.partition("=")
+            if key == "grid" and sep:
+                grid = parse_size(val)
+            elif key == "skip" and sep and val.isdigit():
+                skip = int(val)
+            else:
+                raise CliError(f"--tokens {value!r}: {opt!r} is not grid=HxW or skip=N")
+        out[layer] = TokenGridAdapter(grid, skip_tokens=skip)
+    return out
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

@@ -104,13 +104,70 @@ def emit_table(
         console.print(empty)
         return
     table = Table(title=title, show_lines=False, header_style="bold")
-    for i, col in enumerate(columns):
-        # Names are what users copy into other commands: never fold them.
-        keep = i == 0 or col in ("plugin", "name")
-        table.add_column(col.replace("_", " "), overflow="fold", no_wrap=keep)
-    for row in rows:
-        table.add_row(*(_cell(row.get(col, "")) for col in columns))
+    columns = _fitting_columns(rows, list(columns), console.width)
+    cells = [[_cell(row.get(col, "")) for col in columns] for row in rows]
+    headers = [col.replace("_", " ") for col in columns]
+    widths = _column_widths(headers, cells, [i == 0 or c in ("plugin", "name") for i, c in enumerate(columns)],
+                            console.width)
+    for i, header in enumerate(headers):
+        # Names are what users copy into other commands: never fold them. Other
+        # columns wrap between words only: each is at least as wide as its longest
+        # word, so neither "descriptio|n" nor "decode_conv|1" can happen.
+        keep = i == 0 or columns[i] in ("plugin", "name")
+        table.add_column(header, overflow="fold", no_wrap=keep, width=widths[i])
+    for row_cells in cells:
+        table.add_row(*row_cells)
     console.print(table)
+
+
+def _column_widths(headers: list[str], cells: list[list[str]], keep: list[bool], width: int) -> list[int | None]:
+    """Fixed column widths when the natural table is wider than ``width``, else ``None`` (Rich decides).
+
+    Each column gets its longest word (its whole text when it must not wrap), then the
+    room left is shared in proportion to how much wider each column would like to be.
+    """
+    natural, minimal = [], []
+    for i, header in enumerate(headers):
+        texts = [header] + [r[i] for r in cells]
+        full = max(len(line) for t in texts for line in (t.splitlines() or [""]))
+        word = full if keep[i] else max([len(w) for t in texts for w in t.split()] or [1])
+        natural.append(full)
+        minimal.append(min(word, 40) if not keep[i] else full)
+    pad = 3 * len(headers) + 1
+    if sum(natural) + pad <= width:
+        return [None] * len(headers)
+    room = max(0, width - pad - sum(minimal))
+    want = [n - m for n, m in zip(natural, minimal)]
+    total = sum(want) or 1
+    out = [m + (room * w) // total for m, w in zip(minimal, want)]
+    return list(out)
+
+
+#: Columns left out of a table that does not fit the terminal (``--format json`` keeps them).
+OPTIONAL_COLUMNS = ("plugin", "source")
+
+
+def _fitting_columns(rows: Sequence[Mapping[str, Any]], columns: list[str], width: int) -> list[str]:
+    """Drop optional columns, last first, while the table cannot fit ``width`` without breaking words."""
+
+    def needed(cols: list[str]) -> int:
+        total = 1
+        for i, col in enumerate(cols):
+            texts = [_cell(r.get(col, "")) for r in rows]
+            if i == 0 or col in ("plugin", "name"):
+                w = max([len(col)] + [len(t) for t in texts])
+            else:
+                w = max([len(x) for x in col.replace("_", " ").split()] + [len(x) for t in texts for x in t.split()])
+            total += w + 3
+        return total
+
+    cols = list(columns)
+    for col in reversed(OPTIONAL_COLUMNS):
+        if needed(cols) <= width:
+            break
+        if col in cols[1:]:
+            cols.remove(col)
+    return cols
 
 
 def _cell(value: Any) -> str:

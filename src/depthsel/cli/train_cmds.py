@@ -10,7 +10,15 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import DepthselError
-from .common import build_dataset, build_model, parse_dataspec, parse_model_config, parse_settings, split_layers
+from .common import (
+    build_dataset,
+    build_model,
+    parse_dataspec,
+    parse_model_config,
+    parse_settings,
+    parse_tokens,
+    split_layers,
+)
 from .errors import CliError, handle_errors
 from .output import FormatOption, OutputFormat, emit, emit_json, message
 
@@ -190,14 +198,15 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @handle_errors
     def train(
-        model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")],
+        model: Annotated[str, typer.Option("--model", "-m", help="Registered model name, or "
+                         "package.module:Factory or path/to/file.py:Factory.")],
         data: Annotated[str, typer.Option("--data", "-d", help="DATASPEC, e.g. synthetic or folder:PATH.")],
         name: Annotated[str, typer.Option("--name", help="Run name: weights and history go to OUT/NAME.")] = "run",
         out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of the run directory.")] = Path("runs"),
         model_config: Annotated[str | None, typer.Option("--model-config", help="Model options as JSON.")] = None,
         width: Annotated[float | None, typer.Option("--width", help="Model width multiplier.")] = None,
-        data_set: Annotated[list[str] | None, typer.Option("--data-set", help="Dataset option key=value; repeatable.")] = None,
-        layers: Annotated[list[str] | None, typer.Option("--layers", "-l", help="Layers for the selectivity term (default: suggested).")] = None,
+        data_set: Annotated[list[str] | None, typer.Option("--data-set", metavar="KEY=VALUE", help="Dataset option key=value; repeatable.")] = None,
+        layers: Annotated[list[str] | None, typer.Option("--layers", "-l", metavar="LAYER", help="Layers for the selectivity term (default: suggested).")] = None,
         weight: Annotated[float, typer.Option("--weight", help="Selectivity weight lambda; 0 trains a plain baseline.")] = 0.1,
         objective: Annotated[str, typer.Option("--objective", help="assign (Eq. 5) or regularize (Eq. 4).")] = "assign",
         liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive (0: paper's objective).")] = 0.0,
@@ -213,7 +222,13 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Start over, deleting the run already in OUT/NAME.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-        amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
+        amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: float16 on CUDA, bfloat16 on CPU.")] = False,
+        tokens: Annotated[list[str] | None, typer.Option("--tokens", metavar="LAYER[:grid=HxW][:skip=N]",
+                          help="Token layer [B, N, C] read as a grid, e.g. blocks.11:grid=14x14:skip=1; "
+                          "repeatable.")] = None,
+        normalization: Annotated[str | None, typer.Option("--normalization", metavar="imagenet|unit",
+                                 help="Input normalisation of the model (default: the model's own); "
+                                 "recorded with the weights.")] = None,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Train a model with (or without) the selectivity term; resumable."""
@@ -234,12 +249,13 @@ def register(app: typer.Typer) -> None:
         if not isinstance(binner_cfg, dict):
             raise CliError("--binner must be a JSON object, e.g. '{\"name\": \"sid\", \"num_bins\": 64}'")
         torch.manual_seed(seed)  # --seed covers the model's initial weights too
-        built = build_model(model, config=parse_model_config(model_config, width), device=device)
+        built = build_model(model, config=parse_model_config(model_config, width), device=device,
+                            normalization=normalization)
         if layers:
             from ..layers import LayerSelector
 
             LayerSelector(split_layers(layers)).resolve(built.model)  # a typo fails now, not never
-        data_cfg = parse_settings(data_set)
+        data_cfg = parse_settings(data_set, "--data-set")
         dataset = build_dataset(data, **data_cfg)
         sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
                                 weight=weight, objective_options={"liveness": liveness}) if weight else None
@@ -248,14 +264,15 @@ def register(app: typer.Typer) -> None:
                           checkpoint_every=checkpoint_every, selectivity=sel,
                           extra={"model": built.describe(), "data": data, "data_settings": data_cfg})
         try:
-            history = Trainer(built.model, built.info, dataset, cfg).fit(resume=resume, overwrite=force)
+            history = Trainer(built.model, built.info, dataset, cfg, adapters=parse_tokens(tokens)).fit(
+                resume=resume, overwrite=force)
         except DepthselError:
             raise
         except (KeyError, ValueError) as exc:
             raise DepthselError(f"training failed on bad configuration: {exc}") from exc
         last = history["steps"][-1] if history["steps"] else {}
         result = {"run_dir": str(cfg.run_dir), "steps": last.get("step", 0), "loss": last.get("loss"),
-                  "ds": last.get("ds")}
+                  "target_ds": last.get("target_ds"), "argmax_ds": last.get("argmax_ds")}
         if fmt == OutputFormat.json:
             emit_json(result)
         else:

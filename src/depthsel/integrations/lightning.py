@@ -78,7 +78,8 @@ class SelectivityCallback:
         Attribute of the LightningModule holding the depth network, e.g. ``"net"``;
         ``None`` hooks the LightningModule itself.
     log_prefix
-        Prefix of the logged metrics (``depthsel/ds``, ``depthsel/<layer>/mean_ds``).
+        Prefix of the logged metrics (``depthsel/ds``, ``depthsel/<layer>/target_ds``,
+        ``.../argmax_ds``, ``.../peak_on_target``), the names a dissection uses.
     prog_bar
         Show the mean DS in the progress bar.
     **regularizer_options
@@ -184,9 +185,12 @@ class SelectivityCallback:
             pl_module.log(f"{self.log_prefix}ds", total["score"], on_step=True, on_epoch=True,
                           prog_bar=self.prog_bar)
         for layer, values in stats.items():
-            if layer != "_total" and "mean_ds" in values and values["mean_ds"] == values["mean_ds"]:
-                pl_module.log(f"{self.log_prefix}{layer}/mean_ds", values["mean_ds"],
-                              on_step=False, on_epoch=True)
+            if layer == "_total":
+                continue
+            for key in ("target_ds", "argmax_ds", "peak_on_target"):
+                value = values.get(key)
+                if value is not None and value == value:  # NaN: nothing was measured
+                    pl_module.log(f"{self.log_prefix}{layer}/{key}", value, on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         """Remove the hooks."""
