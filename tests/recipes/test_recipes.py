@@ -178,12 +178,12 @@ def test_reproduce_tiny_run_trains_and_dissects(name: str, nyu_root: Path, tmp_p
     assert set(dissection.layers) == set(recipe.layers) == set(summary["dissection"])
     for layer in recipe.layers:
         stats = summary["dissection"][layer]
-        assert -1.0 <= stats["mean_target_ds"] <= 1.0 and 0.0 <= stats["mean_ds"] <= 1.0
+        assert -1.0 <= stats["target_ds"] <= 1.0 and 0.0 <= stats["argmax_ds"] <= 1.0
     assert math.isfinite(summary["metrics"]["rmse"]) and summary["metrics"]["protocol"] == recipe.protocol
     # The selectivity term is -lambda * sum over layers of mean DS (layers summed, not averaged).
     for step in json.loads((run / "history.json").read_text())["steps"]:
         term = step["loss"] - step["task_loss"]
-        assert term == pytest.approx(-recipe.weight * len(recipe.layers) * step["ds"], rel=1e-4, abs=1e-6)
+        assert term == pytest.approx(-recipe.weight * len(recipe.layers) * step["target_ds"], rel=1e-4, abs=1e-6)
 
 
 def test_reproduce_baseline_and_synthetic_data(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ __all__ = ["reproduce"]
 def _rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [{"what": k, "value": _fmt(summary["metrics"].get(k))} for k in ("delta1", "rmse", "abs_rel")]
     for layer, stats in summary["dissection"].items():
-        for key in ("mean_ds", "mean_target_ds", "peak_on_target", "dead_units"):
+        for key in ("argmax_ds", "target_ds", "peak_on_target", "dead_units"):
             rows.append({"what": f"{layer} {key}", "value": _fmt(stats.get(key))})
     return rows
 
