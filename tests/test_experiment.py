@@ -20,6 +20,7 @@ TINY = dict(size=(32, 32), model_config={"width": 0.25}, epochs=1, batch_size=4,
 def check_summary(summary: dict, run: Path, seeds: list[int]) -> None:
     keys = [r["key"] for r in summary["table"]]
     assert keys[:3] == ["delta1", "rmse", "abs_rel"] and "target_ds" in keys and "target_ds_train" in keys
+    assert "near_target" in keys  # diagnostics reach the table, not only the saved dissection
     assert summary["num_seeds"] == len(seeds) and summary["seeds"] == seeds
     for row in summary["table"]:
         for label in ("baseline", "interpretable"):

@@ -150,10 +150,44 @@ def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, i
     train_res = _dissect(model, info, cfg, binner, train_set, "train", seed, 0, False, progress)
     test_res.save(run / "dissection")
     train_res.save(run / "dissection_train")
-    layers = test_res.summary()["splits"]["test"]
-    tlayers = train_res.summary()["splits"]["train"]
-    scalars = {
-        "delta1": metrics["delta1"], "rmse": metrics["rmse"], "abs_rel": metrics["abs_rel"],
+    layers = test_res.data["splits"]["test"]
+    tlayers = train_res.data["splits"]["train"]
+    scalars = dissection_scalars(layers, tlayers)
+    scalars.update(delta1=metrics["delta1"], rmse=metrics["rmse"], abs_rel=metrics["abs_rel"])
+    intervals = _metric_intervals(sums, keys, cfg.protocol, cfg.bootstrap, seed)
+    intervals.update(dissection_intervals(layers))
+    curve = [e["curve"] for e in history["epochs"] if "curve" in e]
+    plots: list[str] = []
+    if seed == cfg.seeds[0]:  # figures of one seed are enough to look at; numbers cover all seeds
+        plots = [str(p) for p in test_res.plot(run / "plots")]
+        fmaps = getattr(test_res, "plot_feature_maps", None)
+        if callable(fmaps):
+            plots += [str(p) for p in fmaps(model, info, test_set, run / "plots", device=cfg.device)]
+    return Measurement(scalars=scalars, intervals=intervals, curve=curve,
+                       per_bin_error={n: v.get("per_bin_error") for n, v in layers.items()},
+                       details={"metrics": metrics, "dissection": _brief(layers), "dissection_train": _brief(tlayers),
+                                "plots": plots, "run_dir": str(run)})
+
+
+def _brief(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A layer summary without the per-bin error table (kept once, under ``per_bin_error``)."""
+    return {n: {k: v for k, v in d.items() if k != "per_bin_error"} for n, d in layers.items()}
+
+
+def dissection_intervals(layers: dict[str, dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Image-bootstrap intervals of target DS and peak-on-target (single-layer dissections only)."""
+    out: dict[str, list[float | None]] = {}
+    if len(layers) == 1:
+        only = next(iter(layers.values()))
+        for key in ("target_ds_ci", "peak_on_target_ci"):
+            if only.get(key) is not None:
+                out[key[:-3]] = only[key]
+    return out
+
+
+def dissection_scalars(layers: dict[str, dict[str, Any]], tlayers: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The per-model selectivity numbers of the table, averaged over hooked layers."""
+    return {
         "argmax_ds": layer_mean(layers, "argmax_ds", "mean_ds"),
         "target_ds": layer_mean(layers, "target_ds", "mean_target_ds"),
         "peak_on_target": layer_mean(layers, "peak_on_target"),
@@ -165,19 +199,3 @@ def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, i
         "target_ds_train": layer_mean(tlayers, "target_ds", "mean_target_ds"),
         "peak_on_target_train": layer_mean(tlayers, "peak_on_target"),
     }
-    intervals = _metric_intervals(sums, keys, cfg.protocol, cfg.bootstrap, seed)
-    for name, v in layers.items():
-        for key in ("target_ds_ci", "peak_on_target_ci"):
-            if v.get(key) is not None and len(layers) == 1:
-                intervals[key[:-3]] = v[key]
-    curve = [e["curve"] for e in history["epochs"] if "curve" in e]
-    plots: list[str] = []
-    if seed == cfg.seeds[0]:  # figures of one seed are enough to look at; numbers cover all seeds
-        plots = [str(p) for p in test_res.plot(run / "plots")]
-        fmaps = getattr(test_res, "plot_feature_maps", None)
-        if callable(fmaps):
-            plots += [str(p) for p in fmaps(model, info, test_set, run / "plots", device=cfg.device)]
-    return Measurement(scalars=scalars, intervals=intervals, curve=curve,
-                       per_bin_error={n: v.get("per_bin_error") for n, v in layers.items()},
-                       details={"metrics": metrics, "dissection": layers, "dissection_train": tlayers,
-                                "plots": plots, "run_dir": str(run)})

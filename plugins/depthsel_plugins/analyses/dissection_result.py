@@ -154,11 +154,20 @@ class DissectionResult(Result):
         return out
 
     def summary(self) -> dict[str, Any]:
-        """Preset and, per split and layer, argmax DS, target DS, peak-on-target and dead units."""
-        keys = ("argmax_ds", "target_ds", "peak_on_target", "dead_units", "frac_significant")
+        """Preset and, per split and layer, the headline numbers with their tests and diagnostics.
+
+        Argmax and target DS, peak-on-target, near-target, dead units; the
+        significance test's fractions (raw and Benjamini-Hochberg) and smallest
+        attainable p; bootstrap intervals; prediction-binned DS. Keys a run did
+        not compute (no permutations, no diagnostics) are absent.
+        """
+        keys = ("argmax_ds", "target_ds", "peak_on_target", "near_target", "dead_units", "frac_significant",
+                "frac_significant_bh", "frac_significant_target", "frac_significant_bh_target", "min_pvalue",
+                "warning", "argmax_ds_ci", "target_ds_ci", "peak_on_target_ci", "pred_argmax_ds",
+                "pred_target_ds", "pred_peak_on_target", "pred_near_target", "diagnostics_skipped")
         return {
             "kind": self.kind, "preset": self.preset,
-            "splits": {s: {layer: {k: v.get(k) for k in keys} for layer, v in d.items()}
+            "splits": {s: {layer: {k: v[k] for k in keys if k in v} for layer, v in d.items()}
                        for s, d in self.data.get("splits", {}).items()},
         }
 
