@@ -15,6 +15,7 @@ import base64
 import csv
 import html
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
 th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:.85rem;max-height:40rem}
-figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top}
+.tablewrap{overflow-x:auto;max-width:100%}caption{text-align:left;font-weight:600;padding:.3rem 0}
+h3{font-size:1.05rem;margin:1.2rem 0 .3rem;color:#444}
+figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top;max-width:100%}
 figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85rem;color:#555}
 .note{color:#777;font-size:.85rem}
 """
@@ -101,6 +104,33 @@ def _records_table(title: str, records: list[Mapping[str, Any]]) -> Table:
     return Table(title, columns, rows, note)
 
 
+def _split_layer_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``data["splits"][split][layer]`` as rows of their scalar fields; empty when absent."""
+    splits = data.get("splits")
+    if not isinstance(splits, Mapping) or not splits:
+        return []
+    rows = []
+    for split, layers in splits.items():
+        if not isinstance(layers, Mapping):
+            return []
+        for layer, values in layers.items():
+            if not isinstance(values, Mapping):
+                return []
+            row: dict[str, Any] = {"split": split, "layer": layer}
+            for k, v in values.items():
+                if isinstance(v, (int, float, str, bool)) or v is None:
+                    row[k] = v
+                elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+                    row[k] = f"[{v[0]:.3g}, {v[1]:.3g}]"  # an interval
+            rows.append(row)
+    return rows
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key that puts unit5 before unit10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
 def _kv_table(title: str, data: Mapping[str, Any]) -> Table:
     rows = _flatten(data)
     note = f"first {MAX_ROWS} of {len(rows)} entries" if len(rows) > MAX_ROWS else ""
@@ -130,7 +160,12 @@ def _json_tables(rel: str, payload: Any, report: Report) -> None:
     if isinstance(payload, Mapping) and payload.get("format") == "depthsel-result":
         # A saved Result: its data are the metrics, its config and meta are the run config.
         data = payload.get("data") or {}
-        report.tables.append(_kv_table(f"{rel} ({payload.get('kind', 'result')})", data))
+        layer_rows = _split_layer_rows(data)
+        if layer_rows:
+            # A dissection: one card row per split and layer, not flattened keys.
+            report.tables.append(_records_table(f"{rel} ({payload.get('kind', 'result')}, per layer)", layer_rows))
+        else:
+            report.tables.append(_kv_table(f"{rel} ({payload.get('kind', 'result')})", data))
         for part in ("config", "meta"):
             if payload.get(part):
                 report.configs.append((f"{rel} [{part}]", json.dumps(payload[part], indent=2, default=str)))
@@ -244,7 +279,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return f"<td>{html.escape(str(value))}</td>"
     if isinstance(value, float):
-        return f'<td class="num">{value:.6g}</td>'
+        return f'<td class="num">{value:.4g}</td>'
     if isinstance(value, int):
         return f'<td class="num">{value}</td>'
     return f"<td>{html.escape(str(value))}</td>"
@@ -269,20 +304,25 @@ def render_report(report: Report) -> str:
     if not report.tables:
         out.append('<p class="note">no JSON or CSV metrics found</p>')
     for table in report.tables:
-        out.append(f'<table class="metrics"><caption>{e(table.title)}</caption><thead><tr>')
+        out.append(f'<div class="tablewrap"><table class="metrics"><caption>{e(table.title)}</caption><thead><tr>')
         out.extend(f"<th>{e(c)}</th>" for c in table.columns)
         out.append("</tr></thead><tbody>")
         for row in table.rows:
             out.append("<tr>" + "".join(_cell(v) for v in row) + "</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
         if table.note:
             out.append(f'<p class="note">{e(table.note)}</p>')
     out.append("<h2>Figures</h2>")
     if not report.images:
         out.append('<p class="note">no images found</p>')
-    for rel, mime, data in report.images:
+    folder = None
+    for rel, mime, data in _ordered_images(report.images):
+        here = rel.rsplit("/", 1)[0] if "/" in rel else "."
+        if here != folder:
+            folder = here
+            out.append(f"<h3>{e(here)}</h3>")
         out.append(f'<figure><img src="data:{mime};base64,{data}" alt="{e(rel)}">'
-                   f"<figcaption>{e(rel)}</figcaption></figure>")
+                   f"<figcaption>{e(rel.rsplit('/', 1)[-1])}</figcaption></figure>")
     out.append("<h2>Run configuration</h2>")
     if not report.configs:
         out.append('<p class="note">no run configuration found</p>')
@@ -294,6 +334,11 @@ def render_report(report: Report) -> str:
         out.append("</ul>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _ordered_images(images: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Experiment-level plots first (shallowest folders), then by folder and natural name order."""
+    return sorted(images, key=lambda im: (im[0].count("/"), _natural(im[0])))
 
 
 def check_report_target(target: Path, *, force: bool) -> None:
