@@ -193,6 +193,17 @@ def test_concept_bins_plug_into_dissection_and_the_regularizer() -> None:
     counts = res.get("dec3", "counts")
     assert counts.shape == (3,) and float(counts.sum()) > 0
     assert res.get("dec3", "ds").shape[0] == 8
+    # The labels come back from the stored binner config; each live unit prefers its argmax concept.
+    from depthsel_plugins.analyses.concepts import concept_preferences, concept_summary
+
+    prefs = concept_preferences(res, "dec3")
+    r = res.get("dec3", "R")
+    for p in prefs:
+        if not p["dead"]:
+            assert p["prefers"] == ("edge", "near", "far")[int(r[p["unit"]].argmax())]
+    summ = concept_summary(res, "dec3")
+    assert sum(c["units"] for c in summ["concepts"].values()) == 8 - summ["dead"]
+    assert sum(c["pixel_share"] for c in summ["concepts"].values()) == pytest.approx(1.0)
     image, depth = toy_batch(batch=2)
     reg = depthsel.SelectivityRegularizer(model, ["dec3"], "normals", weight=0.1)
     with reg.attach():

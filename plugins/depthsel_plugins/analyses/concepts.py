@@ -1,0 +1,60 @@
+"""Reading a dissection run with a concept binner: which concept each unit prefers.
+
+A dissection with ``binner="normals"`` or ``binner="boundary"`` (see
+:mod:`depthsel_plugins.concept_binners`) is an ordinary
+:class:`~.dissection_result.DissectionResult` whose bins are categories. The
+helpers here put the bin labels back: per unit, the preferred concept (the
+argmax bin of the scored response ``R``) and its selectivity DS (Eq. 2 over
+concepts instead of depth bins); per layer, how many units prefer each concept.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .dissection_result import DissectionResult
+
+__all__ = ["concept_labels", "concept_preferences", "concept_summary"]
+
+
+def concept_labels(result: DissectionResult, layer: str) -> list[str]:
+    """The bin labels of ``layer``'s binner (``bin 0``... for a binner without labels)."""
+    cfg = result.data.get("binners", {}).get(layer, {})
+    labels = cfg.get("labels")
+    if labels:
+        return [str(v) for v in labels]
+    nb = int(result.get(layer, "counts").numel())
+    return [f"bin {i}" for i in range(nb)]
+
+
+def concept_preferences(result: DissectionResult, layer: str, split: str | None = None) -> list[dict[str, Any]]:
+    """One row per unit: ``unit``, ``prefers`` (label), ``ds``, ``dead`` and the response per concept."""
+    labels = concept_labels(result, layer)
+    r = result.get(layer, "R", split)
+    ds, arg, dead = (result.get(layer, k, split) for k in ("ds", "argmax_bin", "dead"))
+    rows = []
+    for k in range(r.shape[0]):
+        row: dict[str, Any] = {"unit": k, "prefers": None if bool(dead[k]) else labels[int(arg[k])],
+                               "ds": float(ds[k]), "dead": bool(dead[k])}
+        row.update({f"R[{lab}]": float(r[k, i]) for i, lab in enumerate(labels)})
+        rows.append(row)
+    return rows
+
+
+def concept_summary(result: DissectionResult, layer: str, split: str | None = None) -> dict[str, Any]:
+    """Per layer: pixel share of each concept, units preferring it, and their mean DS."""
+    labels = concept_labels(result, layer)
+    counts = result.get(layer, "counts", split).double()
+    total = float(counts.sum())
+    prefs = concept_preferences(result, layer, split)
+    live = [p for p in prefs if not p["dead"] and math.isfinite(p["ds"])]
+    out: dict[str, Any] = {"layer": layer, "units": len(prefs), "dead": len(prefs) - len(live),
+                           "mean_ds": sum(p["ds"] for p in live) / len(live) if live else math.nan,
+                           "concepts": {}}
+    for i, lab in enumerate(labels):
+        mine = [p["ds"] for p in live if p["prefers"] == lab]
+        out["concepts"][lab] = {"pixel_share": float(counts[i]) / total if total else math.nan,
+                                "units": len(mine),
+                                "mean_ds": sum(mine) / len(mine) if mine else math.nan}
+    return out
