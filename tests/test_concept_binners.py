@@ -212,3 +212,23 @@ def test_concept_bins_plug_into_dissection_and_the_regularizer() -> None:
     loss.backward()
     assert math.isfinite(float(loss.detach())) and float(loss.detach()) != 0.0
     assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.realdata
+def test_real_nyu_frames_put_floors_low_and_ceilings_high() -> None:
+    from datahelpers import shared_data_dir
+
+    ds = depthsel.get_dataset("folder", root=str(shared_data_dir("nyu2_mini_test")), size=(60, 80))
+    depth = torch.stack([ds[i]["depth"] for i in range(len(ds))])
+    valid = torch.stack([ds[i]["valid"] for i in range(len(ds))])
+    bins = NormalBinner(camera="nyu")(depth, valid)
+    rows = torch.arange(bins.shape[-2], dtype=torch.float64).view(1, -1, 1).expand_as(bins)
+    mid = (bins.shape[-2] - 1) / 2
+    floor_rows, ceil_rows = rows[bins == FLOOR], rows[bins == CEIL]
+    assert floor_rows.numel() > 100 and ceil_rows.numel() > 100
+    # Up-facing surfaces are seen below the horizon, down-facing ones above it.
+    assert float((floor_rows > mid).double().mean()) > 0.8
+    assert float((ceil_rows < mid).double().mean()) > 0.8
+    assert float((bins >= 0).double().mean()) > 0.5
+    edges = BoundaryBinner()(depth, valid)
+    assert 0.01 < float((edges == 0).double().mean()) < 0.2
