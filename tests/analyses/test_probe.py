@@ -209,6 +209,15 @@ def test_save_load_plot_and_compare(tmp_path: Path) -> None:
     assert plot_probe_curves([base, tmp_path / "other"], tmp_path / "two.png").is_file()
 
 
+def test_train_split_from_a_dataset_config() -> None:
+    res = ProbeAnalyzer(train={"name": "synthetic", "num_samples": 2, "size": [16, 16]}).run(_ctx(layers=["carry"]))
+    # Fitted on 2 synthetic images, scored on all 8 scenes (nothing held back from ctx.dataset).
+    assert res.data["metrics"]["carry"]["train_pixels"] <= 2 * 16 * 16
+    assert res.data["metrics"]["carry"]["test_pixels"] == float(sum((s["depth"] > 0).sum() for s in _Scenes().items))
+    with pytest.raises(depthsel.DepthselError, match="name"):
+        ProbeAnalyzer(train={"root": "x"}).run(_ctx(layers=["carry"]))
+
+
 @pytest.mark.parametrize("cfg, needle", [({"ridge": -1}, "ridge"), ({"target": "inv"}, "target"),
                                          ({"train_fraction": 1.0}, "train_fraction"),
                                          ({"protocol": "nope"}, "protocol")])

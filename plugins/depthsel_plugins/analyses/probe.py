@@ -167,7 +167,14 @@ class ProbeAnalyzer(Analyzer):
     def splits(self, ctx: AnalysisContext) -> tuple[Dataset[Any], Dataset[Any]]:
         """``(train, held_out)`` datasets."""
         if self.c["train"]:
-            return get_dataset(**self.c["train"]), ctx.dataset
+            spec = dict(self.c["train"])
+            if "name" not in spec:
+                raise ProbeConfigError("train must be a dataset config with a name, e.g. "
+                                       '{"name": "folder", "root": "...", "frames": "0:80"}')
+            try:
+                return get_dataset(spec.pop("name"), **spec), ctx.dataset
+            except TypeError as exc:
+                raise ProbeConfigError(f"the train dataset config {self.c['train']} was rejected: {exc}") from exc
         if "train_dataset" in ctx.extras:
             return ctx.extras["train_dataset"], ctx.dataset
         n = len(ctx.dataset)  # type: ignore[arg-type]
