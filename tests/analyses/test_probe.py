@@ -60,10 +60,11 @@ def _random_batches(seed: int, k: int, n_batches: int, hw: tuple[int, int], size
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 6), up=st.sampled_from([1, 2, 3]),
-       align=st.booleans())
-def test_ols_equals_numpy_lstsq_on_concatenated_activations(seed: int, k: int, up: int, align: bool) -> None:
+       align=st.booleans(), block=st.sampled_from([1, 37, 1 << 23]))
+def test_ols_equals_numpy_lstsq_on_concatenated_activations(seed: int, k: int, up: int, align: bool,
+                                                            block: int) -> None:
     acts, depths = _random_batches(seed, k, 3, (4, 5), (4 * up, 5 * up))
-    stats = _stream(acts, depths, align_corners=align)
+    stats = _stream(acts, depths, align_corners=align, block_elements=block)
     fit = stats.solve(ridge=0.0)
     x, y = _concat(acts, depths, align)
     design = np.concatenate([x, np.ones((x.shape[0], 1))], 1)
@@ -241,3 +242,22 @@ def test_cli_runs_the_probe_on_a_registered_model(tmp_path: Path) -> None:
     res = load_result(tmp_path / "p")
     m = res.data["metrics"]["decode_conv5"]
     assert m["train_pixels"] == 2 * 200 and math.isfinite(m["rmse"])
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.integers(1, 5), h=st.integers(1, 6), w=st.integers(1, 6), big=st.tuples(st.integers(1, 13),
+       st.integers(1, 13)), align=st.booleans(), budget=st.integers(1, 200))
+def test_row_streamed_alignment_equals_plain_bilinear(k: int, h: int, w: int, big: tuple[int, int],
+                                                      align: bool, budget: int) -> None:
+    from depthsel_plugins.analyses.probe_stats import aligned_features, aligned_rows
+
+    act = torch.randn(1, k, h, w, generator=torch.Generator().manual_seed(k * 100 + h * 10 + w))
+    plain = aligned_features(act, big, align)[0]
+    blocks = list(aligned_rows(act[0], big, align, max_elements=budget))
+    assert blocks[0][0] == 0 and blocks[-1][1] == big[0]
+    torch.testing.assert_close(torch.cat([b for _, _, b in blocks]), plain, rtol=1e-12, atol=1e-12)
+    # The probe's prediction (channels mixed first) equals the plain path too.
+    from depthsel_plugins.analyses.probe_stats import ProbeFit
+
+    wts = torch.randn(k, dtype=torch.float64)
+    torch.testing.assert_close(ProbeFit(wts, 0.5).predict(act, big, align)[0], plain @ wts + 0.5)

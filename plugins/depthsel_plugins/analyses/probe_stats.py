@@ -15,8 +15,9 @@ because (i) the probe is then scored on exactly the pixels, and with exactly
 the metric protocol, the network's own prediction is scored on; (ii) pooling
 depth over a coarse cell averages across occlusion boundaries, producing
 targets no pixel has; (iii) it matches the dissection's alignment, so probe and
-selectivity numbers describe the same features. The cost is an
-``[P, K]`` matrix per image (``P`` valid pixels), built one image at a time.
+selectivity numbers describe the same features. The aligned features are
+streamed in row blocks of at most 64 MiB (:func:`aligned_rows`), so a wide
+layer on a full-resolution frame never builds its upsampled tensor.
 
 The solve. With ``μ = Σx/n``, ``C = XᵀX/n − μμᵀ``, ``c = Xᵀy/n − μ ȳ`` and the
 feature scales ``s = sqrt(diag C)``, the probe minimises
@@ -29,6 +30,7 @@ intercept (minimum-norm when rank-deficient).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from depthsel.binning import prepare_depth
 from depthsel.errors import DepthselError, ShapeMismatchError
 
-__all__ = ["ProbeStatistics", "ProbeFit", "aligned_features", "sync_all", "TARGETS"]
+__all__ = ["ProbeStatistics", "ProbeFit", "aligned_features", "aligned_rows", "sync_all", "TARGETS"]
 
 TARGETS = ("depth", "log")
 _FIELDS = ("n", "sx", "sy", "syy", "xtx", "xty")
@@ -48,15 +50,47 @@ class ProbeError(DepthselError):
 
 
 def aligned_features(act: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
-    """``[B, K, h, w]`` activations bilinearly aligned to ``size = (H, W)`` as ``float64 [B, H, W, K]``."""
-    if act.ndim != 4:
-        raise ShapeMismatchError(
-            f"a probe needs [B, K, h, w] activations, got {tuple(act.shape)}; hook a conv layer "
-            "or pass adapters={layer: depthsel.TokenGridAdapter(...)}")
+    """``[B, K, h, w]`` activations bilinearly aligned to ``size = (H, W)`` as ``float64 [B, H, W, K]``.
+
+    The plain path (builds the whole upsampled tensor); :func:`aligned_rows` streams it.
+    """
+    _check_act(act)
     a = act.detach().to(torch.float64)
     if tuple(a.shape[-2:]) != tuple(size):
         a = F.interpolate(a, size=size, mode="bilinear", align_corners=align_corners)
     return a.permute(0, 2, 3, 1)
+
+
+def _check_act(act: torch.Tensor) -> None:
+    if act.ndim != 4:
+        raise ShapeMismatchError(
+            f"a probe needs [B, K, h, w] activations, got {tuple(act.shape)}; hook a conv layer "
+            "or pass adapters={layer: depthsel.TokenGridAdapter(...)}")
+
+
+def _interp_matrix(n_in: int, n_out: int, align_corners: bool, device: torch.device) -> torch.Tensor:
+    """``[n_out, n_in]`` matrix of 1-D linear interpolation (bilinear is separable: ``U_h A U_wᵀ``)."""
+    eye = torch.eye(n_in, dtype=torch.float64, device=device)[None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)[0].T
+
+
+def aligned_rows(act: torch.Tensor, size: tuple[int, int], align_corners: bool = False,
+                 max_elements: int = 1 << 23) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Stream one image's aligned features in row blocks: ``(r0, r1, float64 [r1 - r0, W, K])``.
+
+    ``act`` is ``[K, h, w]``. Each block holds at most ``max_elements`` values
+    (64 MiB), so a wide layer on a full-resolution frame never materialises the
+    whole ``[H, W, K]`` upsampled tensor. Equal to :func:`aligned_features`.
+    """
+    k, h, w = act.shape
+    big_h, big_w = size
+    a = act.detach().to(torch.float64)
+    u_h = _interp_matrix(h, big_h, align_corners, a.device)
+    half = a @ _interp_matrix(w, big_w, align_corners, a.device).T  # [K, h, W]: columns first, once
+    step = max(1, max_elements // max(1, big_w * k))
+    for r0 in range(0, big_h, step):
+        r1 = min(big_h, r0 + step)
+        yield r0, r1, torch.einsum("rh,khx->rxk", u_h[r0:r1], half)
 
 
 def to_target(depth: torch.Tensor, target: str) -> torch.Tensor:
@@ -90,11 +124,10 @@ class ProbeFit:
         if act.shape[1] != self.weight.numel():
             raise ShapeMismatchError(f"the probe has {self.weight.numel()} weights but the layer "
                                      f"emits {act.shape[1]} units")
-        rows = []
-        for i in range(act.shape[0]):  # one image at a time bounds the [H, W, K] buffer
-            x = aligned_features(act[i:i + 1], size, align_corners)
-            rows.append(x @ self.weight.to(x.device) + self.bias)
-        return torch.cat(rows)
+        # Upsampling is linear, so up(A)ᵀw = up(Σ_k w_k A_k): mix the channels first, then
+        # upsample one map (never the [B, K, H, W] tensor).
+        mixed = torch.einsum("bkhw,k->bhw", act.detach().to(torch.float64), self.weight.to(act.device))
+        return aligned_features(mixed[:, None], size, align_corners)[..., 0] + self.bias
 
 
 class ProbeStatistics:
@@ -106,9 +139,13 @@ class ProbeStatistics:
         ``"depth"`` (metres) or ``"log"`` (ln metres) as the regression target.
     align_corners
         Bilinear convention of the alignment.
+    block_elements
+        Most values of one streamed block of aligned features (see :func:`aligned_rows`).
     """
 
-    def __init__(self, target: str = "depth", align_corners: bool = False) -> None:
+    def __init__(self, target: str = "depth", align_corners: bool = False,
+                 block_elements: int = 1 << 23) -> None:
+        self.block_elements = max(1, int(block_elements))
         if target not in TARGETS:
             raise ProbeError(f"target must be one of {TARGETS}, got {target!r}")
         self.target, self.align_corners = target, bool(align_corners)
@@ -139,7 +176,8 @@ class ProbeStatistics:
             (e.g. a random subsample).
         """
         d = prepare_depth(depth, valid).to(torch.float64)
-        if act.ndim != 4 or act.shape[0] != d.shape[0]:
+        _check_act(act)
+        if act.shape[0] != d.shape[0]:
             raise ShapeMismatchError(f"activations {tuple(act.shape)} do not match depth {tuple(d.shape)}")
         if self.num_features is None:
             self._init(int(act.shape[1]), act.device)
@@ -152,13 +190,15 @@ class ProbeStatistics:
             m = mask[i]
             if not bool(m.any()):
                 continue
-            x = aligned_features(act[i:i + 1], tuple(d.shape[-2:]), self.align_corners)[0][m]
-            y = to_target(d[i][m], self.target)
-            self.n = self.n + y.numel()
-            self.sx = self.sx + x.sum(0)
-            self.sy, self.syy = self.sy + y.sum(), self.syy + (y * y).sum()
-            self.xtx = self.xtx + x.T @ x
-            self.xty = self.xty + x.T @ y
+            for r0, r1, rows in aligned_rows(act[i], tuple(d.shape[-2:]), self.align_corners,
+                                           self.block_elements):
+                mr = m[r0:r1]
+                x, y = rows[mr], to_target(d[i, r0:r1][mr], self.target)
+                self.n = self.n + y.numel()
+                self.sx = self.sx + x.sum(0)
+                self.sy, self.syy = self.sy + y.sum(), self.syy + (y * y).sum()
+                self.xtx = self.xtx + x.T @ x
+                self.xty = self.xty + x.T @ y
 
     # ---------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
