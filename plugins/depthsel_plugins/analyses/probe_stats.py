@@ -121,6 +121,7 @@ class ProbeFit:
 
     def predict(self, act: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
         """Target-space prediction ``float64 [B, H, W]`` at every pixel of ``size``."""
+        _check_act(act)
         if act.shape[1] != self.weight.numel():
             raise ShapeMismatchError(f"the probe has {self.weight.numel()} weights but the layer "
                                      f"emits {act.shape[1]} units")
