@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,7 +181,7 @@ def test_registered_configs_round_trip_and_reject_bad_options() -> None:
             depthsel.get_binner(name, **bad)
 
 
-def test_concept_bins_plug_into_dissection_and_the_regularizer() -> None:
+def test_concept_bins_plug_into_dissection_and_the_regularizer(tmp_path: Path) -> None:
     from depthsel.testing import ToyDepthNet, toy_batch
     from depthsel.testing import ToyDepthDataset
     from depthsel_plugins.analyses.dissection import dissect_splits
@@ -204,6 +205,9 @@ def test_concept_bins_plug_into_dissection_and_the_regularizer() -> None:
     summ = concept_summary(res, "dec3")
     assert sum(c["units"] for c in summ["concepts"].values()) == 8 - summ["dead"]
     assert sum(c["pixel_share"] for c in summ["concepts"].values()) == pytest.approx(1.0)
+    from depthsel_plugins.analyses.concepts import plot_concept_responses
+
+    assert plot_concept_responses(res, "dec3", tmp_path / "c.png").stat().st_size > 1000
     image, depth = toy_batch(batch=2)
     reg = depthsel.SelectivityRegularizer(model, ["dec3"], "normals", weight=0.1)
     with reg.attach():

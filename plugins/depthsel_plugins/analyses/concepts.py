@@ -11,11 +11,13 @@ concepts instead of depth bins); per layer, how many units prefer each concept.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from .dissection_result import DissectionResult
+from .figures import pyplot, save_figure
 
-__all__ = ["concept_labels", "concept_preferences", "concept_summary"]
+__all__ = ["concept_labels", "concept_preferences", "concept_summary", "plot_concept_responses"]
 
 
 def concept_labels(result: DissectionResult, layer: str) -> list[str]:
@@ -58,3 +60,22 @@ def concept_summary(result: DissectionResult, layer: str, split: str | None = No
                                 "units": len(mine),
                                 "mean_ds": sum(mine) / len(mine) if mine else math.nan}
     return out
+
+
+def plot_concept_responses(result: DissectionResult, layer: str, out_path: str | Path,
+                           split: str | None = None) -> Path:
+    """Units x concepts heatmap of ``R`` (each row scaled to a maximum of 1), labelled by concept."""
+    labels = concept_labels(result, layer)
+    r = result.get(layer, "R", split).double()
+    scaled = r / r.abs().nan_to_num(0.0).amax(1, keepdim=True).clamp_min(1e-12)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 1.2 + 0.22 * r.shape[0]))
+    im = ax.imshow(scaled.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("unit")
+    ds = result.get(layer, "ds", split)
+    ax.set_title(f"{layer}: response by concept (mean DS {float(ds.nanmean()):.2f})", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return save_figure(fig, out_path)
