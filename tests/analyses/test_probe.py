@@ -219,6 +219,18 @@ def test_train_split_from_a_dataset_config() -> None:
         ProbeAnalyzer(train={"root": "x"}).run(_ctx(layers=["carry"]))
 
 
+def test_per_concept_error_and_a_bad_compare_path_fails_before_any_pass(tmp_path: Path) -> None:
+    res = ProbeAnalyzer(binner="boundary").run(_ctx(layers=["carry"]))
+    assert res.tensors["bin_counts"].shape == (3,) and len(res.bin_rows("carry")) == 3
+    assert float(res.tensors["bin_counts"].sum()) > 0
+    ctx = _ctx(layers=["carry"])
+    calls = []
+    ctx.model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(depthsel.DepthselError, match="compare"):
+        ProbeAnalyzer(compare=str(tmp_path / "missing")).run(ctx)
+    assert not calls
+
+
 @pytest.mark.parametrize("cfg, needle", [({"ridge": -1}, "ridge"), ({"target": "inv"}, "target"),
                                          ({"train_fraction": 1.0}, "train_fraction"),
                                          ({"protocol": "nope"}, "protocol")])

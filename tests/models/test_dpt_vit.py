@@ -90,3 +90,19 @@ def test_cli_train_with_the_selectivity_term_on_a_token_layer(tmp_path: Path) ->
                    "--name", "vit"])
     assert out["steps"] == 2
     assert (tmp_path / "vit" / "model.safetensors").is_file()
+
+
+def test_full_size_parameter_count_from_the_architecture() -> None:
+    """Count the documented 6,806,161 parameters by hand, layer by layer."""
+    d, f, re_ = 192, 64, (24, 48, 96, 192)
+    conv = lambda cin, cout, k, bias=True: cin * cout * k * k + (cout if bias else 0)  # noqa: E731
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    encoder = conv(3, d, 16) + d * 15 * 20 + 12 * block
+    reassemble = (conv(d, 24, 1) + conv(24, 24, 4) + conv(d, 48, 1) + conv(48, 48, 2) + conv(d, 96, 1)
+                  + conv(d, 192, 1) + conv(192, 192, 3))
+    project = sum(conv(c, f, 3, bias=False) for c in re_)
+    fusion = 4 * (4 * conv(f, f, 3) + conv(f, f, 1))
+    head = conv(f, f // 2, 3) + conv(f // 2, 32, 3) + conv(32, 1, 1)
+    with torch.device("meta"):
+        model = depthsel.get_model("dpt_vit_tiny")
+    assert sum(p.numel() for p in model.parameters()) == encoder + reassemble + project + fusion + head == 6_806_161

@@ -202,6 +202,17 @@ class ProbeAnalyzer(Analyzer):
                 cap.clear()
 
     # ------------------------------------------------------------- run
+    def _load_compare(self) -> ProbeResult | None:
+        if not self.c["compare"]:
+            return None
+        try:
+            other = load_result(self.c["compare"])
+        except DepthselError as exc:
+            raise ProbeConfigError(f"compare={self.c['compare']!r} is not a saved probe result: {exc}") from exc
+        if not isinstance(other, ProbeResult):
+            raise ProbeConfigError(f"compare={self.c['compare']!r} is a {other.kind!r} result, not a probe")
+        return other
+
     def fit(self, ctx: AnalysisContext, data: Dataset[Any]) -> dict[str, ProbeStatistics]:
         """Stream ``data`` once and return each layer's (all-reduced) probe statistics."""
         stats = {n: ProbeStatistics(self.c["target"], self.c["align_corners"]) for n in ctx.layers}
@@ -256,6 +267,7 @@ class ProbeAnalyzer(Analyzer):
 
     def run(self, ctx: AnalysisContext) -> ProbeResult:
         """Fit on the training split, score on the held-out split, and return the result."""
+        compare = self._load_compare()  # before the passes: a bad path must not waste them
         # Resolve globs once, so every pass and the result use the same concrete names.
         ctx = dataclasses.replace(ctx, layers=list(LayerSelector(ctx.layers).resolve(ctx.model)))
         train, test = self.splits(ctx)
@@ -284,11 +296,8 @@ class ProbeAnalyzer(Analyzer):
         res.data = {"label": self.c["label"], "layers": list(fits), "target": self.c["target"],
                     "constant": metrics.pop("(constant)"), "metrics": metrics,
                     "binner": self.binner.config(), "protocol": self.c["protocol"]}
-        if self.c["compare"]:
-            other = load_result(self.c["compare"])
-            if not isinstance(other, ProbeResult):
-                raise ProbeConfigError(f"compare={self.c['compare']!r} is a {other.kind!r} result, not a probe")
-            res.data["compare"] = other.curves()
+        if compare is not None:
+            res.data["compare"] = compare.curves()
         return res
 
 
