@@ -236,3 +236,47 @@ def test_real_nyu_frames_put_floors_low_and_ceilings_high() -> None:
     assert float((bins >= 0).double().mean()) > 0.5
     edges = BoundaryBinner()(depth, valid)
     assert 0.01 < float((edges == 0).double().mean()) < 0.2
+
+
+class _Rooms(torch.utils.data.Dataset):
+    """Ray-cast corridors with a far back wall; channel 0 = the depth stratum, channel 1 = 1 on floor pixels."""
+
+    def __init__(self) -> None:
+        self.items = []
+        for i, (back, left, floor) in enumerate([(7.5, 0.8, 0.9), (6.5, 1.0, 1.0), (7.0, 0.9, 1.1)]):
+            depth, _ = render_room(back=back, left=left, right=left, floor=floor, ceiling=floor)
+            # ceil(depth) is constant within each right-closed 1 m stratum: a depth detector at stratum resolution.
+            # Channel 1 marks what the binner calls floor (crease pixels may get a neighbour's label).
+            floor_bin = (NormalBinner(intrinsics=list(K))(depth)[0] == FLOOR).double()
+            image = torch.stack([depth[0].ceil() / 10, floor_bin, torch.zeros_like(depth[0])])
+            self.items.append({"image": image, "depth": depth, "valid": depth > 0, "name": f"room{i}"})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def test_stratified_ds_separates_a_depth_detector_from_a_floor_detector() -> None:
+    from depthsel_plugins.analyses.concepts import stratified_concept_ds
+    from depthsel_plugins.analyses.dissection import dissect_splits
+
+    net = torch.nn.Conv2d(3, 2, 1, bias=False).double()
+    with torch.no_grad():
+        net.weight.zero_()
+        net.weight[0, 0] = 1.0  # unit 0: a pure depth detector
+        net.weight[1, 1] = 1.0  # unit 1 = floor indicator: a pure concept detector
+    model = torch.nn.Sequential(net)
+    info = depthsel.ModelInfo(input_size=SIZE, normalization="unit", suggested_layers=("0",))
+    binner = {"name": "stratified", "concept": {"name": "normals", "intrinsics": list(K)},
+              "depth": {"name": "uniform", "num_bins": 8, "min_depth": 0.0, "max_depth": 8.0}}
+    res = dissect_splits(model, info, {"test": _Rooms()}, layers=["0"], binner=binner, permutations=0)
+    out = stratified_concept_ds(res, "0")
+    assert out["strata_used"] >= 3
+    pooled, within = out["pooled"], out["within"]
+    # Pooled over depth, the depth detector looks concept-selective; at equal depth it is not at all.
+    assert float(pooled[0]) > 0.2 and float(within[0]) == pytest.approx(0.0, abs=1e-9)
+    assert float(within[1]) > 0.99 and float(pooled[1]) > 0.99
+    again = depthsel.api.binner_from_config(res.data["binners"]["0"])
+    assert again.config() == res.data["binners"]["0"] and again.num_bins == 5 * 8

@@ -26,7 +26,7 @@ from depthsel import Binner
 from depthsel.binning import prepare_depth
 from depthsel.errors import BinCountError
 
-__all__ = ["NormalBinner", "BoundaryBinner", "CAMERAS", "camera_intrinsics", "surface_normals",
+__all__ = ["NormalBinner", "BoundaryBinner", "StratifiedBinner", "CAMERAS", "camera_intrinsics", "surface_normals",
            "occlusion_edges", "register_concept_binners"]
 
 #: Known cameras: ``(fx, fy, cx, cy)`` in pixels of a ``(H, W)`` frame.
@@ -288,8 +288,54 @@ class BoundaryBinner(_ConceptBinner):
         return torch.where(d > 0, bins, torch.full_like(bins, -1))
 
 
+class StratifiedBinner(_ConceptBinner):
+    """Concept x depth-stratum bins, to tell concept selectivity from depth selectivity.
+
+    Concepts correlate with depth (a kitchen's up-facing pixels are mostly the
+    nearby table), so a pure depth detector scores a concept DS. This binner
+    gives pixel ``p`` the bin ``concept(p) * Nd + depth_bin(p)``;
+    :func:`depthsel_plugins.analyses.concepts.stratified_concept_ds` then
+    compares concepts *within* each depth stratum.
+
+    Parameters
+    ----------
+    concept
+        A concept binner (name, config dict or Binner), default ``"normals"``.
+    depth
+        A depth binner giving the strata, default 10 uniform bins over 0-5 m.
+    """
+
+    name = "stratified"
+
+    def __init__(self, concept: Any = "normals", depth: Any = None, labels: list[str] | None = None) -> None:
+        from depthsel.api import binner_from_config
+
+        self.concept = binner_from_config(concept)
+        self.depth = binner_from_config(depth if depth is not None else
+                                        {"name": "uniform", "num_bins": 10, "min_depth": 0.0, "max_depth": 5.0})
+        names = getattr(self.concept, "labels", None) or [f"bin {i}" for i in range(self.concept.num_bins)]
+        self.labels = tuple(f"{c}@{i}" for c in names for i in range(self.depth.num_bins))
+        self._check_labels(labels)
+
+    @property
+    def num_strata(self) -> int:
+        """Number of depth strata ``Nd``."""
+        return self.depth.num_bins
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "concept": self.concept.config(), "depth": self.depth.config(),
+                "labels": list(self.labels), "edges": [float(e) for e in self.edges.tolist()]}
+
+    def __call__(self, depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        c, z = self.concept(depth, valid), self.depth(depth, valid)
+        ok = (c >= 0) & (z >= 0)
+        return torch.where(ok, c * self.num_strata + z, torch.full_like(c, -1))
+
+
 def register_concept_binners(register: Any) -> None:
-    """Register ``normals`` and ``boundary`` (called by :mod:`depthsel_plugins.binners`)."""
+    """Register ``normals``, ``boundary`` and ``stratified`` (called by :mod:`depthsel_plugins.binners`)."""
     register("normals", NormalBinner,
              description="surface orientation from depth: floor/wall-left/wall-right/ceiling/facing-camera")
     register("boundary", BoundaryBinner, description="distance to occlusion edges: edge/near/far")
+    register("stratified", StratifiedBinner,
+             description="concept x depth-stratum bins (concept selectivity at equal depth)")

@@ -14,10 +14,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from depthsel.errors import DepthselError
+from depthsel.selectivity import depth_selectivity
+
 from .dissection_result import DissectionResult
 from .figures import pyplot, save_figure
 
-__all__ = ["concept_labels", "concept_preferences", "concept_summary", "plot_concept_responses"]
+__all__ = ["concept_labels", "concept_preferences", "concept_summary", "plot_concept_responses",
+           "stratified_concept_ds"]
 
 
 def concept_labels(result: DissectionResult, layer: str) -> list[str]:
@@ -79,3 +85,51 @@ def plot_concept_responses(result: DissectionResult, layer: str, out_path: str |
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     return save_figure(fig, out_path)
+
+
+def stratified_concept_ds(result: DissectionResult, layer: str, split: str | None = None) -> dict[str, Any]:
+    """Concept DS at equal depth, from a dissection with the ``stratified`` binner.
+
+    ``R[k, c, d]`` is unit ``k``'s response to concept ``c`` in depth stratum ``d``.
+    ``pooled`` is each unit's DS over concepts with the strata merged
+    (pixel-weighted), which is what a plain concept dissection measures. ``within`` is
+    the pixel-weighted mean over strata of the DS over the concepts present in that
+    stratum (strata with fewer than 2 concepts are skipped). A pure depth detector
+    has ``within`` near 0; concept selectivity that is not depth selectivity keeps it high.
+
+    Returns
+    -------
+    dict
+        ``pooled`` and ``within`` (``float64 [K]``), their means over units, and
+        ``strata_used``.
+    """
+    cfg = result.data.get("binners", {}).get(layer, {})
+    if cfg.get("name") != "stratified":
+        raise DepthselError(f"layer {layer!r} was not dissected with the 'stratified' binner")
+    nd = len(cfg["depth"]["edges"]) - 1
+    r = result.get(layer, "R", split).double()
+    counts = result.get(layer, "counts", split).double()
+    dead = result.get(layer, "dead", split).bool()
+    k, nc = r.shape[0], r.shape[1] // nd
+    r, counts = r.view(k, nc, nd), counts.view(nc, nd)
+    weight = counts.sum(1)
+    pooled_r = torch.einsum("kcd,cd->kc", r.nan_to_num(0.0), counts) / weight.clamp_min(1)
+    pooled_r = torch.where(weight > 0, pooled_r, torch.full_like(pooled_r, float("nan")))
+    pooled = depth_selectivity(pooled_r)
+    total, acc = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    used = 0
+    for d in range(nd):
+        present = counts[:, d] > 0
+        if int(present.sum()) < 2:
+            continue
+        rd = r[:, present, d]
+        ds = depth_selectivity(rd)
+        # A unit silent in this stratum (DS defined as 0 there) says nothing about concepts in it.
+        ok = torch.isfinite(ds) & (rd.abs().nan_to_num(0.0).amax(1) > 0)
+        total += torch.where(ok, ds, torch.zeros_like(ds)) * float(counts[present, d].sum())
+        acc += ok.double() * float(counts[present, d].sum())
+        used += 1
+    within = torch.where((acc > 0) & ~dead, total / acc.clamp_min(1e-300), torch.full_like(total, float("nan")))
+    pooled = torch.where(dead, torch.full_like(pooled, float("nan")), pooled)
+    return {"pooled": pooled, "within": within, "mean_pooled": float(pooled.nanmean()),
+            "mean_within": float(within.nanmean()), "strata_used": used}
