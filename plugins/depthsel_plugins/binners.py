@@ -1,5 +1,8 @@
 """Built-in depth binners: ``uniform``, ``log``, ``sid`` and ``quantile``.
 
+The concept binners ``normals`` and ``boundary`` (:mod:`.concept_binners`) are
+registered by the same hook.
+
 All bins are right-closed, ``(edges[i], edges[i+1]]``. Depth outside the range
 is invalid (``-1``) unless ``above_range="first_bin"`` reproduces the
 reference code, which leaves depth above ``max_depth`` in bin 0.
@@ -221,3 +224,7 @@ def register_binners(register: Any) -> None:
     register("log", LogBinner, description="bins equally spaced in log depth")
     register("sid", SIDBinner, description="spacing-increasing discretisation (DORN, reference edges)")
     register("quantile", QuantileBinner, description="equal-frequency bins fitted on training depths")
+    # Concept binners (surface orientation, occlusion boundaries) live in their own module.
+    from .concept_binners import register_concept_binners
+
+    register_concept_binners(register)

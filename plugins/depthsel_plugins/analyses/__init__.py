@@ -1,4 +1,5 @@
-"""First-party analyzers: dissection, correction, ablation, adversarial tracing, masks.
+"""First-party analyzers: dissection, correction, ablation, adversarial tracing, masks,
+linear depth probes.
 
 Each submodule defines a plain ``register_analyzers(register)`` function; this
 package's hook calls them in a fixed order.
@@ -12,7 +13,7 @@ from depthsel import hookimpl
 
 from .._submodules import register_from
 
-_SUBMODULES = ("dissection", "correction", "ablation", "adversarial", "masks")
+_SUBMODULES = ("dissection", "correction", "ablation", "adversarial", "masks", "probe")
 
 
 @hookimpl

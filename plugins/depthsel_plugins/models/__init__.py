@@ -1,4 +1,4 @@
-"""First-party model plugins: FastDepth, Hu et al. MFF, BTS and CSPN, in pure torch.
+"""First-party model plugins: FastDepth, Hu et al. MFF, BTS, CSPN and a DPT-style ViT, in pure torch.
 
 Each submodule defines a plain ``register_models(register)`` function; this
 package's hook calls them in a fixed order.
@@ -12,7 +12,7 @@ from depthsel import hookimpl
 
 from .._submodules import register_from
 
-_SUBMODULES = ("fastdepth", "hu_mff", "bts", "cspn")
+_SUBMODULES = ("fastdepth", "hu_mff", "bts", "cspn", "dpt_vit")
 
 
 @hookimpl
