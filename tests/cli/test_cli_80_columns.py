@@ -38,10 +38,10 @@ def test_help_has_full_option_names_and_no_bool_metavar(command: str) -> None:
     assert "<bool>" not in out.stdout and "…" not in out.stdout
     assert max(len(line) for line in out.stdout.splitlines()) <= 80
     if command == "train":
-        for name in ("--checkpoint-every", "--resume / --no-resume", "--amp", "--normalization"):
+        for name in ("--checkpoint-every", "--resume", "--force", "--amp", "--normalization"):
             assert name in out.stdout, name
     if command in ("dissect", "analyze"):
-        assert "fit_bins_to_units=True" in out.stdout and "permutations=200" in out.stdout
+        assert "fit_bins_to_units=True" in out.stdout and "permutations=999" in out.stdout
     if command == "analyze":
         assert "ablation:" in out.stdout and "masks:" in out.stdout
 
