@@ -33,6 +33,7 @@ CONFIG_NAMES = {"config.json", "run.json", "run_config.json", "hparams.json", "a
                 "config.yaml", "config.yml", "config.toml", "hparams.yaml"}
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_ROWS = 200
+FOLD_ROWS = 12
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_TEXT_BYTES = 2 * 1024 * 1024
 REPORT_MARK = "depthsel report:"
@@ -49,7 +50,7 @@ pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:.85rem;max-height:4
 h3{font-size:1.05rem;margin:1.2rem 0 .3rem;color:#444}
 figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top;max-width:100%}
 figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85rem;color:#555}
-.note{color:#777;font-size:.85rem}
+.note{color:#777;font-size:.85rem}details{margin:.3rem 0}summary{cursor:pointer;font-weight:600;color:#345}
 """
 
 
@@ -61,6 +62,7 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     note: str = ""
+    headline: bool = False
 
 
 @dataclass
@@ -126,6 +128,20 @@ def _split_layer_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _number(text: Any) -> Any:
+    """A CSV cell as int or float when it is one, so it is shown at report precision."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _natural(text: str) -> list[Any]:
     """Sort key that puts unit5 before unit10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
@@ -151,7 +167,7 @@ def _json_tables(rel: str, payload: Any, report: Report) -> None:
             rows = format_table(payload)
             report.tables.insert(0, Table(f"{rel}: comparison, {n} seed{'s' if n != 1 else ''} "
                                           f"{payload.get('seeds', '')}", list(rows[0]), [list(r.values()) for r in rows],
-                                          spread))
+                                          spread, headline=True))
         else:
             report.tables.insert(0, _records_table(f"{rel}: comparison", payload["table"]))
         if isinstance(payload.get("config"), Mapping):
@@ -268,7 +284,7 @@ def _add_text_file(root: Path, path: Path, report: Report) -> None:
             if records and all(isinstance(r, Mapping) for r in records):
                 report.tables.append(_records_table(rel, records))
         elif path.suffix == ".csv":
-            records = list(csv.DictReader(text.splitlines()))
+            records = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
             if records:
                 report.tables.append(_records_table(rel, records))
     except (ResultFormatError, csv.Error) as exc:
@@ -304,6 +320,10 @@ def render_report(report: Report) -> str:
     if not report.tables:
         out.append('<p class="note">no JSON or CSV metrics found</p>')
     for table in report.tables:
+        # Long per-unit tables fold away, so the headline and per-layer rows stay in view.
+        folded = len(table.rows) > FOLD_ROWS and not table.headline
+        if folded:
+            out.append(f"<details><summary>{e(table.title)} ({len(table.rows)} rows)</summary>")
         out.append(f'<div class="tablewrap"><table class="metrics"><caption>{e(table.title)}</caption><thead><tr>')
         out.extend(f"<th>{e(c)}</th>" for c in table.columns)
         out.append("</tr></thead><tbody>")
@@ -312,6 +332,8 @@ def render_report(report: Report) -> str:
         out.append("</tbody></table></div>")
         if table.note:
             out.append(f'<p class="note">{e(table.note)}</p>')
+        if folded:
+            out.append("</details>")
     out.append("<h2>Figures</h2>")
     if not report.images:
         out.append('<p class="note">no images found</p>')

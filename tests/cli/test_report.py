@@ -129,3 +129,40 @@ def test_experiment_summary_is_the_headline_and_checkpoints_are_skipped(tmp_path
     report = collect_report(tmp_path)
     assert report.tables[0].title.startswith("summary.json")
     assert not any("checkpoint.json" in t.title for t in report.tables)
+
+
+def test_experiment_headline_first_long_tables_folded_numbers_short(tmp_path: Path) -> None:
+    """An experiment report: the seed table is the open headline, per-unit CSVs fold, 4 digits, natural order."""
+    from depthsel.report import collect_report, render_report
+
+    run = tmp_path / "exp"
+    (run / "seed0" / "baseline").mkdir(parents=True)
+    summary = {"kind": "experiment", "num_seeds": 2, "seeds": [0, 1],
+               "arms": [{"label": "baseline", "weight": 0.0}, {"label": "interpretable", "weight": 1.0}],
+               "table": [{"key": "rmse", "metric": "RMSE (m)", "better": "lower",
+                          "arms": {"baseline": {"n": 2, "mean": 0.5, "half_width": 0.1, "values": [0.4, 0.6]},
+                                   "interpretable": {"n": 2, "mean": 0.45, "half_width": 0.05, "values": [0.42, 0.48]}},
+                          "difference": {"interpretable": {"mean": -0.05, "ci_low": -0.3, "ci_high": 0.2,
+                                                           "pvalue": 0.4}}}] * 14}
+    (run / "summary.json").write_text(json.dumps(summary))
+    rows = "\n".join(f"{i},0.123456789012345" for i in range(30))
+    (run / "seed0" / "baseline" / "units.csv").write_text("unit,ds\n" + rows)
+    for name in ("unit10.png", "unit5.png"):
+        (run / "seed0" / "baseline" / name).write_bytes(_png())
+    page = render_report(collect_report(run))
+    head = page.index("comparison, 2 seeds")
+    assert "<details>" not in page[:head]  # the headline is never folded away
+    assert "0.5 ± 0.1" in page and "-0.05 [-0.3, 0.2]" in page
+    assert page.index("<details><summary>seed0/baseline/units.csv (30 rows)") > head
+    assert "0.1235" in page and "0.123456789" not in page
+    assert page.index('alt="seed0/baseline/unit5.png"') < page.index('alt="seed0/baseline/unit10.png"')
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    return buf.getvalue()
