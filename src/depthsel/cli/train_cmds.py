@@ -89,6 +89,19 @@ def _check_train_options(*, name: str, lr: float, weight: float, liveness: float
     get_plugin_manager().entry("objectives", objective)
 
 
+# Options shared by `demo` and `sweep`: one definition, one help text.
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")]
+SizeOpt = Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")]
+WidthOpt = Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="AdamW learning rate of every model.")]
+LivenessOpt = Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive; 0 is the paper's Eq. 5.")]
+TrainFramesOpt = Annotated[str | None, typer.Option("--train-frames", help="Folder data: frames for training, e.g. 0:80.")]
+TestFramesOpt = Annotated[str | None, typer.Option("--test-frames", help="Folder data: held-out frames, e.g. 80:100.")]
+BinningOpt = Annotated[str, typer.Option("--binning", help="sid-fit (SID over the data's range), quantile, or sid (0.75-10 m).")]
+TrainSamplesOpt = Annotated[int, typer.Option("--train-samples", min=1, help="Synthetic data: training images.")]
+TestSamplesOpt = Annotated[int, typer.Option("--test-samples", min=1, help="Synthetic data: held-out images.")]
+
+
 def register(app: typer.Typer) -> None:
     """Add ``demo`` and ``train`` to the application."""
 
@@ -98,20 +111,20 @@ def register(app: typer.Typer) -> None:
         data: Annotated[str, typer.Option("--data", "-d", help="DATASPEC: 'synthetic' (default) or folder:PATH.")] = "synthetic",
         out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of the run directory.")] = Path("runs"),
         name: Annotated[str, typer.Option("--name", help="Run directory name under --out.")] = "demo",
-        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")] = 20,
-        size: Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")] = "64x96",
-        width: Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")] = 0.5,
+        epochs: EpochsOpt = 20,
+        size: SizeOpt = "64x96",
+        width: WidthOpt = 0.5,
         weight: Annotated[float, typer.Option("--weight", help="Selectivity weight lambda of the interpretable twin.")] = 1.0,
-        lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate of both models.")] = 1e-2,
-        liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive; 0 is the paper's Eq. 5.")] = 1.0,
-        train_frames: Annotated[str | None, typer.Option("--train-frames", help="Folder data: frames for training, e.g. 0:80.")] = None,
-        test_frames: Annotated[str | None, typer.Option("--test-frames", help="Folder data: held-out frames, e.g. 80:100.")] = None,
-        binning: Annotated[str, typer.Option("--binning", help="sid-fit (SID over the data's range), quantile, or sid (0.75-10 m).")] = "sid-fit",
+        lr: LrOpt = 1e-2,
+        liveness: LivenessOpt = 1.0,
+        train_frames: TrainFramesOpt = None,
+        test_frames: TestFramesOpt = None,
+        binning: BinningOpt = "sid-fit",
         seeds: SeedsOption = "3",
         curve_every: Annotated[int, typer.Option("--curve-every", min=0, help="Epochs between learning-curve points (0: none).")] = 5,
         permutations: Annotated[int, typer.Option("--permutations", min=0, help="Re-pairings of the held-out significance test (0: off).")] = 199,
-        train_samples: Annotated[int, typer.Option("--train-samples", min=1, help="Synthetic data: training images.")] = 128,
-        test_samples: Annotated[int, typer.Option("--test-samples", min=1, help="Synthetic data: held-out images.")] = 48,
+        train_samples: TrainSamplesOpt = 128,
+        test_samples: TestSamplesOpt = 48,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Train a narrow FastDepth baseline and its interpretable twin over seeds, dissect both, compare."""
@@ -142,17 +155,17 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of the run directory.")] = Path("runs"),
         name: Annotated[str, typer.Option("--name", help="Run directory name under --out.")] = "sweep",
         seeds: SeedsOption = "3",
-        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")] = 20,
-        size: Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")] = "64x96",
-        width: Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")] = 0.5,
-        lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-2,
-        liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive.")] = 1.0,
-        train_frames: Annotated[str | None, typer.Option("--train-frames", help="Folder data: training frames, e.g. 0:80.")] = None,
-        test_frames: Annotated[str | None, typer.Option("--test-frames", help="Folder data: held-out frames, e.g. 80:100.")] = None,
-        binning: Annotated[str, typer.Option("--binning", help="sid-fit, quantile, or sid.")] = "sid-fit",
+        epochs: EpochsOpt = 20,
+        size: SizeOpt = "64x96",
+        width: WidthOpt = 0.5,
+        lr: LrOpt = 1e-2,
+        liveness: LivenessOpt = 1.0,
+        train_frames: TrainFramesOpt = None,
+        test_frames: TestFramesOpt = None,
+        binning: BinningOpt = "sid-fit",
         permutations: Annotated[int, typer.Option("--permutations", min=0, help="Re-pairings of the significance test (0: off).")] = 0,
-        train_samples: Annotated[int, typer.Option("--train-samples", min=1, help="Synthetic data: training images.")] = 128,
-        test_samples: Annotated[int, typer.Option("--test-samples", min=1, help="Synthetic data: held-out images.")] = 48,
+        train_samples: TrainSamplesOpt = 128,
+        test_samples: TestSamplesOpt = 48,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Accuracy vs selectivity over selectivity weights x seeds: a table and a trade-off plot with CIs."""
