@@ -271,7 +271,9 @@ def test_stratified_ds_separates_a_depth_detector_from_a_floor_detector() -> Non
     info = depthsel.ModelInfo(input_size=SIZE, normalization="unit", suggested_layers=("0",))
     binner = {"name": "stratified", "concept": {"name": "normals", "intrinsics": list(K)},
               "depth": {"name": "uniform", "num_bins": 8, "min_depth": 0.0, "max_depth": 8.0}}
-    res = dissect_splits(model, info, {"test": _Rooms()}, layers=["0"], binner=binner, permutations=0)
+    # Two units on 40 concept x depth bins: the paper's N_b = K rule does not apply to categorical bins.
+    res = dissect_splits(model, info, {"test": _Rooms()}, layers=["0"], binner=binner, permutations=0,
+                         fit_bins_to_units=False, assignment={"0": [0, 0]})
     out = stratified_concept_ds(res, "0")
     assert out["strata_used"] >= 3
     pooled, within = out["pooled"], out["within"]
