@@ -197,10 +197,11 @@ class DissectionResult(Result):
     def plot_feature_maps(self, model: Any, info: Any, dataset: Any, out_dir: str | Path, *,
                           split: str | None = None, units: list[int] | None = None,
                           indices: tuple[int, ...] = (0, 1, 2), device: str = "cpu") -> list[Path]:
-        """Fig. 5 of You et al.: feature maps of ``units`` beside the masks of their assigned bins.
+        """Fig. 5 of You et al. (feature maps beside assigned-bin masks), and the unit gallery.
 
         Needs the model and data, so it is separate from :meth:`plot`.
         """
+        from .dissection_gallery import plot_unit_gallery
         from .dissection_plots import plot_feature_maps
 
         out = Path(out_dir)
@@ -217,5 +218,8 @@ class DissectionResult(Result):
                 indices=tuple(i for i in indices if i < len(dataset)), device=device,
                 align_corners=bool(self.config.get("align_corners", False)),
             ))
+            paths.append(plot_unit_gallery(model, info, dataset, self, layer,
+                                           out / f"{split}_{safe}_unit_gallery.png", split=split,
+                                           indices=indices, device=device))
         return paths
 

@@ -1,0 +1,96 @@
+"""A unit gallery: each unit's response curve beside its feature map overlaid on input images.
+
+One row per unit, sorted by assigned bin: the curve says *which depths* a unit
+responds to (assigned bin shaded green, argmax dot red, dead units labelled),
+and the overlays say *where in the image* it fires, with the outline of the
+unit's assigned-bin pixels drawn on top, so a reader can check at a glance
+that the two agree. Runs the model once on the shown images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from depthsel.capture import Capture
+from depthsel.data import collate
+from depthsel.errors import ShapeMismatchError
+
+from .dissection_result import DissectionResult
+from .figures import pyplot, save_figure
+
+__all__ = ["plot_unit_gallery"]
+
+
+def _curve(ax: Any, result: DissectionResult, layer: str, unit: int, split: str | None) -> None:
+    r = result.responses(layer, split).numpy()[unit]
+    edges = result.binner(layer, split).edges.numpy()
+    centres = (edges[1:] + edges[:-1]) / 2
+    asg = int(result.get(layer, "assigned", split)[unit])
+    amax = int(result.get(layer, "argmax_bin", split)[unit])
+    dead = bool(result.get(layer, "dead", split)[unit])
+    tds = float(result.get(layer, "target_ds", split)[unit])
+    ax.axvspan(edges[asg], edges[asg + 1], color="tab:green", alpha=0.25)
+    ax.plot(centres, r, "-", color="0.5" if dead else "tab:blue", lw=1.1)
+    if not dead:
+        ax.plot(centres[amax], r[amax], "o", color="tab:red", ms=4)
+    title = f"unit {unit}: DEAD" if dead else f"unit {unit}: target DS {tds:.2f}"
+    ax.set_title(title, fontsize=7, color="tab:red" if dead else "black")
+    ax.tick_params(labelsize=6)
+    ax.set_xlabel("depth (m)", fontsize=6)
+
+
+@torch.no_grad()
+def plot_unit_gallery(model: nn.Module, info: Any, dataset: Dataset[Any], result: DissectionResult, layer: str,
+                      out_path: str | Path, *, split: str | None = None, units: Sequence[int] | None = None,
+                      indices: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu") -> Path:
+    """Write the gallery of ``units`` (default: every unit, at most 16, sorted by assigned bin)."""
+    plt = pyplot()
+    asg = result.get(layer, "assigned", split)
+    k = int(asg.numel())
+    chosen = list(units) if units is not None else sorted(range(k), key=lambda u: (int(asg[u]), u))[:16]
+    idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
+    if not idx or not chosen or any(not 0 <= u < k for u in chosen):
+        raise ShapeMismatchError(f"the gallery needs images and units in [0, {k}) of {layer!r}")
+    batch = collate([dataset[i] for i in idx])
+    batch = {n: v.to(device) if isinstance(v, torch.Tensor) else v for n, v in batch.items()}
+    was = model.training
+    model.eval()
+    try:
+        with Capture(model, [layer]) as cap:
+            info.forward(model, batch)
+            act = cap.outputs[layer]
+    finally:
+        model.train(was)
+    size = batch["depth"].shape[-2:]
+    up = F.interpolate(act.float(), size=size, mode="bilinear",
+                       align_corners=bool(result.config.get("align_corners", False))).cpu()
+    bins = result.binner(layer, split)(batch["depth"], batch.get("valid")).cpu()
+    images = batch["image"].permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
+    fig, axes = plt.subplots(len(chosen), 1 + len(idx), figsize=(2.2 * (1 + len(idx)), 1.5 * len(chosen)),
+                             squeeze=False)
+    for row, u in enumerate(chosen):
+        _curve(axes[row, 0], result, layer, u, split)
+        for col in range(len(idx)):
+            ax = axes[row, 1 + col]
+            fmap = up[col, u].numpy()
+            span = float(fmap.max() - fmap.min())
+            ax.imshow(images[col])
+            ax.imshow((fmap - fmap.min()) / (span or 1.0), cmap="magma", alpha=0.6, vmin=0, vmax=1)
+            mask = (bins[col] == int(asg[u])).numpy().astype(np.float32)
+            if mask.any() and not mask.all():
+                ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"image {idx[col]} (green: assigned-bin pixels)", fontsize=6)
+    fig.suptitle(f"{layer}: units by assigned bin", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / len(chosen)))
+    return save_figure(fig, out_path)
