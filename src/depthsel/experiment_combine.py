@@ -21,8 +21,9 @@ from .experiment_table import aggregate
 
 __all__ = ["combine_runs"]
 
-#: Configuration keys allowed to differ between combined runs.
-_FREE_KEYS = {"name", "out_dir", "seeds"}
+#: Configuration keys allowed to differ between combined runs (where and how fast a seed ran is not
+#: part of the experiment; each run's environment is kept in the combined summary).
+_FREE_KEYS = {"name", "out_dir", "seeds", "threads", "device"}
 
 
 def _load(run: Path) -> dict[str, Any]:

@@ -100,6 +100,7 @@ TestFramesOpt = Annotated[str | None, typer.Option("--test-frames", help="Folder
 BinningOpt = Annotated[str, typer.Option("--binning", help="sid-fit (SID over the data's range), quantile, or sid (0.75-10 m).")]
 TrainSamplesOpt = Annotated[int, typer.Option("--train-samples", min=1, help="Synthetic data: training images.")]
 TestSamplesOpt = Annotated[int, typer.Option("--test-samples", min=1, help="Synthetic data: held-out images.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="CPU threads per training (1 is fastest for these small models; 0 keeps torch's default).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -125,6 +126,7 @@ def register(app: typer.Typer) -> None:
         permutations: Annotated[int, typer.Option("--permutations", min=0, help="Re-pairings of the held-out significance test (0: off).")] = 199,
         train_samples: TrainSamplesOpt = 128,
         test_samples: TestSamplesOpt = 48,
+        threads: ThreadsOpt = 1,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Train a narrow FastDepth baseline and its interpretable twin over seeds, dissect both, compare."""
@@ -139,7 +141,7 @@ def register(app: typer.Typer) -> None:
                                test_data=test_cfg, size=hw, model_config={"width": width}, weight=weight,
                                epochs=epochs, binning=binning, seeds=parse_seeds(seeds), lr=lr,
                                objective_options={"liveness": liveness}, curve_every=curve_every,
-                               permutations=permutations)
+                               permutations=permutations, threads=threads)
         summary = run_experiment(cfg)
         summary["run_dir"] = str(cfg.run_dir)
         _print_table(summary, fmt, "baseline vs interpretable (held-out split)")
@@ -166,6 +168,7 @@ def register(app: typer.Typer) -> None:
         permutations: Annotated[int, typer.Option("--permutations", min=0, help="Re-pairings of the significance test (0: off).")] = 0,
         train_samples: TrainSamplesOpt = 128,
         test_samples: TestSamplesOpt = 48,
+        threads: ThreadsOpt = 1,
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Accuracy vs selectivity over selectivity weights x seeds: a table and a trade-off plot with CIs."""
@@ -185,7 +188,7 @@ def register(app: typer.Typer) -> None:
         cfg = ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg, test_data=test_cfg,
                                size=hw, model_config={"width": width}, epochs=epochs, binning=binning,
                                seeds=parse_seeds(seeds), lr=lr, objective_options={"liveness": liveness},
-                               permutations=permutations)
+                               permutations=permutations, threads=threads)
         summary = run_sweep(cfg, ws)
         summary["run_dir"] = str(cfg.run_dir)
         _print_table(summary, fmt, "selectivity-weight sweep (held-out split)")
