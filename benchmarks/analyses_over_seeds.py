@@ -119,10 +119,12 @@ def file_hash(path: Path) -> str:
 
 
 def train_dissection(ctx: AnalysisContext, model_dir: Path, binner: dict[str, Any]) -> Any:
-    """The experiment's saved train-split dissection of this model, or a fresh one."""
+    """The experiment's saved train-split dissection of this model when it covers the layers, else a fresh one."""
     saved = model_dir / "dissection_train"
     if (saved / "result.json").is_file():
-        return load_result(saved)
+        res = load_result(saved)
+        if set(ctx.layers) <= set(res.layers):
+            return res
     return get_analyzer("dissection", binner=binner, fit_bins_to_units=True, permutations=0,
                         diagnostics=False, split="train").run(ctx)
 
@@ -268,7 +270,9 @@ def analyse_seed(run: Path, out: Path, cfg: dict[str, Any], binner: dict[str, An
     row: dict[str, Any] = {}
     for label in MODELS:
         model_dir = run / f"seed{seed}" / label
-        key = f"{s.key()}-{file_hash(model_dir / 'model.safetensors')}"
+        # Analysed layers enter the key only when they differ from the trained ones (older caches stay valid).
+        extra = "" if cfg.get("analysed_layers") is None else "-" + "+".join(cfg["analysed_layers"])
+        key = f"{s.key()}{extra}-{file_hash(model_dir / 'model.safetensors')}"
         cache = out / "per_seed" / f"seed{seed}_{label}.json"
         if cache.is_file():
             cached = json.loads(cache.read_text())
@@ -291,6 +295,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="output directory (JSON, tables, figures)")
     ap.add_argument("--seeds", default=None, help="comma list of seeds (default: every seed with both models)")
     ap.add_argument("--config", type=Path, default=None, help="experiment config JSON when summary.json is absent")
+    ap.add_argument("--layers", default=None,
+                    help="comma list of layers to analyse instead of the regularised ones (e.g. decode_conv4)")
     ap.add_argument("--random-orders", type=int, default=3)
     ap.add_argument("--ablation-step", type=int, default=1)
     ap.add_argument("--no-single-unit", action="store_true", help="skip the one-unit-at-a-time ablation")
@@ -312,6 +318,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  mask_lambdas=[float(x) for x in args.mask_lambdas.split(",") if x.strip()],
                  mask_steps=args.mask_steps, mask_width=args.mask_width)
     cfg, binner = load_experiment(args.run, args.config)
+    cfg = dict(cfg, regularised_layers=list(cfg["layers"]))
+    if args.layers:
+        cfg["layers"] = cfg["analysed_layers"] = [x.strip() for x in args.layers.split(",") if x.strip()]
     wanted = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     seeds, missing = available_seeds(args.run, wanted)
     if not seeds:

@@ -139,7 +139,8 @@ def build_report(per_seed: dict[str, dict[str, Any]], seeds: Sequence[int], cfg:
     lambdas = settings["mask_lambdas"] if settings.get("masks") else []
     return {"seeds": list(seeds), "num_seeds": len(seeds), "settings": settings,
             "experiment": {k: cfg.get(k) for k in ("name", "data", "train_data", "test_data", "size", "model",
-                                                   "model_config", "layers", "epochs", "binning", "protocol")},
+                                                   "model_config", "layers", "regularised_layers", "epochs", "binning",
+                                                   "protocol")},
             "per_seed": per_seed, "summary": summary, "curves": curve_bands(per_seed, seeds),
             "claims": claims(summary, lambdas, layers)}
 
@@ -178,39 +179,53 @@ def table(report: dict[str, Any], rows: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _layer_tables(report: dict[str, Any]) -> list[str]:
+    """Ablation and adversarial tables, one pair per hooked layer."""
+    layers = report["experiment"]["layers"]
+    parts: list[str] = []
+    for layer in layers:
+        pa, pv = prefix("ablation", layer, layers), prefix("adversarial", layer, layers)
+        tag = "" if len(layers) == 1 else f" ({layer})"
+        parts += [f"### Ablation{tag}", table(report, [
+            (f"{pa}/auc_delta1_most_selective_first", "mean δ1 over the curve, most selective first"),
+            (f"{pa}/auc_delta1_least_selective_first", "mean δ1 over the curve, least selective first"),
+            (f"{pa}/auc_delta1_random", "mean δ1 over the curve, random"),
+            (f"{pa}/auc_most_minus_random", "most − random"), (f"{pa}/auc_most_minus_least", "most − least"),
+            (f"{pa}/top_unit_share", "δ1 lost by the most important single unit / by all units"),
+            (f"{pa}/spearman_ds_importance", "Spearman(train DS, single-unit δ1 loss)")])]
+        adv = [(f"{pv}/top_bin_error_share", "error share of the top bin"),
+               (f"{pv}/iou_error_units", "IoU, units of the error-dominant bins"),
+               (f"{pv}/iou_other_units", "IoU, other units"), (f"{pv}/iou_gap", "IoU gap (error-bin − other)"),
+               (f"{pv}/iou_rank", "rank of error-bin units among the others (0.5 = chance)")]
+        if layer == layers[0]:
+            adv = [("adversarial/delta1_clean", "δ1 clean"), ("adversarial/delta1_adversarial", "δ1 adversarial"),
+                   ("adversarial/delta1_drop", "δ1 drop")] + adv
+        parts += [f"### Adversarial (FGSM){tag}", table(report, adv)]
+    return parts
+
+
+def _mask_table(report: dict[str, Any]) -> list[str]:
+    lams = report["settings"]["mask_lambdas"] if report["settings"].get("masks") else []
+    rows: list[tuple[str, str]] = []
+    for lam in lams:
+        k = f"masks/lambda={lam:g}"
+        rows += [(f"{k}/sparseness", f"λ={lam:g}: pixels kept"), (f"{k}/rmse_full", f"λ={lam:g}: RMSE full image"),
+                 (f"{k}/rmse_binary", f"λ={lam:g}: RMSE binary mask"),
+                 (f"{k}/rmse_edge", f"λ={lam:g}: RMSE edge mask"),
+                 (f"{k}/edge_minus_binary", f"λ={lam:g}: RMSE edge − mask")]
+    return ["### Masks (Hu et al.)", table(report, rows)] if rows else []
+
+
 def markdown(report: dict[str, Any]) -> str:
     """All tables of the report as Markdown (mean ± 95% CI half-width over seeds)."""
-    n, layers = report["num_seeds"], report["experiment"]["layers"]
-    pa, pv = prefix("ablation", layers[0], layers), prefix("adversarial", layers[0], layers)
-    parts = [f"Seeds: {report['seeds']} (n = {n}); cells are mean ± 95% t-CI half-width over seeds.",
+    parts = [f"Seeds: {report['seeds']} (n = {report['num_seeds']}); cells are mean ± 95% t-CI half-width "
+             "over seeds; p: paired t-test over seeds (in a model's cell: of a zero mean).",
              "### Correction (oracle)", table(report, [
                  ("correction/delta1_clean", "δ1 clean"), ("correction/delta1_corrected", "δ1 corrected"),
                  ("correction/delta1_gain", "δ1 gain (corrected − clean)"),
                  ("correction/rmse_clean", "RMSE clean (m)"), ("correction/rmse_corrected", "RMSE corrected (m)"),
-                 ("correction/rmse_change", "RMSE change (m)")]),
-             "### Ablation" + ("" if len(layers) == 1 else f" ({layers[0]})"), table(report, [
-                 (f"{pa}/auc_delta1_most_selective_first", "mean δ1 over the curve, most selective first"),
-                 (f"{pa}/auc_delta1_least_selective_first", "mean δ1 over the curve, least selective first"),
-                 (f"{pa}/auc_delta1_random", "mean δ1 over the curve, random"),
-                 (f"{pa}/auc_most_minus_random", "most − random"), (f"{pa}/auc_most_minus_least", "most − least"),
-                 (f"{pa}/top_unit_share", "δ1 lost by the most important single unit / by all units"),
-                 (f"{pa}/spearman_ds_importance", "Spearman(train DS, single-unit δ1 loss)")]),
-             "### Adversarial (FGSM)" + ("" if len(layers) == 1 else f" ({layers[0]})"), table(report, [
-                 ("adversarial/delta1_clean", "δ1 clean"), ("adversarial/delta1_adversarial", "δ1 adversarial"),
-                 ("adversarial/delta1_drop", "δ1 drop"), (f"{pv}/top_bin_error_share", "error share of the top bin"),
-                 (f"{pv}/iou_error_units", "IoU, units of the error-dominant bins"),
-                 (f"{pv}/iou_other_units", "IoU, other units"), (f"{pv}/iou_gap", "IoU gap (error-bin − other)"),
-                 (f"{pv}/iou_rank", "rank of error-bin units among the others (0.5 = chance)")])]
-    lams = report["settings"]["mask_lambdas"] if report["settings"].get("masks") else []
-    if lams:
-        rows = []
-        for lam in lams:
-            k = f"masks/lambda={lam:g}"
-            rows += [(f"{k}/sparseness", f"λ={lam:g}: pixels kept"), (f"{k}/rmse_full", f"λ={lam:g}: RMSE full image"),
-                     (f"{k}/rmse_binary", f"λ={lam:g}: RMSE binary mask"),
-                     (f"{k}/rmse_edge", f"λ={lam:g}: RMSE edge mask"),
-                     (f"{k}/edge_minus_binary", f"λ={lam:g}: RMSE edge − mask")]
-        parts += ["### Masks (Hu et al.)", table(report, rows)]
+                 ("correction/rmse_change", "RMSE change (m)")])]
+    parts += _layer_tables(report) + _mask_table(report)
     lines = ["| analysis | claim | mean [95% CI] | p | BH q | verdict |", "|---|---|---|---|---|---|"]
     for c in report["claims"]:
         ci = "" if c["ci_low"] is None else f" [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
@@ -223,15 +238,18 @@ def markdown(report: dict[str, Any]) -> str:
 # ----------------------------------------------------------------- figures
 def plot_all(report: dict[str, Any], out: Path) -> list[Path]:
     """Ablation curves with their band across seeds, and a forest plot of the claims."""
-    return [plot_ablation(report, out / "ablation_curves.png"), plot_claims(report, out / "claims.png")]
+    layers = report["experiment"]["layers"]
+    paths = [plot_ablation(report, layer, out / ("ablation_curves.png" if len(layers) == 1
+                                                  else f"ablation_curves_{layer.replace('/', '_')}.png"))
+             for layer in layers]
+    return paths + [plot_claims(report, out / "claims.png")]
 
 
-def plot_ablation(report: dict[str, Any], path: Path) -> Path:
+def plot_ablation(report: dict[str, Any], layer: str, path: Path) -> Path:
     """δ1 and RMSE against units ablated, three orders, 95% t-CI band over seeds, per model."""
     from depthsel_plugins.analyses.figures import pyplot, save_figure
 
     plt = pyplot()
-    layer = report["experiment"]["layers"][0]
     fig, axes = plt.subplots(2, 2, figsize=(8.5, 5.6), squeeze=False, sharex=True)
     for j, m in enumerate(MODELS):
         c = report["curves"][m][layer]
@@ -246,7 +264,9 @@ def plot_ablation(report: dict[str, Any], path: Path) -> Path:
             if i == 1:
                 ax.set_xlabel(f"units of {layer} ablated")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"Cumulative ablation, {report['num_seeds']} seeds (band: 95% t-CI over seeds)", fontsize=10)
+    n = report["num_seeds"]
+    fig.suptitle(f"Cumulative ablation of {layer}, {n} seed{'s' if n != 1 else ''}"
+                 + (" (band: 95% t-CI over seeds)" if n > 1 else " (no band from one seed)"), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=80)
 
@@ -257,7 +277,7 @@ def plot_claims(report: dict[str, Any], path: Path) -> Path:
 
     plt = pyplot()
     rows = report["claims"]
-    fig, ax = plt.subplots(figsize=(8.5, 0.32 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.2))
     for i, r in enumerate(rows):
         lo = r["mean"] if r["ci_low"] is None else r["ci_low"]
         hi = r["mean"] if r["ci_high"] is None else r["ci_high"]
@@ -266,7 +286,7 @@ def plot_claims(report: dict[str, Any], path: Path) -> Path:
         ax.plot([r["mean"]], [i], "o", color=color, ms=4)
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r['analysis']}: {r['claim'][:70]} ({'+' if r['expected_sign'] > 0 else '−'})"
+    ax.set_yticklabels([f"{r['analysis']}: {r['claim'][:95]} ({'+' if r['expected_sign'] > 0 else '−'})"
                         for r in rows], fontsize=6)
     ax.invert_yaxis()
     ax.set_xlabel("effect (expected sign in brackets); green holds, red reversed, grey not shown", fontsize=8)

@@ -60,6 +60,11 @@ def test_every_summary_is_what_depthsel_stats_gives_for_the_per_seed_values(anal
     keys = set(rep["summary"])
     for area in ("correction/", "ablation/", "adversarial/", "masks/lambda=5/"):
         assert any(k.startswith(area) for k in keys), area
+    check_summaries(rep)
+
+
+def check_summaries(rep: dict[str, Any]) -> None:
+    """Each model's summary and the paired difference, recomputed from the per-seed values."""
     for key, entry in rep["summary"].items():
         vals = {m: [rep["per_seed"][str(s)][m]["scalars"][key] for s in rep["seeds"]] for m in agg.MODELS}
         for m in agg.MODELS:
@@ -158,6 +163,23 @@ def test_rerun_reads_the_cache_and_partial_runs_analyse_the_ready_seeds(analysed
     assert all(c["verdict"] == "one seed: no verdict" for c in one["claims"])
     assert one["summary"]["correction/delta1_gain"]["baseline"]["mean"] == \
         rep["per_seed"]["0"]["baseline"]["scalars"]["correction/delta1_gain"]
+
+
+def test_other_layers_of_the_same_models(analysed: Any, tmp_path: Path) -> None:
+    """--layers analyses layers the models were not regularised on (fresh dissections), each keyed by layer."""
+    run, _, _ = analysed
+    layers = ["decode_conv4", "decode_conv5"]
+    assert script.main([str(run), "--out", str(tmp_path), "--layers", ",".join(layers), "--no-masks", *FAST]) == 0
+    rep = json.loads((tmp_path / "analyses_over_seeds.json").read_text())
+    assert rep["experiment"]["layers"] == layers and rep["experiment"]["regularised_layers"] == ["decode_conv5"]
+    check_summaries(rep)
+    units = {"decode_conv4": 16, "decode_conv5": 8}  # width 0.25
+    for layer in layers:
+        assert f"ablation/{layer}/auc_most_minus_random" in rep["summary"]
+        assert f"adversarial/{layer}/iou_gap" in rep["summary"]
+        assert rep["curves"]["baseline"][layer]["steps"][-1] == units[layer]
+        assert (tmp_path / f"ablation_curves_{layer}.png").is_file()
+    assert not any(k.startswith("masks/") for k in rep["summary"])
 
 
 def test_no_ready_seed_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
