@@ -129,6 +129,22 @@ def train_dissection(ctx: AnalysisContext, model_dir: Path, binner: dict[str, An
                         diagnostics=False, split="train").run(ctx)
 
 
+def saved_dissection_scalars(model_dir: Path, layers: list[str]) -> dict[str, float]:
+    """Selectivity of the hooked layers from the experiment's saved dissections (no compute)."""
+    out: dict[str, float] = {}
+    for folder, split, names in (("dissection", "test", agg.DISSECTION + ("frac_significant_bh",)),
+                                 ("dissection_train", "train", agg.DISSECTION)):
+        path = model_dir / folder / "result.json"
+        if not path.is_file():
+            continue
+        splits = json.loads(path.read_text())["data"]["splits"].get(split, {})
+        for layer in layers:
+            for name in names:
+                if layer in splits and splits[layer].get(name) is not None:
+                    out[f"{agg.prefix('dissection', layer, layers)}/{split}/{name}"] = float(splits[layer][name])
+    return out
+
+
 # ---------------------------------------------------------------- analyses
 def correction(ctx: AnalysisContext, dis: Any, protocol: str) -> dict[str, float]:
     """Oracle correction of all hooked layers: clean, corrected and their change."""
@@ -285,6 +301,8 @@ def analyse_seed(run: Path, out: Path, cfg: dict[str, Any], binner: dict[str, An
         atomic_write_bytes(cache, json.dumps({"key": key, "result": result}, indent=1).encode())
         print(f"seed {seed} {label}: analysed in {result['seconds']} s", flush=True)
         row[label] = result
+    for label in MODELS:  # read fresh every time: cheap, and not part of the cached analyses
+        row[label]["scalars"].update(saved_dissection_scalars(run / f"seed{seed}" / label, list(cfg["layers"])))
     return row
 
 

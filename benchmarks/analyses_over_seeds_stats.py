@@ -24,6 +24,8 @@ from depthsel.stats import benjamini_hochberg, paired_difference, seed_summary
 MODELS = ("baseline", "interpretable")
 ORDERS = ("most_selective_first", "least_selective_first", "random")
 ALPHA = 0.05
+#: Selectivity read from the experiment's saved dissections, per split.
+DISSECTION = ("mean_ds", "mean_target_ds", "peak_on_target", "dead_units")
 #: Last word of the metric keys that are contrasts (their zero test is shown).
 CONTRASTS = ("gain", "change", "gap")
 
@@ -204,6 +206,23 @@ def _layer_tables(report: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _dissection_tables(report: dict[str, Any]) -> list[str]:
+    """Selectivity of the analysed models, from the experiment's saved dissections."""
+    layers = report["experiment"]["layers"]
+    parts: list[str] = []
+    for layer in layers:
+        pd = prefix("dissection", layer, layers)
+        labels = {"mean_ds": "mean DS", "mean_target_ds": "mean target DS", "peak_on_target": "peak-on-target",
+                  "dead_units": "dead units", "frac_significant_bh": "fraction of units significant (BH)"}
+        rows = [(f"{pd}/{split}/{name}", f"{labels[name]}, {where}")
+                for split, where in (("test", "held-out"), ("train", "train split"))
+                for name in (*DISSECTION, "frac_significant_bh")]
+        if any(k in report["summary"] for k, _ in rows):
+            parts += [f"### Dissection{'' if len(layers) == 1 else f' ({layer})'} (the experiment's saved results)",
+                      table(report, rows)]
+    return parts
+
+
 def _mask_table(report: dict[str, Any]) -> list[str]:
     lams = report["settings"]["mask_lambdas"] if report["settings"].get("masks") else []
     rows: list[tuple[str, str]] = []
@@ -225,7 +244,7 @@ def markdown(report: dict[str, Any]) -> str:
                  ("correction/delta1_gain", "δ1 gain (corrected − clean)"),
                  ("correction/rmse_clean", "RMSE clean (m)"), ("correction/rmse_corrected", "RMSE corrected (m)"),
                  ("correction/rmse_change", "RMSE change (m)")])]
-    parts += _layer_tables(report) + _mask_table(report)
+    parts += _dissection_tables(report) + _layer_tables(report) + _mask_table(report)
     lines = ["| analysis | claim | mean [95% CI] | p | BH q | verdict |", "|---|---|---|---|---|---|"]
     for c in report["claims"]:
         ci = "" if c["ci_low"] is None else f" [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
