@@ -125,12 +125,19 @@ def claims(summary: dict[str, dict[str, Any]], lambdas: Sequence[float], layers:
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """``holds`` / ``reversed`` (BH q < 0.05 with / against the expected sign) / ``not shown``."""
+    """``holds`` / ``reversed`` (BH q < 0.05 with / against the expected sign), else ``not shown``.
+
+    A ``not shown`` whose unadjusted p is below 0.05 says on which side of zero it fell, so
+    a trend that the adjustment removes is still visible.
+    """
     if row["n"] < 2 or row["q_bh"] is None:
         return "one seed: no verdict"
-    if row["q_bh"] >= ALPHA:
-        return "not shown"
-    return "holds" if row["mean"] * row["expected_sign"] > 0 else "reversed"
+    expected = row["mean"] * row["expected_sign"] > 0
+    if row["q_bh"] < ALPHA:
+        return "holds" if expected else "reversed"
+    if row["p"] is not None and row["p"] < ALPHA:
+        return f"not shown ({'expected' if expected else 'opposite'} sign at unadjusted p < {ALPHA})"
+    return "not shown"
 
 
 def build_report(per_seed: dict[str, dict[str, Any]], seeds: Sequence[int], cfg: dict[str, Any],

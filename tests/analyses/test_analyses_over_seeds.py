@@ -137,8 +137,9 @@ def test_verdict_follows_sign_and_bh(shift: float) -> None:
     for r in rows:
         if expected is not None:
             assert r["verdict"] == expected
-        else:
-            assert r["verdict"] == ("not shown" if r["q_bh"] >= agg.ALPHA else r["verdict"])
+        elif r["q_bh"] >= agg.ALPHA:
+            assert r["verdict"].startswith("not shown")
+            assert ("unadjusted" in r["verdict"]) == (r["p"] < agg.ALPHA)
 
 
 def test_rerun_reads_the_cache_and_partial_runs_analyse_the_ready_seeds(analysed: Any, tmp_path: Path,
