@@ -145,6 +145,30 @@ def saved_dissection_scalars(model_dir: Path, layers: list[str]) -> dict[str, fl
     return out
 
 
+def dominance_scalars(model_dir: Path, layers: list[str], curves: dict[str, Any]) -> dict[str, float]:
+    """Who the most important unit is: its train-DS rank and how loud it is (saved dissection; no compute).
+
+    ``top_unit_ds_rank`` is 1 for the least selective unit and K for the most selective;
+    ``top_unit_loudness`` is its mean ``|A|`` over bins divided by the median of the other units'.
+    """
+    saved = model_dir / "dissection_train"
+    if not (saved / "result.json").is_file():
+        return {}
+    dis = load_result(saved)
+    out: dict[str, float] = {}
+    for layer in layers:
+        drops = curves.get(layer, {}).get("single_unit_drop")
+        if drops is None or layer not in dis.layers:
+            continue
+        ds = dis.get(layer, "ds", "train").numpy()
+        loud = np.nanmean(dis.get(layer, "R_abs", "train").numpy(), axis=1)
+        top = int(np.argmax(drops))
+        pre = agg.prefix("ablation", layer, layers)
+        out[f"{pre}/top_unit_ds_rank"] = float(np.sum(np.nan_to_num(ds, nan=-1.0) < ds[top]) + 1)
+        out[f"{pre}/top_unit_loudness"] = float(loud[top] / np.median(np.delete(loud, top)))
+    return out
+
+
 # ---------------------------------------------------------------- analyses
 def correction(ctx: AnalysisContext, dis: Any, protocol: str) -> dict[str, float]:
     """Oracle correction of all hooked layers: clean, corrected and their change."""
@@ -302,7 +326,9 @@ def analyse_seed(run: Path, out: Path, cfg: dict[str, Any], binner: dict[str, An
         print(f"seed {seed} {label}: analysed in {result['seconds']} s", flush=True)
         row[label] = result
     for label in MODELS:  # read fresh every time: cheap, and not part of the cached analyses
-        row[label]["scalars"].update(saved_dissection_scalars(run / f"seed{seed}" / label, list(cfg["layers"])))
+        model_dir, layers = run / f"seed{seed}" / label, list(cfg["layers"])
+        row[label]["scalars"].update(saved_dissection_scalars(model_dir, layers))
+        row[label]["scalars"].update(dominance_scalars(model_dir, layers, row[label]["curves"]))
     return row
 
 

@@ -201,6 +201,8 @@ def _layer_tables(report: dict[str, Any]) -> list[str]:
             (f"{pa}/auc_delta1_random", "mean δ1 over the curve, random"),
             (f"{pa}/auc_most_minus_random", "most − random"), (f"{pa}/auc_most_minus_least", "most − least"),
             (f"{pa}/top_unit_share", "δ1 lost by the most important single unit / by all units"),
+            (f"{pa}/top_unit_ds_rank", "train-DS rank of that unit (1 = least selective)"),
+            (f"{pa}/top_unit_loudness", "its mean abs. activation / median of the other units'"),
             (f"{pa}/spearman_ds_importance", "Spearman(train DS, single-unit δ1 loss)")])]
         adv = [(f"{pv}/top_bin_error_share", "error share of the top bin"),
                (f"{pv}/iou_error_units", "IoU, units of the error-dominant bins"),
