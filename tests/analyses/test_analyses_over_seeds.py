@@ -189,3 +189,29 @@ def test_no_ready_seed_is_one_clear_error(tmp_path: Path, capsys: pytest.Capture
     assert script.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no seed" in err[0]
+
+
+def test_retrain_at_layer_copies_baselines_and_regularises_the_new_layer(analysed: Any, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    retrain = _load("retrain_at_layer")
+    run, _, _ = analysed
+    assert retrain.main([str(run), "--layers", "decode_conv4", "--out", str(tmp_path), "--name", "r4",
+                         "--seeds", "0"]) == 0
+    new = tmp_path / "r4"
+    assert (new / "seed0" / "baseline" / "model.safetensors").read_bytes() == \
+        (run / "seed0" / "baseline" / "model.safetensors").read_bytes()
+    sel = json.loads((new / "seed0" / "interpretable" / "config.json").read_text())["selectivity"]
+    assert sel["layers"] == ["decode_conv4"] and len(sel["binner"]["edges"]) == 16 + 1  # 16 units at width 0.25
+    summary = json.loads((new / "summary.json").read_text())
+    assert summary["config"]["layers"] == ["decode_conv4"] and summary["seeds"] == [0]
+    # The copy is sound only if a baseline does not depend on the regularised layer: train one to check.
+    cfg = ExperimentConfig(out_dir=str(tmp_path), name="b4", seeds=[0], layers=["decode_conv4"], **TINY)
+    run_experiment(cfg, progress=False)
+    a = load_file(str(tmp_path / "b4" / "seed0" / "baseline" / "model.safetensors"))
+    b = load_file(str(run / "seed0" / "baseline" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    # The analyses read the retrained run like any experiment.
+    assert script.main([str(new), "--out", str(tmp_path / "o"), "--no-masks", *FAST]) == 0
+    rep = json.loads((tmp_path / "o" / "analyses_over_seeds.json").read_text())
+    assert rep["experiment"]["layers"] == ["decode_conv4"] and rep["seeds"] == [0]
