@@ -47,10 +47,12 @@ def _finite(values: Sequence[Any]) -> bool:
 
 def summarise(per_seed: dict[str, dict[str, Any]], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
     """Per metric key: each model's seed summary (+ zero-test p) and the paired difference."""
-    keys = sorted(set.intersection(*(set(per_seed[str(s)][m]["scalars"]) for s in seeds for m in MODELS)))
+    # A key every seed of at least one model has (e.g. a saved dissection only one model has).
+    keys = sorted(set().union(*(set.intersection(*(set(per_seed[str(s)][m]["scalars"]) for s in seeds))
+                                for m in MODELS)))
     out: dict[str, dict[str, Any]] = {}
     for key in keys:
-        vals = {m: [per_seed[str(s)][m]["scalars"][key] for s in seeds] for m in MODELS}
+        vals = {m: [per_seed[str(s)][m]["scalars"].get(key) for s in seeds] for m in MODELS}
         entry: dict[str, Any] = {}
         for m in MODELS:
             # A metric undefined on some seed (e.g. no error bin) is reported, not averaged.

@@ -66,7 +66,7 @@ def test_every_summary_is_what_depthsel_stats_gives_for_the_per_seed_values(anal
 def check_summaries(rep: dict[str, Any]) -> None:
     """Each model's summary and the paired difference, recomputed from the per-seed values."""
     for key, entry in rep["summary"].items():
-        vals = {m: [rep["per_seed"][str(s)][m]["scalars"][key] for s in rep["seeds"]] for m in agg.MODELS}
+        vals = {m: [rep["per_seed"][str(s)][m]["scalars"].get(key) for s in rep["seeds"]] for m in agg.MODELS}
         for m in agg.MODELS:
             if entry[m].get("undefined"):
                 assert not all(v is not None and math.isfinite(v) for v in vals[m])
@@ -75,7 +75,7 @@ def check_summaries(rep: dict[str, Any]) -> None:
             assert entry[m]["values"] == vals[m]
             for f in ("mean", "ci_low", "ci_high"):
                 assert _close(entry[m][f], getattr(ref, f)), (key, m, f)
-            assert _close(entry[m]["p_zero"], paired_difference([0.0, 0.0], vals[m]).pvalue)
+            assert _close(entry[m]["p_zero"], paired_difference([0.0] * len(vals[m]), vals[m]).pvalue)
             if ref.std > 0:  # cross-check the zero test against scipy's one-sample t-test
                 assert entry[m]["p_zero"] == pytest.approx(sps.ttest_1samp(vals[m], 0.0).pvalue)
         if "difference" in entry:
@@ -215,3 +215,7 @@ def test_retrain_at_layer_copies_baselines_and_regularises_the_new_layer(analyse
     assert script.main([str(new), "--out", str(tmp_path / "o"), "--no-masks", *FAST]) == 0
     rep = json.loads((tmp_path / "o" / "analyses_over_seeds.json").read_text())
     assert rep["experiment"]["layers"] == ["decode_conv4"] and rep["seeds"] == [0]
+    # Only the retrained model has a saved dissection: its row is kept, the baseline's cell is undefined.
+    row = rep["summary"]["dissection/train/mean_target_ds"]
+    assert row["baseline"]["undefined"] and "mean" in row["interpretable"] and "difference" not in row
+    check_summaries(rep)
