@@ -129,6 +129,9 @@ def train_dissection(ctx: AnalysisContext, model_dir: Path, binner: dict[str, An
                         diagnostics=False, split="train").run(ctx)
 
 
+_RENAMED = {"mean_ds": "argmax_ds", "mean_target_ds": "target_ds"}
+
+
 def saved_dissection_scalars(model_dir: Path, layers: list[str]) -> dict[str, float]:
     """Selectivity of the hooked layers from the experiment's saved dissections (no compute)."""
     out: dict[str, float] = {}
@@ -140,8 +143,10 @@ def saved_dissection_scalars(model_dir: Path, layers: list[str]) -> dict[str, fl
         splits = json.loads(path.read_text())["data"]["splits"].get(split, {})
         for layer in layers:
             for name in names:
-                if layer in splits and splits[layer].get(name) is not None:
-                    out[f"{agg.prefix('dissection', layer, layers)}/{split}/{name}"] = float(splits[layer][name])
+                # Results written after the summary-key rename say argmax_ds / target_ds.
+                value = splits.get(layer, {}).get(name, splits.get(layer, {}).get(_RENAMED.get(name, name)))
+                if value is not None:
+                    out[f"{agg.prefix('dissection', layer, layers)}/{split}/{name}"] = float(value)
     return out
 
 
