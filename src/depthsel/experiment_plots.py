@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoints import atomic_write
+from .figures import pyplot, save_figure
 from .stats import seed_summary
 
 __all__ = ["plot_experiment"]
@@ -24,22 +24,8 @@ _CURVES = (("target_ds_test", "target DS, held-out"), ("target_ds_train", "targe
            ("rmse", "held-out RMSE (m)"))
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    finally:
-        _plt().close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _seeds_text(n: int) -> str:
@@ -50,7 +36,7 @@ def _comparison(summary: Mapping[str, Any], out: Path) -> Path | None:
     rows = [r for r in summary["table"] if r["key"] in _COMPARE]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     labels = [a["label"] for a in summary["arms"]]
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.2), squeeze=False)
     for ax, row in zip(axes[0], rows):
@@ -93,7 +79,7 @@ def _curves(summary: Mapping[str, Any], out: Path) -> Path | None:
     per = summary["per_seed"]
     if not any(per[s][lb]["curve"] for s in per for lb in labels):
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(_CURVES), figsize=(4.2 * len(_CURVES), 3.2))
     for ax, (key, text) in zip(axes, _CURVES):
         for i, label in enumerate(labels):
@@ -112,7 +98,7 @@ def _tradeoff(summary: Mapping[str, Any], out: Path) -> Path | None:
     rows = {r["key"]: r for r in summary["table"]}
     if summary.get("kind") != "sweep" or "target_ds" not in rows or "rmse" not in rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
     for i, arm in enumerate(summary["arms"]):
         x, y = rows["target_ds"]["arms"].get(arm["label"]), rows["rmse"]["arms"].get(arm["label"])
@@ -132,5 +118,6 @@ def _tradeoff(summary: Mapping[str, Any], out: Path) -> Path | None:
 def plot_experiment(summary: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Write the experiment's figures into ``out_dir``; returns their paths."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     made = [_comparison(summary, out), _curves(summary, out), _tradeoff(summary, out)]
     return [p for p in made if p is not None]

@@ -15,14 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from depthsel.capture import Capture
-from depthsel.data import collate
 from depthsel.errors import ShapeMismatchError
 
+from .dissection_plots import upsampled_activations
 from .dissection_result import DissectionResult
 from .figures import pyplot, save_figure
 
@@ -56,22 +54,11 @@ def plot_unit_gallery(model: nn.Module, info: Any, dataset: Dataset[Any], result
     asg = result.get(layer, "assigned", split)
     k = int(asg.numel())
     chosen = list(units) if units is not None else sorted(range(k), key=lambda u: (int(asg[u]), u))[:16]
+    if not chosen or any(not 0 <= u < k for u in chosen):
+        raise ShapeMismatchError(f"the gallery needs units in [0, {k}) of {layer!r}")
+    batch, up = upsampled_activations(model, info, dataset, layer, indices, device=device,
+                                      align_corners=bool(result.config.get("align_corners", False)))
     idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
-    if not idx or not chosen or any(not 0 <= u < k for u in chosen):
-        raise ShapeMismatchError(f"the gallery needs images and units in [0, {k}) of {layer!r}")
-    batch = collate([dataset[i] for i in idx])
-    batch = {n: v.to(device) if isinstance(v, torch.Tensor) else v for n, v in batch.items()}
-    was = model.training
-    model.eval()
-    try:
-        with Capture(model, [layer]) as cap:
-            info.forward(model, batch)
-            act = cap.outputs[layer]
-    finally:
-        model.train(was)
-    size = batch["depth"].shape[-2:]
-    up = F.interpolate(act.float(), size=size, mode="bilinear",
-                       align_corners=bool(result.config.get("align_corners", False))).cpu()
     bins = result.binner(layer, split)(batch["depth"], batch.get("valid")).cpu()
     images = batch["image"].permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
     fig, axes = plt.subplots(len(chosen), 1 + len(idx), figsize=(2.2 * (1 + len(idx)), 1.5 * len(chosen)),

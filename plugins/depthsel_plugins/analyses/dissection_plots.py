@@ -26,7 +26,7 @@ from depthsel.zoo import ModelInfo
 from .dissection_result import DissectionResult
 from .figures import pyplot, save_figure
 
-__all__ = ["plot_response_curve", "plot_response_heatmap", "plot_feature_maps"]
+__all__ = ["plot_response_curve", "plot_response_heatmap", "plot_feature_maps", "upsampled_activations"]
 
 
 def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_path: str | Path, *,
@@ -105,6 +105,32 @@ def _mark_dead_units(ax: Any, order: Sequence[int], dead: torch.Tensor) -> int:
 
 
 @torch.no_grad()
+def upsampled_activations(model: nn.Module, info: ModelInfo, dataset: Dataset[Any], layer: str,
+                          indices: Sequence[int], *, device: str | torch.device = "cpu",
+                          align_corners: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
+    """Run ``model`` (in eval mode) on the images at ``indices``; return the batch and ``layer``'s maps.
+
+    The maps are bilinearly upsampled to the depth resolution, ``[n, K, H, W]`` on the CPU.
+    Indices outside the dataset are skipped; none left is an error.
+    """
+    idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
+    if not idx:
+        raise ShapeMismatchError(f"no image index in {list(indices)} lies in the dataset of {len(dataset)} images")
+    batch = collate([dataset[i] for i in idx])
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    was = model.training
+    model.eval()
+    try:
+        with Capture(model, [layer]) as cap:
+            info.forward(model, batch)
+            act = cap.outputs[layer]
+    finally:
+        model.train(was)
+    up = F.interpolate(act.float(), size=batch["depth"].shape[-2:], mode="bilinear", align_corners=align_corners)
+    return batch, up.cpu()
+
+
+@torch.no_grad()
 def plot_feature_maps(
     model: nn.Module,
     info: ModelInfo,
@@ -133,25 +159,15 @@ def plot_feature_maps(
         Dataset indices of the images shown (those beyond the dataset are skipped).
     """
     plt = pyplot()
-    idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
-    if not idx or not units:
+    if not units:
         raise ShapeMismatchError("plot_feature_maps needs at least one valid image index and one unit")
-    batch = collate([dataset[i] for i in idx])
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    was = model.training
-    model.eval()
-    try:
-        with Capture(model, [layer]) as cap:
-            info.forward(model, batch)
-            act = cap.outputs[layer]
-    finally:
-        model.train(was)
-    k = act.shape[1]
+    batch, up = upsampled_activations(model, info, dataset, layer, indices, device=device,
+                                      align_corners=align_corners)
+    idx = list(range(up.shape[0]))
+    k = up.shape[1]
     if any(not 0 <= u < k for u in units):
         raise ShapeMismatchError(f"units must lie in [0, {k}) for layer {layer!r}")
     asg = assign_bins(k, binner.num_bins) if assigned is None else assigned
-    size = batch["depth"].shape[-2:]
-    up = F.interpolate(act.float(), size=size, mode="bilinear", align_corners=align_corners).cpu()
     bins = binner(batch["depth"], batch.get("valid")).cpu()
     ncol = 1 + 2 * len(units)
     fig, axes = plt.subplots(len(idx), ncol, figsize=(1.8 * ncol, 1.6 * len(idx)), squeeze=False)

@@ -1,36 +1,5 @@
-"""Matplotlib plumbing shared by the analyses: a headless pyplot and atomic figure files."""
+"""The analyses' figure helpers: the core's headless pyplot and atomic figure writer."""
 
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
-
-from depthsel.checkpoints import atomic_write
+from depthsel.figures import pyplot, save_figure
 
 __all__ = ["pyplot", "save_figure"]
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend (no display needed), imported on first use."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, path: str | Path, *, dpi: int = 100, close: bool = True) -> Path:
-    """Write ``fig`` atomically (like every result file) and, by default, close it.
-
-    The format comes from the file suffix (PNG when it has none), since the
-    temporary file the figure is first written to ends in ``.tmp``.
-    """
-    out = Path(path)
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
-    finally:
-        if close:
-            pyplot().close(fig)
-    return out
