@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from depthsel.experiment_measure import Measurement, dissection_intervals, dissection_scalars
+from depthsel.experiment_measure import Measurement, brief_layers, dissection_intervals, dissection_scalars
 from depthsel.experiment_plots import plot_experiment
 from depthsel.experiment_table import aggregate
 
@@ -34,16 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     for seed, arms in summary["per_seed"].items():
         per_seed[seed] = {}
-        for label, m in arms.items():
+        for label, saved in arms.items():
             base = args.run / f"seed{seed}" / label
             layers, tlayers = _splits(base / "dissection", "test"), _splits(base / "dissection_train", "train")
-            scalars = dict(m["scalars"]) | dissection_scalars(layers, tlayers)
-            intervals = dict(m.get("intervals", {})) | dissection_intervals(layers)
-            details = {k: v for k, v in m.items() if k not in ("scalars", "intervals", "curve", "per_bin_error")}
-            details["dissection"] = {n: {k: v for k, v in d.items() if k != "per_bin_error"} for n, d in layers.items()}
-            per_seed[seed][label] = Measurement(scalars=scalars, intervals=intervals, curve=m.get("curve", []),
-                                                per_bin_error={n: d.get("per_bin_error") for n, d in layers.items()},
-                                                details=details)
+            m = Measurement.from_dict(saved)
+            m.scalars = dict(m.scalars) | dissection_scalars(layers, tlayers)
+            m.intervals = dict(m.intervals) | dissection_intervals(layers)
+            m.per_bin_error = {n: d.get("per_bin_error") for n, d in layers.items()}
+            m.details["dissection"] = brief_layers(layers)
+            per_seed[seed][label] = m
     labels = [a["label"] for a in summary["arms"]]
     summary["per_seed"] = {s: {lb: x.to_dict() for lb, x in arms.items()} for s, arms in per_seed.items()}
     summary.update(aggregate(per_seed, labels))

@@ -40,12 +40,6 @@ def _load(run: Path) -> dict[str, Any]:
     return data
 
 
-def _measurement(d: dict[str, Any]) -> Measurement:
-    known = {"scalars", "intervals", "curve", "per_bin_error"}
-    return Measurement(scalars=d["scalars"], intervals=d.get("intervals", {}), curve=d.get("curve", []),
-                       per_bin_error=d.get("per_bin_error", {}), details={k: v for k, v in d.items() if k not in known})
-
-
 def combine_runs(runs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Pool the seeds of several runs of the same experiment; writes ``out_dir/summary.json`` and plots."""
     if len(runs) < 2:
@@ -67,7 +61,7 @@ def combine_runs(runs: Sequence[str | Path], out_dir: str | Path) -> dict[str, A
             if seed in per_seed:
                 raise DepthselError(f"seed {seed} appears twice (again in {str(run)!r}); repeated seeds are "
                                     "not independent runs")
-            per_seed[seed] = {label: _measurement(m) for label, m in arms.items()}
+            per_seed[seed] = {label: Measurement.from_dict(m) for label, m in arms.items()}
     order = sorted(per_seed, key=int)
     per_seed = {s: per_seed[s] for s in order}
     labels = [a["label"] for a in first["arms"]]

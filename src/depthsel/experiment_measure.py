@@ -20,7 +20,8 @@ from .training import SelectivityConfig, TrainConfig, Trainer
 if TYPE_CHECKING:
     from .experiment import ExperimentConfig
 
-__all__ = ["Measurement", "measure_model", "per_image_metrics", "layer_mean"]
+__all__ = ["Measurement", "measure_model", "per_image_metrics", "layer_mean", "brief_layers",
+           "dissection_scalars", "dissection_intervals"]
 
 #: Metrics with an image-bootstrap interval per model and seed.
 BOOTSTRAP_METRICS = ("rmse", "delta1", "abs_rel")
@@ -40,6 +41,14 @@ class Measurement:
         """JSON-serialisable view."""
         return {"scalars": self.scalars, "intervals": self.intervals, "curve": self.curve,
                 "per_bin_error": self.per_bin_error, **self.details}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """Rebuild from :meth:`to_dict` (a saved summary's ``per_seed`` entry)."""
+        known = {"scalars", "intervals", "curve", "per_bin_error"}
+        return cls(scalars=data["scalars"], intervals=data.get("intervals", {}), curve=data.get("curve", []),
+                   per_bin_error=data.get("per_bin_error", {}),
+                   details={k: v for k, v in data.items() if k not in known})
 
 
 def layer_mean(layers: dict[str, dict[str, Any]], *keys: str) -> float:
@@ -165,11 +174,11 @@ def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, i
             plots += [str(p) for p in fmaps(model, info, test_set, run / "plots", device=cfg.device)]
     return Measurement(scalars=scalars, intervals=intervals, curve=curve,
                        per_bin_error={n: v.get("per_bin_error") for n, v in layers.items()},
-                       details={"metrics": metrics, "dissection": _brief(layers), "dissection_train": _brief(tlayers),
+                       details={"metrics": metrics, "dissection": brief_layers(layers), "dissection_train": brief_layers(tlayers),
                                 "plots": plots, "run_dir": str(run)})
 
 
-def _brief(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def brief_layers(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """A layer summary without the per-bin error table (kept once, under ``per_bin_error``)."""
     return {n: {k: v for k, v in d.items() if k != "per_bin_error"} for n, d in layers.items()}
 

@@ -106,26 +106,37 @@ def _records_table(title: str, records: list[Mapping[str, Any]]) -> Table:
     return Table(title, columns, rows, note)
 
 
-def _split_layer_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``data["splits"][split][layer]`` as rows of their scalar fields; empty when absent."""
+def split_layer_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``data["splits"][split][layer] = {...}`` as rows ``{split, layer, ...}``; empty when absent.
+
+    One reader for the CLI's per-layer table and the report's.
+    """
     splits = data.get("splits")
     if not isinstance(splits, Mapping) or not splits:
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for split, layers in splits.items():
         if not isinstance(layers, Mapping):
             return []
         for layer, values in layers.items():
             if not isinstance(values, Mapping):
                 return []
-            row: dict[str, Any] = {"split": split, "layer": layer}
-            for k, v in values.items():
-                if isinstance(v, (int, float, str, bool)) or v is None:
-                    row[k] = v
-                elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-                    row[k] = f"[{v[0]:.3g}, {v[1]:.3g}]"  # an interval
-            rows.append(row)
+            rows.append({"split": split, "layer": layer, **values})
     return rows
+
+
+def _scalar_layer_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """:func:`split_layer_rows` keeping scalars, with ``[low, high]`` intervals as text."""
+    out = []
+    for row in split_layer_rows(data):
+        kept: dict[str, Any] = {}
+        for k, v in row.items():
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                kept[k] = v
+            elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+                kept[k] = f"[{v[0]:.3g}, {v[1]:.3g}]"  # an interval
+        out.append(kept)
+    return out
 
 
 def _number(text: Any) -> Any:
@@ -176,7 +187,7 @@ def _json_tables(rel: str, payload: Any, report: Report) -> None:
     if isinstance(payload, Mapping) and payload.get("format") == "depthsel-result":
         # A saved Result: its data are the metrics, its config and meta are the run config.
         data = payload.get("data") or {}
-        layer_rows = _split_layer_rows(data)
+        layer_rows = _scalar_layer_rows(data)
         if layer_rows:
             # A dissection: one card row per split and layer, not flattened keys.
             report.tables.append(_records_table(f"{rel} ({payload.get('kind', 'result')}, per layer)", layer_rows))

@@ -376,8 +376,9 @@ class DissectionAnalyzer(Analyzer):
         if reservoir is not None and len(reservoir):
             test = image_permutation_test(reservoir, nb, assigned, permutations=self.permutations,
                                           align_corners=self.align_corners, absent=absent, seed=seed)
-            tensors.update(test_tensors(test))
-            summ.update(significance_summary(test))
+            per_unit = test_tensors(test)
+            tensors.update(per_unit)
+            summ.update(significance_summary(test, per_unit))
             summ.update(bootstrap_layer(test.per_image_sums, test.per_image_counts, assigned,
                                         signed=ref, absent=absent, seed=seed))
         return tensors, summ

@@ -263,15 +263,17 @@ def test_tensors(test: PermutationTest) -> dict[str, torch.Tensor]:
             "pvalue_target": test.pvalue_target, "qvalue": q, "qvalue_target": q_t}
 
 
-def significance_summary(test: PermutationTest, alpha: float = 0.05) -> dict[str, object]:
+def significance_summary(test: PermutationTest, tensors: dict[str, torch.Tensor] | None = None,
+                         alpha: float = 0.05) -> dict[str, object]:
     """Layer summary of a test: significant fractions, raw and Benjamini-Hochberg corrected.
 
     ``frac_significant`` counts ``p < alpha`` (argmax DS); ``frac_significant_bh``
     counts units whose BH-adjusted value is ``<= alpha`` (false-discovery rate
     ``alpha`` over the layer's units); the ``_target`` pair does the same for
     target DS. ``min_pvalue`` is the smallest value the test could return.
+    ``tensors`` is :func:`test_tensors` of ``test`` when the caller already has it.
     """
-    tensors = test_tensors(test)
+    tensors = test_tensors(test) if tensors is None else tensors  # q-values computed once per test
     out: dict[str, object] = {"perm_images": test.images, "permutations": test.permutations,
                               "min_pvalue": max(1.0 / (1 + test.permutations), 1.0 / test.distinct_pairings),
                               "alpha": alpha}

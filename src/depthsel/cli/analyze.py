@@ -252,7 +252,9 @@ def _print_result(result: Any, directory: Path, fmt: OutputFormat) -> None:
         emit_json({"out": str(directory), "kind": getattr(result, "kind", None), "summary": summary})
         return
     kind = getattr(result, "kind", "result")
-    per_layer = _layer_rows(summary)
+    from ..report import split_layer_rows
+
+    per_layer = split_layer_rows(summary)
     if per_layer:
         # A dissection: one row per split and layer, not flattened keys like splits.test.dec2.target_ds.
         columns = list(dict.fromkeys(k for row in per_layer for k in row))
@@ -263,22 +265,6 @@ def _print_result(result: Any, directory: Path, fmt: OutputFormat) -> None:
     else:
         emit(fmt, list(key_value_rows(summary)), ["key", "value"], title=f"{kind}")
     message(f"saved to {directory}", style="green")
-
-
-def _layer_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """``summary["splits"][split][layer] = {...}`` as rows ``{split, layer, ...}``; else empty."""
-    splits = summary.get("splits")
-    if not isinstance(splits, dict) or not splits:
-        return []
-    rows: list[dict[str, Any]] = []
-    for split, layers in splits.items():
-        if not isinstance(layers, dict):
-            return []
-        for layer, values in layers.items():
-            if not isinstance(values, dict):
-                return []
-            rows.append({"split": split, "layer": layer, **values})
-    return rows
 
 
 @handle_errors

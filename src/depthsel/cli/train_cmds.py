@@ -60,6 +60,22 @@ def _data_configs(data: str, train_frames: str | None, test_frames: str | None, 
     return spec.name, train_cfg, test_cfg
 
 
+def _experiment_config(*, name: str, out: Path, data: str, train_frames: str | None, test_frames: str | None,
+                       train_samples: int, test_samples: int, size: str, width: float, lr: float,
+                       liveness: float, seeds: str, **options: Any) -> Any:
+    """The :class:`~depthsel.experiment.ExperimentConfig` of `demo` and `sweep` from their shared options."""
+    from ..experiment import ExperimentConfig, parse_seeds
+    from .common import parse_size
+
+    _check_numbers(lr=lr, width=width, liveness=liveness)
+    hw = parse_size(size)
+    assert hw is not None
+    name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
+    return ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg, test_data=test_cfg,
+                            size=hw, model_config={"width": width}, seeds=parse_seeds(seeds), lr=lr,
+                            objective_options={"liveness": liveness}, **options)
+
+
 def _check_numbers(allow_zero: tuple[str, ...] = ("liveness",), **values: float) -> None:
     """Refuse NaN, infinite or negative option values (zero only where it means "off")."""
     for name, v in values.items():
@@ -130,18 +146,13 @@ def register(app: typer.Typer) -> None:
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Train a narrow FastDepth baseline and its interpretable twin over seeds, dissect both, compare."""
-        from ..experiment import ExperimentConfig, parse_seeds, run_experiment
-        from .common import parse_size
+        from ..experiment import run_experiment
 
-        _check_numbers(lr=lr, width=width, liveness=liveness, weight=weight, allow_zero=("weight", "liveness"))
-        hw = parse_size(size)
-        assert hw is not None
-        name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
-        cfg = ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg,
-                               test_data=test_cfg, size=hw, model_config={"width": width}, weight=weight,
-                               epochs=epochs, binning=binning, seeds=parse_seeds(seeds), lr=lr,
-                               objective_options={"liveness": liveness}, curve_every=curve_every,
-                               permutations=permutations, threads=threads)
+        cfg = _experiment_config(name=name, out=out, data=data, train_frames=train_frames, test_frames=test_frames,
+                                 train_samples=train_samples, test_samples=test_samples, size=size, width=width,
+                                 lr=lr, liveness=liveness, epochs=epochs, binning=binning, seeds=seeds,
+                                 permutations=permutations, threads=threads, weight=weight, curve_every=curve_every)
+        _check_numbers(weight=weight, allow_zero=("weight",))
         summary = run_experiment(cfg)
         summary["run_dir"] = str(cfg.run_dir)
         _print_table(summary, fmt, "baseline vs interpretable (held-out split)")
@@ -172,8 +183,7 @@ def register(app: typer.Typer) -> None:
         fmt: FormatOption = OutputFormat.table,
     ) -> None:
         """Accuracy vs selectivity over selectivity weights x seeds: a table and a trade-off plot with CIs."""
-        from ..experiment import ExperimentConfig, parse_seeds, run_sweep
-        from .common import parse_size
+        from ..experiment import run_sweep
 
         try:
             ws = [float(w) for w in weights.split(",") if w.strip()]
@@ -181,14 +191,10 @@ def register(app: typer.Typer) -> None:
             ws = []
         if not ws or not all(math.isfinite(w) and w >= 0 for w in ws):
             raise CliError(f"--weights {weights!r}: give finite numbers >= 0 separated by commas, e.g. 0,0.1,1")
-        _check_numbers(lr=lr, width=width, liveness=liveness)
-        hw = parse_size(size)
-        assert hw is not None
-        name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
-        cfg = ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg, test_data=test_cfg,
-                               size=hw, model_config={"width": width}, epochs=epochs, binning=binning,
-                               seeds=parse_seeds(seeds), lr=lr, objective_options={"liveness": liveness},
-                               permutations=permutations, threads=threads)
+        cfg = _experiment_config(name=name, out=out, data=data, train_frames=train_frames, test_frames=test_frames,
+                                 train_samples=train_samples, test_samples=test_samples, size=size, width=width,
+                                 lr=lr, liveness=liveness, epochs=epochs, binning=binning, seeds=seeds,
+                                 permutations=permutations, threads=threads)
         summary = run_sweep(cfg, ws)
         summary["run_dir"] = str(cfg.run_dir)
         _print_table(summary, fmt, "selectivity-weight sweep (held-out split)")
