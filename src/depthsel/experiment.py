@@ -163,10 +163,10 @@ def environment() -> dict[str, Any]:
     return {"depthsel": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "device": cfg_device_name()}
+            "device": _device_name()}
 
 
-def cfg_device_name() -> str:
+def _device_name() -> str:
     """The CUDA card's name when one is visible, else ``"cpu"``."""
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
