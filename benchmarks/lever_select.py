@@ -1,0 +1,29 @@
+"""Issue 12: choose the number of bins on a validation block, never on the reported held-out frames.
+
+7-Scenes: train frames 0-59, validate on 60-79 (frames 80-99, the reported end block, are not read).
+Synthetic: train on the demo's training scenes, validate on 48 scenes of the *train* split drawn with
+another base seed (the demo's test split is not read).
+
+``OMP_NUM_THREADS=1 python benchmarks/lever_select.py {7s|syn} NUM_BINS SEEDS NAME [OUT]``, e.g.
+``python benchmarks/lever_select.py 7s 8 0,1,2 sel_7s_nb8 runs``. NUM_BINS 0 keeps the recipe's
+default (one bin per unit). Pool and compare with ``benchmarks/lever_select_table.py``.
+"""
+
+import sys
+
+from depthsel.experiment import ExperimentConfig, run_experiment
+
+kind, nb, seeds, name = sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")], sys.argv[4]
+out = sys.argv[5] if len(sys.argv) > 5 else "runs"
+if kind == "7s":
+    root = "../shared/data/7scenes_redkitchen"
+    cfg = ExperimentConfig(name=name, out_dir=out, data="folder",
+                           train_data={"root": root, "frames": "0:60"}, test_data={"root": root, "frames": "60:80"},
+                           size=(64, 96), epochs=60, binning="quantile", num_bins=nb or None, seeds=seeds,
+                           curve_every=0, permutations=0)
+elif kind == "syn":
+    cfg = ExperimentConfig(name=name, out_dir=out, num_bins=nb or None, seeds=seeds, curve_every=0, permutations=0,
+                           test_data={"split": "train", "seed": 1, "num_samples": 48})
+else:
+    raise SystemExit(f"unknown kind {kind!r}; use 7s or syn")
+run_experiment(cfg, progress=False)
