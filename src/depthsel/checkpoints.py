@@ -10,6 +10,7 @@ running code on my machine*.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, UntrustedFileError
+from .errors import CheckpointError, ResultFormatError, UntrustedFileError
 
 __all__ = [
     "load_state_dict",
@@ -31,6 +32,8 @@ __all__ = [
     "atomic_write_bytes",
     "strip_prefix",
     "check_weights",
+    "write_checkpoint_pair",
+    "read_checkpoint_pair",
 ]
 
 # Keys under which training scripts commonly nest the weights.
@@ -285,3 +288,77 @@ def save_state_dict(
     tensors = {k: v.detach().contiguous().clone().cpu() for k, v in state.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+CHECKPOINT_PAIR_VERSION = 1
+
+
+def write_checkpoint_pair(json_path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
+                          meta: Mapping[str, Any], tag: int) -> Path:
+    """Atomically write a resumable checkpoint: a JSON that names its own tensors file.
+
+    The tensors go to ``<stem>.<tag>.safetensors`` first; the JSON (with
+    ``"tensors"`` and ``"version"`` added) is written last. A crash between the
+    two writes leaves the previous JSON and the previous tensors file, both
+    still on disk, in force: the pair on disk always matches. Only after the
+    JSON is in place are older tensors files of the same stem deleted.
+
+    Parameters
+    ----------
+    json_path
+        The checkpoint's JSON path (e.g. ``run/checkpoint.json``).
+    tensors
+        Tensors to store (cloned to contiguous CPU copies).
+    meta
+        JSON-serialisable description.
+    tag
+        A non-negative integer that changes between successive checkpoints
+        (a step or an image count), so that the new tensors file never
+        overwrites the one the current JSON names.
+    """
+    from safetensors.torch import save_file
+
+    jpath = Path(json_path)
+    stem = jpath.with_suffix("").name
+    tname = f"{stem}.{int(tag):010d}.safetensors"
+    data = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    atomic_write(jpath.parent / tname, lambda tmp: save_file(data, str(tmp)))
+    payload = {**dict(meta), "tensors": tname, "version": CHECKPOINT_PAIR_VERSION}
+    atomic_write_bytes(jpath, json.dumps(payload, default=str).encode())
+    prefix = stem + "."
+    for old in jpath.parent.glob(f"{stem}.*.safetensors"):
+        middle = old.name[len(prefix):-len(".safetensors")]
+        if old.name != tname and middle.isdigit():
+            old.unlink(missing_ok=True)
+    return jpath
+
+
+def read_checkpoint_pair(json_path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Read what :func:`write_checkpoint_pair` wrote; ``None`` when there is no checkpoint.
+
+    Raises
+    ------
+    ResultFormatError
+        The JSON is unreadable, is not a checkpoint description, or names a
+        tensors file that is missing or outside its folder.
+    """
+    from safetensors.torch import load_file
+
+    jpath = Path(json_path)
+    if not jpath.is_file():
+        return None
+    try:
+        meta = json.loads(jpath.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("tensors"), str):
+            raise ValueError("the JSON does not name a tensors file")
+        # Pairs written before the version field existed have the same layout.
+        if int(meta.get("version", CHECKPOINT_PAIR_VERSION)) != CHECKPOINT_PAIR_VERSION:
+            raise ValueError(f"checkpoint format version {meta.get('version')!r} is not "
+                             f"{CHECKPOINT_PAIR_VERSION}")
+        tpath = jpath.parent / meta["tensors"]
+        if Path(meta["tensors"]).name != meta["tensors"] or not tpath.is_file():
+            raise FileNotFoundError(f"its tensors file {meta['tensors']!r} is missing")
+        tensors = load_file(str(tpath))
+    except Exception as exc:  # noqa: BLE001 - every failure is the same advice
+        raise ResultFormatError(f"checkpoint {str(jpath)!r} is unreadable ({exc}); delete it to start over") from exc
+    return tensors, meta

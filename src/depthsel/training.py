@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .checkpoints import atomic_write, atomic_write_bytes
+from .checkpoints import atomic_write_bytes, read_checkpoint_pair, write_checkpoint_pair
 from .data import collate
 from .errors import DepthselError, ResultFormatError
 from .progress import get_console, progress_enabled
@@ -257,41 +257,21 @@ class Trainer:
     # ----------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> None:
         """Atomically save model, optimizer, RNG and position."""
-        from safetensors.torch import save_file
-
-        run = self.cfg.run_dir
-        tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_t, opt_meta = _optimizer_tensors(self.opt)
-        tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in opt_t.items()})
+        tensors.update(opt_t)
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"step": self.step, "optimizer": opt_meta, "history": self.history,
                 "reg_assignment": (self.reg.config()["assignment"] if self.reg else None)}
-        # Each checkpoint gets its own tensors file, named in the JSON that is written
-        # last: a crash between the two writes leaves the previous pair in force.
-        tname = f"checkpoint.{self.step}.safetensors"
-        meta["tensors"] = tname
-        atomic_write(run / tname, lambda tmp: save_file(tensors, str(tmp)))
-        atomic_write_bytes(run / "checkpoint.json", json.dumps(meta, default=str).encode())
-        for old in run.glob("checkpoint.*.safetensors"):
-            if old.name != tname:
-                old.unlink(missing_ok=True)
+        write_checkpoint_pair(self.cfg.run_dir / "checkpoint.json", tensors, meta, tag=self.step)
 
     def load_checkpoint(self) -> bool:
         """Resume from ``run_dir`` if a complete checkpoint is there."""
         run = self.cfg.run_dir
-        jpath = run / "checkpoint.json"
-        if not jpath.is_file():
+        pair = read_checkpoint_pair(run / "checkpoint.json")
+        if pair is None:
             return False
-        from safetensors.torch import load_file
-
-        try:
-            meta = json.loads(jpath.read_text())
-            tpath = run / str(meta["tensors"])
-            if tpath.parent != run or not tpath.is_file():
-                raise ResultFormatError(f"the checkpoint's tensors file {tpath.name} is missing")
-            tensors = load_file(str(tpath))
-        except Exception as exc:  # noqa: BLE001
-            raise ResultFormatError(f"checkpoint in {run} is unreadable ({exc}); delete it to start over") from exc
+        tensors, meta = pair
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             self.model.load_state_dict(model_state)

@@ -324,7 +324,7 @@ make_trainer({str(tmp_path)!r}, "killed", delay=0.12).fit()
 
 def test_training_crash_between_checkpoint_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash after checkpoint.safetensors of step 4 and before its checkpoint.json."""
-    import depthsel.training as training
+    import depthsel.checkpoints as training  # the one checkpoint-pair writer lives there
 
     ns: dict[str, Any] = dict(NS)
     exec(TRAIN, ns)  # noqa: S102
