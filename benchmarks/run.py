@@ -48,7 +48,7 @@ import depthsel.testing  # noqa: E402
 from depthsel.accumulator import ResponseAccumulator  # noqa: E402
 from depthsel.alignment import bin_counts, binned_sums  # noqa: E402
 from depthsel.data import collate  # noqa: E402
-from depthsel.dissect import collect_responses  # noqa: E402
+from depthsel.responses import collect_responses  # noqa: E402
 from depthsel.selectivity import depth_selectivity  # noqa: E402
 
 import reference_impl as ref  # noqa: E402

@@ -127,7 +127,7 @@ def test_accumulator_invariant_to_batch_split(b: int, cuts: list[int], seed: int
         parts.append(m)
     merged = DepthMetrics(proto)
     for m in parts:
-        merged.merge(json.loads(json.dumps(m.state_dict())))  # state survives JSON
+        merged.merge(json.loads(json.dumps(m.to_json())))  # state survives JSON
     streamed = DepthMetrics(proto)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         streamed.update(pred[lo:hi], gt[lo:hi], valid[lo:hi])
@@ -144,7 +144,7 @@ def test_accumulator_invariant_to_batch_split(b: int, cuts: list[int], seed: int
 def test_reset_and_from_state_dict() -> None:
     m = DepthMetrics("you2021")
     m.update(_t([[2.0]]), _t([[3.0]]))
-    again = DepthMetrics.from_state_dict(m.state_dict())
+    again = DepthMetrics.from_json(m.to_json())
     assert again.compute() == m.compute()
     m.reset()
     assert m.compute()["count"] == 0 and math.isnan(m.compute()["rmse"])

@@ -33,9 +33,12 @@ from .selectivity import (
     matched_assignment,
     summarize_layer,
 )
-from . import dissect, layers  # callable modules: depthsel.dissect(...), depthsel.layers(...)
+from . import layers  # a callable module: depthsel.layers(...)
 from .layertable import LayerTable
-from .quick import ablate, correct
+from .quick import ablate, correct, dissect
+from .consumer import Consumer
+from .responses import ResponseCollection, collect_responses
+from .stream import BatchView, StreamReport, stream
 from .zoo import ModelInfo
 
 __version__ = "0.1.0"
@@ -46,6 +49,12 @@ __all__ = [
     "ablate",
     "correct",
     "dissect",
+    "stream",
+    "BatchView",
+    "StreamReport",
+    "Consumer",
+    "collect_responses",
+    "ResponseCollection",
     "layers",
     "BatchStats",
     "Binner",

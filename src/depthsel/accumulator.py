@@ -13,15 +13,20 @@ from typing import Any
 import torch
 
 from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs
-from .errors import ConfigError, ResultFormatError, ShapeMismatchError
+from .binning import Binner
+from .consumer import Consumer
+from .errors import ConfigError, ShapeMismatchError
 
 __all__ = ["ResponseAccumulator"]
 
-_STATE_VERSION = 1
 
 
-class ResponseAccumulator:
+class ResponseAccumulator(Consumer):
     """Per-unit average response per depth bin, accumulated over a dataset.
+
+    A :class:`~depthsel.consumer.Consumer`: its state (``sums``, ``abs_sums``,
+    ``counts``, ``images``, ``skipped``, all summed) is declared once, and
+    reset, merge, sync and the checkpointed state follow from that.
 
     Parameters
     ----------
@@ -35,6 +40,9 @@ class ResponseAccumulator:
         ``"adjoint"`` (exact, no upsampled tensor) or ``"upsample"`` (plain path).
     compute_dtype
         Dtype of the per-batch product; sums are accumulated in float64.
+    layer, binner
+        For use as a stream consumer: the captured layer to read and the binner
+        of its ground truth (see :func:`depthsel.stream.stream`).
 
     Examples
     --------
@@ -52,57 +60,79 @@ class ResponseAccumulator:
         align_corners: bool = False,
         method: str = "adjoint",
         compute_dtype: torch.dtype = torch.float64,
+        layer: str | None = None,
+        binner: Binner | None = None,
     ) -> None:
+        super().__init__()
         if method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if num_bins < 1:
             raise ShapeMismatchError("num_bins must be >= 1")
+        if binner is not None and binner.num_bins != num_bins:
+            raise ShapeMismatchError(f"the binner has {binner.num_bins} bins, the accumulator {num_bins}")
         self.num_bins = int(num_bins)
-        self.num_units = num_units
         self.align_corners = align_corners
         self.method = method
         self.compute_dtype = compute_dtype
-        self.reset()
+        self.layer, self.binner = layer, binner
+        k = 0 if num_units is None else int(num_units)
+        f64 = torch.float64
+        self.add_state("sums", torch.zeros(k, self.num_bins, dtype=f64))
+        self.add_state("abs_sums", torch.zeros(k, self.num_bins, dtype=f64))
+        self.add_state("counts", torch.zeros(self.num_bins, dtype=f64))
+        self.add_state("images", torch.zeros((), dtype=torch.int64))
+        self.add_state("skipped", torch.zeros((), dtype=torch.int64))
 
     # ----------------------------------------------------------------- state
-    def reset(self) -> None:
-        """Forget everything accumulated so far."""
-        self._sums: torch.Tensor | None = None
-        self._abs_sums: torch.Tensor | None = None
-        self._counts = torch.zeros(self.num_bins, dtype=torch.float64)
-        self.num_images = 0
-        self.skipped_batches = 0
-        if self.num_units is not None:
-            self._alloc(self.num_units, torch.device("cpu"))
+    @property
+    def num_units(self) -> int | None:
+        """``K``, or ``None`` before the first batch."""
+        k = int(self.sums.shape[0])
+        return k or None
+
+    @property
+    def num_images(self) -> int:
+        """Images with at least one valid pixel seen so far."""
+        return int(self.images)
+
+    @property
+    def skipped_batches(self) -> int:
+        """Batches without any valid pixel (they carry no information)."""
+        return int(self.skipped)
 
     def _alloc(self, k: int, device: torch.device) -> None:
-        self.num_units = k
-        self._sums = torch.zeros(k, self.num_bins, dtype=torch.float64, device=device)
-        self._abs_sums = torch.zeros_like(self._sums)
-        self._counts = self._counts.to(device)
+        for name in ("sums", "abs_sums"):
+            self.grow_state(name, torch.zeros(k, self.num_bins, dtype=torch.float64))
+            setattr(self, name, getattr(self, name).to(device))
+        self.counts = self.counts.to(device)
 
     @torch.no_grad()
     def update(
         self,
-        activations: torch.Tensor,
-        bins: torch.Tensor,
+        activations: torch.Tensor | Any,
+        bins: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
     ) -> None:
-        """Add one batch.
+        """Add one batch: ``update(activations, bins[, weights])`` or, in a stream, ``update(view)``.
 
         Parameters
         ----------
         activations
-            ``[B, K, h, w]`` feature maps.
+            ``[B, K, h, w]`` feature maps, or a :class:`~depthsel.stream.BatchView`
+            (then the layer and binner given at construction are read from it, and
+            its cached bins and weight maps are used).
         bins
             ``int64 [B, H, W]`` bin indices from a :class:`~depthsel.Binner`; ``-1`` invalid.
         weights
             Optional precomputed :func:`~depthsel.alignment.bin_weight_maps`.
         """
+        if bins is None and hasattr(activations, "binned"):
+            activations, bins, weights = self._from_view(activations)
         if isinstance(bins, torch.Tensor) and bins.ndim == 4 and bins.shape[1] == 1:
             bins = bins[:, 0]
         # Types, ranks, batch sizes, dtypes and the bin range: one check for every caller.
         check_inputs(activations, bins, self.num_bins)
+        assert bins is not None
         act = activations.detach()
         if self.num_units is not None and act.shape[1] != self.num_units:
             raise ShapeMismatchError(
@@ -111,7 +141,7 @@ class ResponseAccumulator:
             )
         if not bool((bins >= 0).any()):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
-            self.skipped_batches += 1
+            self.skipped += 1
             return
         act = act.to(self.compute_dtype)
         if self.method == "adjoint" and weights is None:
@@ -122,43 +152,35 @@ class ResponseAccumulator:
                            align_corners=self.align_corners, method=self.method, weights=weights)
         abs_sums = binned_sums(act, bins, self.num_bins, use_abs=True,
                                align_corners=self.align_corners, method=self.method, weights=weights)
-        if self._sums is None or self._sums.shape[0] != act.shape[1]:
+        if self.num_units is None:
             self._alloc(act.shape[1], act.device)
-        assert self._sums is not None and self._abs_sums is not None
-        if self._sums.device != act.device:
-            self._move(act.device)
-        self._sums += sums.sum(0).to(torch.float64)
-        self._abs_sums += abs_sums.sum(0).to(torch.float64)
-        self._counts += bin_counts(bins, self.num_bins).sum(0).to(torch.float64)
+        if self.sums.device != act.device:
+            self._alloc_device(act.device)
+        self.sums += sums.sum(0).to(torch.float64)
+        self.abs_sums += abs_sums.sum(0).to(torch.float64)
+        self.counts += bin_counts(bins, self.num_bins).sum(0).to(torch.float64)
         # Only images with a valid pixel count: an all-invalid frame adds nothing, and
         # counting it would make num_images depend on which batch it shared.
-        self.num_images += int((bins >= 0).flatten(1).any(1).sum())
+        self.images += int((bins >= 0).flatten(1).any(1).sum())
 
-    def _move(self, device: torch.device) -> None:
-        assert self._sums is not None and self._abs_sums is not None
-        self._sums = self._sums.to(device)
-        self._abs_sums = self._abs_sums.to(device)
-        self._counts = self._counts.to(device)
+    def _from_view(self, view: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.layer is None or self.binner is None:
+            raise ConfigError("a ResponseAccumulator fed by a stream needs layer= and binner=")
+        act = view.activations[self.layer]
+        bins = view.binned.bins(self.binner, act.device)
+        weights = None
+        if self.method == "adjoint" and act.ndim == 4 and act.shape[0] == bins.shape[0]:
+            weights = view.binned.weights(self.binner, tuple(act.shape[-2:]), self.compute_dtype, act.device)
+        return act, bins, weights
+
+    def _alloc_device(self, device: torch.device) -> None:
+        for name in ("sums", "abs_sums", "counts", "images", "skipped"):
+            setattr(self, name, getattr(self, name).to(device))
 
     # --------------------------------------------------------------- results
-    @property
-    def counts(self) -> torch.Tensor:
-        """Valid-pixel count per bin (float64 ``[Nb]``)."""
-        return self._counts.clone()
-
-    @property
-    def sums(self) -> torch.Tensor:
-        """Sum of aligned ``A`` per (unit, bin), float64 ``[K, Nb]``."""
-        if self._sums is None:
+    def _seen(self) -> None:
+        if self.num_units is None:
             raise ShapeMismatchError("the accumulator has seen no batch yet; call update() first")
-        return self._sums.clone()
-
-    @property
-    def abs_sums(self) -> torch.Tensor:
-        """Sum of aligned ``|A|`` per (unit, bin), float64 ``[K, Nb]``."""
-        if self._abs_sums is None:
-            raise ShapeMismatchError("the accumulator has seen no batch yet; call update() first")
-        return self._abs_sums.clone()
 
     def responses(self, mode: str = "abs") -> torch.Tensor:
         """Average response ``R [K, Nb]`` (float64); NaN where a bin was never seen.
@@ -172,37 +194,25 @@ class ResponseAccumulator:
         """
         if mode not in ("abs", "signed"):
             raise ConfigError(f"mode must be 'abs' or 'signed', got {mode!r}")
+        self._seen()
         total = self.abs_sums if mode == "abs" else self.sums
-        counts = self._counts.to(total.device)
+        counts = self.counts.to(total.device)
         r = total / counts.clamp(min=1.0)
         return torch.where(counts > 0, r, torch.full_like(r, float("nan")))
 
     def dead_units(self) -> torch.Tensor:
         """Boolean ``[K]``: units whose response is zero on every valid pixel seen."""
+        self._seen()
         return self.abs_sums.sum(1) == 0
 
     # --------------------------------------------------------- combination
-    def merge(self, other: "ResponseAccumulator") -> "ResponseAccumulator":
+    def merge(self, other: "ResponseAccumulator") -> "ResponseAccumulator":  # type: ignore[override]
         """Add another accumulator's statistics into this one (in place)."""
-        if other.num_bins != self.num_bins:
-            raise ShapeMismatchError(f"cannot merge {other.num_bins} bins into {self.num_bins}")
-        if other._sums is None:
-            self.skipped_batches += other.skipped_batches
-            return self
-        if self._sums is None:
-            self._alloc(other._sums.shape[0], other._sums.device)
-        assert self._sums is not None and self._abs_sums is not None
-        if self._sums.shape != other._sums.shape:
-            raise ShapeMismatchError(
-                f"cannot merge {other._sums.shape[0]} units into {self._sums.shape[0]}"
-            )
-        assert other._abs_sums is not None
-        self._sums += other._sums.to(self._sums.device)
-        self._abs_sums += other._abs_sums.to(self._sums.device)
-        self._counts += other._counts.to(self._sums.device)
-        self.num_images += other.num_images
-        self.skipped_batches += other.skipped_batches
-        return self
+        if not isinstance(other, ResponseAccumulator) or other.num_bins != self.num_bins:
+            raise ShapeMismatchError(f"cannot merge {getattr(other, 'num_bins', '?')} bins into {self.num_bins}")
+        if (self.num_units and other.num_units) and self.num_units != other.num_units:
+            raise ShapeMismatchError(f"cannot merge {other.num_units} units into {self.num_units}")
+        return super().merge(other)
 
     def sync(self, group: Any = None) -> "ResponseAccumulator":
         """All-reduce (sum) the statistics across ``torch.distributed`` ranks.
@@ -213,62 +223,13 @@ class ResponseAccumulator:
         """
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        if self._sums is None:
+        if dist.is_available() and dist.is_initialized() and self.num_units is None:
             raise ShapeMismatchError(
                 "sync() needs num_units on ranks that saw no data; pass num_units= to the accumulator"
             )
-        assert self._abs_sums is not None
-        meta = torch.tensor([float(self.num_images), float(self.skipped_batches)],
-                            dtype=torch.float64, device=self._sums.device)
-        for t in (self._sums, self._abs_sums, self._counts, meta):
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        self.num_images, self.skipped_batches = int(meta[0]), int(meta[1])
-        return self
-
-    # ---------------------------------------------------------- persistence
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and counters that :meth:`load_state_dict` restores exactly."""
-        k = 0 if self._sums is None else self._sums.shape[0]
-        empty = torch.zeros(0, self.num_bins, dtype=torch.float64)
-        return {
-            "version": _STATE_VERSION,
-            "num_bins": self.num_bins,
-            "num_units": k,
-            "sums": empty if self._sums is None else self._sums.detach().cpu().clone(),
-            "abs_sums": empty if self._abs_sums is None else self._abs_sums.detach().cpu().clone(),
-            "counts": self._counts.detach().cpu().clone(),
-            "num_images": self.num_images,
-            "skipped_batches": self.skipped_batches,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`, validating shapes and dtypes."""
-        try:
-            version = int(state["version"])
-            nb, k = int(state["num_bins"]), int(state["num_units"])
-            sums, abs_sums, counts = state["sums"], state["abs_sums"], state["counts"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ResultFormatError(f"accumulator state is missing a field: {exc}") from exc
-        if version != _STATE_VERSION:
-            raise ResultFormatError(f"accumulator state version {version} is not supported")
-        if nb != self.num_bins:
-            raise ResultFormatError(f"state has {nb} bins, this accumulator {self.num_bins}")
-        for name, t, shape in (("sums", sums, (k, nb)), ("abs_sums", abs_sums, (k, nb)),
-                               ("counts", counts, (nb,))):
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != torch.float64:
-                raise ResultFormatError(f"accumulator state field {name!r} must be float64 {shape}")
-        if k == 0:
-            self._sums = self._abs_sums = None
-        else:
-            self.num_units = k
-            self._sums, self._abs_sums = sums.clone(), abs_sums.clone()
-        self._counts = counts.clone()
-        self.num_images = int(state.get("num_images", 0))
-        self.skipped_batches = int(state.get("skipped_batches", 0))
+        return super().sync(group)
 
     def __repr__(self) -> str:
-        k = "?" if self._sums is None else self._sums.shape[0]
+        k = "?" if self.num_units is None else self.num_units
         return (f"ResponseAccumulator(units={k}, bins={self.num_bins}, images={self.num_images}, "
-                f"pixels={int(self._counts.sum())})")
+                f"pixels={int(self.counts.sum())})")

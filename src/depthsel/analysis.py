@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .data import collate
 from .results import Result
 from .zoo import ModelInfo
 
@@ -66,15 +66,28 @@ class AnalysisContext:
         if "adapters" in self.extras and not self.adapters:
             self.adapters = dict(self.extras.pop("adapters") or {})
 
-    def loader(self, shuffle: bool = False, batch_size: int | None = None) -> DataLoader[Any]:
-        """A deterministic DataLoader over the dataset."""
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate, generator=g)
+    def stream(self, consumers: Mapping[str, Any], *, layers: Any = "context", **options: Any) -> Any:
+        """One pass over :attr:`dataset` feeding ``consumers`` (:func:`depthsel.stream.stream`).
+
+        The context's model, info, batch size, device, adapters, workers and
+        progress setting are passed on; ``layers`` defaults to :attr:`layers`
+        (``None`` captures nothing); ``options`` override or add stream options.
+        """
+        from .stream import stream
+
+        kwargs: dict[str, Any] = dict(layers=self.layers if layers == "context" else layers, info=self.info,
+                                      batch_size=self.batch_size, device=self.device,
+                                      adapters=self.adapters or None, num_workers=self.num_workers,
+                                      progress=self.progress)
+        kwargs.update(options)
+        return stream(self.model, options.pop("dataset", self.dataset), consumers,
+                      **{k: v for k, v in kwargs.items() if k != "dataset"})
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Move a batch's tensors to :attr:`device`."""
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        from .stream import move_batch
+
+        return move_batch(batch, self.device)
 
 
 class Analyzer(ABC):

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from .errors import ActivationShapeError, CaptureError
+from .hooks import HookHandles
 from .layers import LayerSelector, LayerSpec, unwrap_model
 
 __all__ = ["Capture", "RepeatedHookWarning", "TokenGridAdapter", "Adapter", "count_hooks",
@@ -176,7 +176,7 @@ class Capture:
         self.on_output = on_output
         self.keep = keep
         self.outputs: dict[str, torch.Tensor] = {}
-        self._handles: list[RemovableHandle] = []
+        self._handles = HookHandles()
         self._fired: dict[str, int] = {}
         self._input_hw: tuple[int, int] | None = None
         self._versions: dict[str, tuple[torch.Tensor, int]] = {}
@@ -284,10 +284,10 @@ class Capture:
         return self
 
     def _remove(self) -> None:
-        handles, self._handles = self._handles, []
-        for h in handles:
-            h.remove()
-        self._active = False
+        try:
+            self._handles.remove()
+        finally:
+            self._active = False
 
     def __exit__(self, *exc: Any) -> None:
         try:

@@ -31,6 +31,7 @@ from .errors import DepthselError
 from .experiment_measure import Measurement, measure_model
 from .experiment_table import aggregate, format_table
 from .progress import get_console
+from .stream import probe_units
 
 __all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "format_table", "parse_seeds"]
 
@@ -133,18 +134,11 @@ def fit_binner(dataset: Dataset[Any], kind: str, num_bins: int, max_images: int 
     raise DepthselError(f"binning must be 'sid-fit', 'quantile' or 'sid', got {kind!r}")
 
 
-def _units(cfg: ExperimentConfig, info: Any) -> dict[str, int]:
-    from .capture import Capture
-
+def _units(cfg: ExperimentConfig, info: Any, train_set: Dataset[Any]) -> dict[str, int]:
+    # The global seed is set as before, so that later draws do not move.
     torch.manual_seed(0)
     model = get_model(cfg.model, **cfg.model_config)
-    batch = {"image": torch.zeros(1, 3, *cfg.size)}
-    for name in info.extra_inputs:
-        batch[name] = torch.zeros(1, 1, *cfg.size)
-    with torch.no_grad(), Capture(model, list(cfg.layers)) as cap:
-        model.eval()
-        info.forward(model, batch)
-    return {layer: int(cap.outputs[layer].shape[1]) for layer in cfg.layers}
+    return probe_units(model, train_set, list(cfg.layers), info=info)
 
 
 def environment() -> dict[str, Any]:
@@ -196,7 +190,7 @@ def _compare_arms(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], prog
     # Every arm and seed reads the same items: decode/render them once.
     train_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.train_data))
     test_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.test_data))
-    units = _units(cfg, info)
+    units = _units(cfg, info, train_set)
     binner = fit_binner(train_set, cfg.binning, cfg.num_bins or min(units.values()))
     get_console().print(
         f"[bold]depthsel[/] {cfg.name}: {cfg.model} {cfg.model_config} on {cfg.data} "

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .analysis import AnalysisContext
 from .api import get_analyzer, get_model
 from .binning import Binner
-from .data import collate
+from .consumer import BatchCallback
 from .metrics import DepthMetrics
 from .stats import bootstrap_ci
+from .stream import stream
 from .training import SelectivityConfig, TrainConfig, Trainer
 
 if TYPE_CHECKING:
@@ -66,24 +67,22 @@ def layer_mean(layers: dict[str, dict[str, Any]], *keys: str) -> float:
 def per_image_metrics(model: torch.nn.Module, info: Any, dataset: Dataset[Any], protocol: str,
                       batch_size: int, device: str) -> tuple[dict[str, Any], np.ndarray, list[str]]:
     """Pooled metrics, and the additive per-image metric sums ``[n_images, n_sums]`` for a bootstrap."""
-    was = model.training
-    model.eval()
     pooled = DepthMetrics(protocol)
     rows: list[list[float]] = []
     keys: list[str] = []
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            pred = info.predict(model, batch).float()
-            for i in range(pred.shape[0]):
-                one = DepthMetrics(protocol)
-                one.update(pred[i:i + 1], batch["depth"][i:i + 1], batch["valid"][i:i + 1])
-                sums = one.state_dict()["sums"]
-                keys = sorted(sums)
-                rows.append([float(sums[k]) for k in keys])
-                pooled.merge(one)
-    finally:
-        model.train(was)
+
+    def add(view: Any) -> None:
+        pred = view.prediction().float()
+        for i in range(pred.shape[0]):
+            one = DepthMetrics(protocol)
+            one.update(pred[i:i + 1], view.depth[i:i + 1], view.valid[i:i + 1])
+            sums = one.to_json()["sums"]
+            keys[:] = sorted(sums)
+            rows.append([float(sums[k]) for k in keys])
+            pooled.merge(one)
+
+    stream(model, dataset, {"per_image": BatchCallback(add)}, info=info, batch_size=batch_size, device=device,
+           progress=False, description="metrics per image")
     return pooled.compute(), np.asarray(rows, dtype=np.float64), keys
 
 
@@ -93,7 +92,7 @@ def _metric_intervals(sums: np.ndarray, keys: list[str], protocol: str, resample
     if resamples <= 0 or len(sums) < 2:
         return {}
 
-    proto = DepthMetrics(protocol).state_dict()["protocol"]
+    proto = DepthMetrics(protocol).to_json()["protocol"]
 
     def stat(boot: np.ndarray) -> np.ndarray:
         out = np.empty((boot.shape[0], len(BOOTSTRAP_METRICS)))

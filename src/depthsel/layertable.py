@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import DepthselError, LayerNotFoundError
+from .hooks import HookHandles
 from .layers import unwrap_model
 
 __all__ = ["LayerTable", "layer_table", "layers"]
@@ -95,7 +96,7 @@ def layer_table(
     named = _select([(n, m) for n, m in root.named_modules() if n], list(patterns))
     shapes: dict[str, list[int] | None] = {}
     calls: dict[str, int] = {}
-    handles = []
+    handles = HookHandles()
 
     def make_hook(name: str) -> Any:
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
@@ -120,8 +121,7 @@ def layer_table(
             f"({type(exc).__name__}: {first}); try another input size"
         ) from exc
     finally:
-        for h in handles:
-            h.remove()
+        handles.remove()
         root.train(was_training)
     return LayerTable({"name": n, "type": type(m).__name__, "shape": shapes.get(n),
                        "units": _units(shapes.get(n)), "calls": calls.get(n, 0),

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .consumer import Consumer
 from .errors import DepthselError, InvalidDepthError, ShapeMismatchError, suggest
 
 __all__ = [
@@ -271,89 +272,84 @@ def _pixel_terms(
     return ok, {k: torch.where(ok, v, zero) for k, v in terms.items()}, gt
 
 
-class DepthMetrics:
+class DepthMetrics(Consumer):
     """Streaming accumulator; results do not depend on how data is split into batches.
 
     It keeps additive float64 sums only (pooled pixel sums *and* sums of
-    per-image means), so :meth:`merge` of two accumulators equals one
-    accumulator fed both streams, for either reduction.
+    per-image means), declared once as consumer state, so :meth:`merge` of two
+    accumulators equals one accumulator fed both streams, for either reduction,
+    and :meth:`sync` sums them across ``torch.distributed`` ranks (without it
+    each rank would report the metrics of its own shard).
 
     Examples
     --------
-    >>> m = DepthMetrics("hu2019")
+    >>> m = DepthMetrics("default")
     >>> for batch in loader:  # doctest: +SKIP
     ...     m.update(model(batch["image"]), batch["depth"], batch["valid"])
     >>> m.compute()["rmse"]  # doctest: +SKIP
     """
 
     def __init__(self, protocol: MetricProtocol | str = "default") -> None:
+        super().__init__()
         self.protocol = get_protocol(protocol)
-        self.reset()
+        keys = list(_TERMS) + self.protocol.delta_names()
+        self._names = ([f"px_{k}" for k in keys] + [f"img_{k}" for k in keys]
+                       + ["count", "images", "img_rmse", "img_rmse_log"])
+        self._slot = {k: i for i, k in enumerate(self._names)}
+        self.add_state("totals", torch.zeros(len(self._names), dtype=torch.float64))
 
     def _keys(self) -> list[str]:
         return list(_TERMS) + self.protocol.delta_names()
 
-    def reset(self) -> None:
-        """Forget everything accumulated."""
-        keys = self._keys()
-        self._sums: dict[str, float] = {f"px_{k}": 0.0 for k in keys}
-        self._sums.update({f"img_{k}": 0.0 for k in keys})
-        self._sums.update(count=0.0, images=0.0, img_rmse=0.0, img_rmse_log=0.0)
+    @property
+    def _sums(self) -> dict[str, float]:
+        return dict(zip(self._names, self.totals.tolist()))
 
-    def update(self, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """Add a batch: ``pred`` [B,1,h,w] (upsampled if needed), ``gt``/``valid`` [B,1,H,W]."""
+    def update(self, pred: Any, gt: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> None:
+        """Add a batch: ``pred`` [B,1,h,w] (upsampled if needed), ``gt``/``valid`` [B,1,H,W]; or a stream view."""
+        if gt is None and hasattr(pred, "binned"):
+            pred, gt, valid = pred.prediction().float(), pred.depth, pred.valid
+        assert gt is not None
         mask, terms, _ = _pixel_terms(pred, gt, valid, self.protocol)
         counts = mask.flatten(1).sum(1).double()
         has = counts > 0
-        self._sums["count"] += float(counts.sum())
-        self._sums["images"] += float(has.sum())
+        add = torch.zeros_like(self.totals)
+        add[self._slot["count"]] = counts.sum().cpu()
+        add[self._slot["images"]] = has.sum().double().cpu()
         for k, v in terms.items():
-            per_image = v.flatten(1).sum(1)
-            self._sums[f"px_{k}"] += float(per_image.sum())
-            self._sums[f"img_{k}"] += float((per_image[has] / counts[has]).sum())
+            per_image = v.flatten(1).sum(1).double()
+            add[self._slot[f"px_{k}"]] = per_image.sum().cpu()
+            add[self._slot[f"img_{k}"]] = (per_image[has] / counts[has]).sum().cpu()
             if k in ("sq", "log_sq"):
                 key = "img_rmse" if k == "sq" else "img_rmse_log"
-                self._sums[key] += float((per_image[has] / counts[has]).sqrt().sum())
+                add[self._slot[key]] = (per_image[has] / counts[has]).sqrt().sum().cpu()
+        self.totals = self.totals + add
 
-    def merge(self, other: DepthMetrics | Mapping[str, Any]) -> DepthMetrics:
-        """Add another accumulator (or its :meth:`state_dict`) into this one; returns ``self``."""
-        state = other.state_dict() if isinstance(other, DepthMetrics) else other
+    def merge(self, other: DepthMetrics | Mapping[str, Any]) -> DepthMetrics:  # type: ignore[override]
+        """Add another accumulator (or its :meth:`to_json`) into this one; returns ``self``."""
+        state = other.to_json() if isinstance(other, DepthMetrics) else other
         if _protocol_from(state) != self.protocol:
             raise MetricProtocolError(
                 f"cannot merge metrics of protocol {state.get('protocol', {}).get('name')!r} into "
                 f"{self.protocol.name!r}; accumulate each protocol separately"
             )
+        add = torch.zeros_like(self.totals)
         for k, v in state["sums"].items():
-            if k not in self._sums:
+            if k not in self._slot:
                 raise MetricProtocolError(f"unknown metric state entry {k!r}; the state is from another version")
-            self._sums[k] += float(v)
+            add[self._slot[k]] = float(v)
+        self.totals = self.totals + add
         return self
 
-    def sync(self, group: Any = None) -> DepthMetrics:
-        """All-reduce (sum) the metric sums across ``torch.distributed`` ranks; returns ``self``.
-
-        A no-op when torch.distributed is not initialised. Every rank must
-        call it. Without it each rank would report metrics of its own shard.
-        """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        keys = sorted(self._sums)
-        t = torch.tensor([self._sums[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        self._sums = dict(zip(keys, t.tolist()))
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (protocol and sums)."""
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable state (protocol and sums), for storing next to results."""
         proto = asdict(self.protocol)
         proto["deltas"] = list(proto["deltas"])
-        return {"protocol": proto, "sums": dict(self._sums)}
+        return {"protocol": proto, "sums": self._sums}
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> DepthMetrics:
-        """Rebuild an accumulator from :meth:`state_dict`."""
+    def from_json(cls, state: Mapping[str, Any]) -> DepthMetrics:
+        """Rebuild an accumulator from :meth:`to_json`."""
         out = cls(_protocol_from(state))
         return out.merge(state)
 
@@ -391,7 +387,7 @@ def _protocol_from(state: Mapping[str, Any]) -> MetricProtocol:
         fields["deltas"] = tuple(fields["deltas"])
         return MetricProtocol(**fields)
     except (KeyError, TypeError) as exc:
-        raise MetricProtocolError(f"malformed metric state ({exc}); pass DepthMetrics.state_dict() output") from None
+        raise MetricProtocolError(f"malformed metric state ({exc}); pass DepthMetrics.to_json() output") from None
 
 
 def compute_metrics(

@@ -36,8 +36,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .checkpoints import atomic_write_bytes, read_checkpoint_pair, write_checkpoint_pair
 from .data import collate
 from .errors import DepthselError, ResultFormatError
+from .metrics import DepthMetrics
 from .progress import get_console, progress_enabled
 from .regularizer import SelectivityRegularizer
+from .stream import stream
 from .zoo import ModelInfo
 
 __all__ = ["SelectivityConfig", "TrainConfig", "Trainer", "evaluate", "LOSSES"]
@@ -134,18 +136,9 @@ class TrainConfig:
 def evaluate(model: nn.Module, info: ModelInfo, dataset: Dataset[Any], *, protocol: str = "default",
              batch_size: int = 8, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Depth metrics of ``model`` on ``dataset`` under a named protocol."""
-    from .metrics import DepthMetrics
-
-    was = model.training
-    model.eval()
     metrics = DepthMetrics(protocol)
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            pred = info.predict(model, batch)
-            metrics.update(pred.float(), batch["depth"], batch["valid"])
-    finally:
-        model.train(was)
+    stream(model, dataset, {"metrics": metrics}, info=info, batch_size=batch_size, device=device,
+           progress=False, description="evaluating")
     return metrics.compute()
 
 

@@ -19,7 +19,8 @@ from depthsel.results import load_result
 from depthsel_plugins.analyses.ablation import AblationResult, ablation_steps
 from depthsel_plugins.analyses.correction import CorrectionResult, correct_activations, nearest_bins
 from depthsel_plugins.analyses.dissection import DissectionAnalyzer
-from depthsel_plugins.analyses.interventions import OracleWarning, output_hooks
+from depthsel.hooks import replace_outputs as output_hooks
+from depthsel_plugins.analyses.interventions import OracleWarning
 
 # Reuse the fixtures of the dissection tests (tests have no __init__.py).
 _spec = importlib.util.spec_from_file_location("_dissection_tests",

@@ -97,7 +97,8 @@ def test_gram_equals_plain_pairwise_loop() -> None:
     res = ImageReservoir(8)
     acts = torch.rand(5, 3, 6, 7)
     bins = torch.randint(-1, 4, (5, 13, 17))
-    res.update(acts, bins, torch.rand(5, dtype=torch.float64))
+    # Increasing keys: the reservoir keeps images in key order, so index i is image i.
+    res.update(acts, bins, torch.arange(5, dtype=torch.float64) / 10)
     g, counts = _gram(res, list(range(5)), 4, align_corners=False)
     for i in range(5):
         for j in range(5):
@@ -197,3 +198,26 @@ def test_shuffled_depth_null_on_real_nyu() -> None:
                       diagnostics=False)
         fractions.append(out["summary"]["frac_significant"])
     assert np.mean(fractions) <= 0.2, fractions
+
+
+def test_reservoir_keeps_the_same_images_whatever_the_batching() -> None:
+    """The sample is the smallest keys, in key order: batch split and merge order do not matter."""
+    torch.manual_seed(1)
+    acts = torch.rand(9, 2, 3, 3)
+    bins = torch.randint(0, 3, (9, 6, 6))
+    keys = torch.rand(9, dtype=torch.float64)
+    whole = ImageReservoir(4)
+    whole.update(acts, bins, keys)
+    left, right = ImageReservoir(4), ImageReservoir(4)
+    right.update(acts[5:], bins[5:], keys[5:])
+    left.update(acts[:5], bins[:5], keys[:5])
+    merged = right.merge(left)
+    keep = keys.argsort()[:4]
+    for res in (whole, merged):
+        assert len(res) == 4
+        assert torch.equal(torch.stack(res.keys), keys[keep])
+        assert all(torch.equal(a, acts[i].abs()) for a, i in zip(res.acts, keep.tolist()))
+    restored = ImageReservoir(4)
+    restored.load_state_dict(whole.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(restored.bins, whole.bins))
+    assert restored.images_seen == 9

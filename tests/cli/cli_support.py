@@ -17,8 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from depthsel import hookimpl, register_plugin, unregister_plugin
+from depthsel.consumer import BatchCallback
 from depthsel.analysis import AnalysisContext, Analyzer
-from depthsel.capture import Capture
 from depthsel.results import Result
 from depthsel.testing import ToyDepthDataset, ToyDepthNet
 from depthsel.zoo import ModelInfo
@@ -42,11 +42,12 @@ class ToyMeanAnalyzer(Analyzer):
 
     def run(self, ctx: AnalysisContext) -> MeanResult:
         means: dict[str, float] = {}
-        with torch.no_grad(), Capture(ctx.model, ctx.layers) as cap:
-            for batch in ctx.loader():
-                ctx.info.forward(ctx.model, batch)
-                for name, act in cap:
-                    means[name] = means.get(name, 0.0) + float(act.mean()) * self.scale
+
+        def add(view: Any) -> None:
+            for name, act in view.activations.items():
+                means[name] = means.get(name, 0.0) + float(act.mean()) * self.scale
+
+        ctx.stream({"mean": BatchCallback(add)}, progress=False)
         return MeanResult(tensors={"dummy": torch.zeros(2)},
                           data={"layers": means, "images": len(ctx.dataset)}, config=self.config())
 

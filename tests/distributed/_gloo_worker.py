@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 import depthsel
 from depthsel.accumulator import ResponseAccumulator
-from depthsel.dissect import collect_responses
+from depthsel.responses import collect_responses
 from depthsel.testing import ToyDepthDataset, ToyDepthNet, toy_batch
 
 WIDTH = 4
@@ -66,6 +66,21 @@ def criterion(pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
 def regularizer(model: torch.nn.Module, sync_stats: bool) -> depthsel.SelectivityRegularizer:
     return depthsel.SelectivityRegularizer(model, LAYERS, binner(), weight=0.1, sync_stats=sync_stats,
                                            stats_dtype=torch.float64)
+
+
+def stream_consumers() -> dict[str, Any]:
+    """States of a response accumulator, a permutation reservoir and depth metrics after one pass."""
+    from depthsel.metrics import DepthMetrics
+    from depthsel.stream import stream
+    from depthsel_plugins.analyses.dissection_stats import ImageReservoir
+
+    b = binner()
+    consumers = {"acc": ResponseAccumulator(NUM_BINS, layer="dec3", binner=b),
+                 "sample": ImageReservoir(3, layer="dec3", binner=b, seed=4),
+                 "metrics": DepthMetrics("default")}
+    stream(toy_model(), ToyDepthDataset(5, seed=3, dtype=torch.float64), consumers, layers=["dec3"],
+           batch_size=2, progress=False)
+    return {name: c.state_dict() for name, c in consumers.items()}
 
 
 # --------------------------------------------------------------- scenarios
@@ -117,6 +132,9 @@ def run(rank: int, world: int) -> dict[str, Any]:
         for i in range(rank, pred.shape[0], world):
             m.update(pred[i:i + 1], gt[i:i + 1])
         out[f"metrics_{protocol}"] = m.sync().compute()
+
+    # (v) the stream with three kinds of consumer: sums, a 'cat' sample and metrics.
+    out["stream"] = stream_consumers()
 
     # set_assignment broadcasts rank 0's choice.
     reg = regularizer(toy_model(), True)

@@ -39,7 +39,7 @@ import torch
 
 from depthsel.accumulator import ResponseAccumulator
 from depthsel.testing import ToyDepthDataset
-from depthsel.dissect import collect_responses
+from depthsel.responses import collect_responses
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_gloo_worker.py"
@@ -94,7 +94,7 @@ def _same_state(state: dict[str, Any], acc: ResponseAccumulator) -> None:
     for key in ("sums", "abs_sums", "counts"):
         assert state[key].dtype == torch.float64
         _close(state[key], single[key])
-    assert state["num_images"] == single["num_images"]
+    assert int(state["images"]) == int(single["images"])
 
 
 def test_accumulator_sync_equals_single_process(ranks: list[dict[str, Any]]) -> None:
@@ -103,7 +103,7 @@ def test_accumulator_sync_equals_single_process(ranks: list[dict[str, Any]]) -> 
     acc.update(acts, bins)
     for r in ranks:
         _same_state(r["acc"], acc)
-    assert ranks[0]["acc"]["num_images"] == acts.shape[0]
+    assert int(ranks[0]["acc"]["images"]) == acts.shape[0]
 
 
 def test_collect_responses_is_world_size_invariant(ranks: list[dict[str, Any]]) -> None:
@@ -113,7 +113,19 @@ def test_collect_responses_is_world_size_invariant(ranks: list[dict[str, Any]]) 
         assert set(r["collect"]) == set(W.LAYERS)
         for name in W.LAYERS:
             _same_state(r["collect"][name], single.accumulators[name])
-            assert r["collect"][name]["num_images"] == 5  # odd count: nothing padded or repeated
+            assert int(r["collect"][name]["images"]) == 5  # odd count: nothing padded or repeated
+
+
+def test_stream_consumers_are_world_size_invariant(ranks: list[dict[str, Any]]) -> None:
+    """Sums, the bounded image sample and the metrics of a 2-rank stream equal one process's."""
+    single = W.stream_consumers()
+    for r in ranks:
+        got = r["stream"]
+        for name, state in single.items():
+            assert set(got[name]) == set(state), name
+            for key, value in state.items():
+                torch.testing.assert_close(got[name][key], value, rtol=1e-12, atol=1e-12, msg=f"{name}/{key}")
+    assert int(single["sample"]["keys/len"]) == 3 and int(single["sample"]["seen"]) == 5
 
 
 def _single(x: torch.Tensor, depth: torch.Tensor) -> tuple[float, float, dict[str, torch.Tensor]]:

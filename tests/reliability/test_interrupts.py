@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import depthsel.checkpoints as checkpoints
-import depthsel.dissect as dissect
+import depthsel.checkpoints as ckpt_writer
+import depthsel.responses as dissect
 from depthsel.checkpoints import atomic_write, atomic_write_bytes, load_state_dict, save_state_dict
 from depthsel.errors import ResultFormatError
 from depthsel.results import Result, load_result
@@ -200,12 +201,12 @@ def test_result_save_failure_leaves_nothing_or_detectable(tmp_path: Path, monkey
 def test_dissection_killed_midway_resumes_identically(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt" / "dissect"
     proc = run_child(f'''
-        from depthsel.dissect import collect_responses
+        from depthsel.responses import collect_responses
         collect_responses(make_model(), ToyImages(delay=0.25), LAYERS, BINNER, batch_size=2,
                           checkpoint={str(ckpt)!r}, checkpoint_every=1, progress=False)
         print("FINISHED")
     ''')
-    state_json = ckpt.with_suffix(".json")
+    state_json = ckpt.parent / "dissect.ckpt.json"
 
     def progressed() -> bool:
         meta = read_json(state_json)
@@ -234,7 +235,7 @@ def test_crash_between_checkpoint_files_never_double_counts(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash after the tensors file and before the JSON of checkpoint 3 (deterministic)."""
     ckpt = tmp_path / "dissect"
-    real = dissect.atomic_write_bytes
+    real = ckpt_writer.atomic_write_bytes
     calls = {"n": 0}
 
     def crash_third_json(path: Any, data: bytes) -> Path:
@@ -243,13 +244,13 @@ def test_crash_between_checkpoint_files_never_double_counts(tmp_path: Path,
             raise KeyboardInterrupt
         return real(path, data)
 
-    monkeypatch.setattr(dissect, "atomic_write_bytes", crash_third_json)
+    monkeypatch.setattr(ckpt_writer, "atomic_write_bytes", crash_third_json)
     data = NS["ToyImages"]()
     with pytest.raises(KeyboardInterrupt):
         dissect.collect_responses(NS["make_model"](), data, NS["LAYERS"], NS["BINNER"], batch_size=2,
                                   checkpoint=ckpt, checkpoint_every=1, progress=False)
-    monkeypatch.setattr(dissect, "atomic_write_bytes", real)
-    assert json.loads(ckpt.with_suffix(".json").read_text())["images_done"] == 4
+    monkeypatch.setattr(ckpt_writer, "atomic_write_bytes", real)
+    assert json.loads((tmp_path / "dissect.ckpt.json").read_text())["images_done"] == 4
     resumed = dissect.collect_responses(NS["make_model"](), data, NS["LAYERS"], NS["BINNER"], batch_size=2,
                                         checkpoint=ckpt, checkpoint_every=1, progress=False)
     straight = dissect.collect_responses(NS["make_model"](), data, NS["LAYERS"], NS["BINNER"],
@@ -264,7 +265,7 @@ def test_corrupt_dissection_checkpoint_is_refused(tmp_path: Path) -> None:
     dissect.collect_responses(NS["make_model"](), data, NS["LAYERS"], NS["BINNER"], batch_size=2,
                               checkpoint=ckpt, progress=False)
     for bad in ("{", "[]", json.dumps({"layers": {}, "images_done": "x"})):
-        ckpt.with_suffix(".json").write_text(bad)
+        (tmp_path / "dissect.ckpt.json").write_text(bad)
         with pytest.raises(ResultFormatError, match="delete it to start over"):
             dissect.collect_responses(NS["make_model"](), data, NS["LAYERS"], NS["BINNER"], batch_size=2,
                                       checkpoint=ckpt, progress=False)

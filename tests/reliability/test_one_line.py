@@ -77,8 +77,8 @@ def test_f16_splits_option_builds_its_datasets(tmp_path: Path) -> None:
                   "--set", f"checkpoint={tmp_path / 'ck'}", "--out", tmp_path / "d", "--format", "json"])
     assert res.exit_code == 0, res.stderr
     assert set(json.loads(res.stdout)["summary"]["splits"]) == {"train", "test"}
-    # One checkpoint per split: "ck.train" and "ck.test" no longer collapse into one "ck.json".
-    assert (tmp_path / "ck.train.json").is_file() and (tmp_path / "ck.test.json").is_file()
+    # One checkpoint per split: "ck.train" and "ck.test" do not collapse into one "ck.ckpt.json".
+    assert (tmp_path / "ck.train.ckpt.json").is_file() and (tmp_path / "ck.test.ckpt.json").is_file()
     from depthsel.api import get_dataset
 
     with pytest.raises(DepthselError, match="needs a 'name' string"):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from depthsel.binning import EdgesBinner
 from depthsel.checkpoints import load_weights, save_state_dict
-from depthsel.dissect import collect_responses
+from depthsel.responses import collect_responses
 from depthsel.errors import CheckpointError
 from depthsel.testing import ToyDepthNet, toy_batch
 

@@ -110,15 +110,13 @@ def test_result_and_checkpoint_files_are_never_unpickled(tmp_path: Path, marker:
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_state_dict(tmp_path / "w.safetensors")
     # A dissection checkpoint whose tensors file is a pickle.
-    from depthsel.dissect import _load_ckpt
-    from depthsel.accumulator import ResponseAccumulator
+    from depthsel.checkpoints import read_checkpoint_pair
 
-    ckpt = tmp_path / "dissect"
     (tmp_path / "dissect.json").write_text(json.dumps(
-        {"images_done": 2, "fingerprint": "f", "layers": {"a": {}}, "tensors": "dissect.0000000002.safetensors"}))
+        {"images_done": 2, "fingerprint": "f", "tensors": "dissect.0000000002.safetensors"}))
     (tmp_path / "dissect.0000000002.safetensors").write_bytes(blob)
     with pytest.raises(ResultFormatError, match="delete it to start over"):
-        _load_ckpt(ckpt, "f", {"a": ResponseAccumulator(4)})
+        read_checkpoint_pair(tmp_path / "dissect.json")
     assert not marker.exists()
 
 

@@ -1,9 +1,10 @@
 """``unit-stats``: the mean and standard deviation of every unit's activation.
 
-A minimal but complete analyzer: it streams over the data once with constant
-memory (running float64 sums), hooks layers with :class:`depthsel.Capture`,
-and returns a :class:`depthsel.results.Result` subclass that saves as
-safetensors + JSON + CSV.
+A minimal but complete analyzer: one :class:`depthsel.Consumer` per layer
+declares its running float64 sums once (so the pass shards, syncs under
+``torch.distributed`` and checkpoints with no extra code), ``ctx.stream`` runs
+the one streaming loop over the data with the layers hooked, and a
+:class:`depthsel.results.Result` subclass saves as safetensors + JSON + CSV.
 """
 
 from __future__ import annotations
@@ -12,10 +13,32 @@ from typing import Any, ClassVar
 
 import torch
 
-from depthsel import Capture
+from depthsel import Consumer
 from depthsel.analysis import AnalysisContext, Analyzer
-from depthsel.progress import track
 from depthsel.results import Result
+
+
+class UnitMoments(Consumer):
+    """Running sums of ``A`` and ``A**2`` per unit of one layer, and the pixel count."""
+
+    def __init__(self, layer: str, absolute: bool) -> None:
+        super().__init__()
+        self.layer, self.absolute = layer, absolute
+        # Leading size 0: the unit count is known at the first batch (grow_state below).
+        self.add_state("sums", torch.zeros(0, dtype=torch.float64))
+        self.add_state("squares", torch.zeros(0, dtype=torch.float64))
+        self.add_state("pixels", torch.zeros((), dtype=torch.float64))
+
+    def update(self, view: Any) -> None:
+        """Add one batch of the stream."""
+        act = view.activations[self.layer].to(torch.float64)
+        a = act.abs() if self.absolute else act
+        if self.sums.numel() == 0:
+            for name in ("sums", "squares"):
+                self.grow_state(name, torch.zeros(a.shape[1], dtype=torch.float64, device=a.device))
+        self.sums = self.sums + a.sum(dim=(0, 2, 3))
+        self.squares = self.squares + (a * a).sum(dim=(0, 2, 3))
+        self.pixels = self.pixels + a.shape[0] * a.shape[2] * a.shape[3]
 
 
 class UnitStatsResult(Result):
@@ -51,30 +74,13 @@ class UnitStatsAnalyzer(Analyzer):
 
     def run(self, ctx: AnalysisContext) -> UnitStatsResult:
         """Stream over ``ctx.dataset`` once and return per-unit statistics."""
-        model = ctx.model.to(ctx.device)
-        was_training = model.training
-        model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        squares: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        try:
-            with torch.no_grad(), Capture(model, ctx.layers) as cap:
-                for batch in track(ctx.loader(), "unit-stats", enabled=ctx.progress):
-                    ctx.info.forward(model, ctx.to_device(batch))
-                    for name, act in cap:
-                        a = act.abs() if self.absolute else act
-                        a = a.to(torch.float64)
-                        sums[name] = sums.get(name, 0) + a.sum(dim=(0, 2, 3)).cpu()
-                        squares[name] = squares.get(name, 0) + (a * a).sum(dim=(0, 2, 3)).cpu()
-                        counts[name] = counts.get(name, 0) + a.shape[0] * a.shape[2] * a.shape[3]
-                    cap.clear()
-        finally:
-            model.train(was_training)
+        moments = {name: UnitMoments(name, self.absolute) for name in ctx.layers}
+        ctx.stream(moments, description="unit-stats")
         tensors: dict[str, torch.Tensor] = {}
         layers: dict[str, Any] = {}
-        for name, total in sums.items():
-            mean = total / counts[name]
-            std = (squares[name] / counts[name] - mean * mean).clamp_min(0).sqrt()
+        for name, m in moments.items():
+            mean = (m.sums / m.pixels).cpu()
+            std = (m.squares.cpu() / float(m.pixels) - mean * mean).clamp_min(0).sqrt()
             tensors[f"{name}/mean"], tensors[f"{name}/std"] = mean.float(), std.float()
             layers[name] = {"units": int(mean.numel()), "mean_of_means": float(mean.mean()),
                             "dead_units": int((std == 0).sum())}

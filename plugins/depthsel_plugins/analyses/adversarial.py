@@ -36,12 +36,13 @@ from torch import nn
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.binning import Binner
 from depthsel.capture import Capture
+from depthsel.consumer import BatchCallback
 from depthsel.data import dataset_fingerprint
 from depthsel.errors import DepthselError
 from depthsel.metrics import DepthMetrics
-from depthsel.progress import track
 from depthsel.results import Result, provenance
 from depthsel.selectivity import assign_bins
+from depthsel.stream import stream
 from depthsel.zoo import ModelInfo
 
 from .figures import pyplot, save_figure
@@ -297,43 +298,37 @@ class AdversarialAnalyzer(Analyzer):
             raise AdversarialConfigError(
                 f"figure_index={c['figure_index']} is outside the dataset of {n_data} images; "
                 "pass an index in range or figure_index=None")
-        was_training = model.training
-        model.eval()
         gen = torch.Generator().manual_seed(ctx.seed)
         clean_m, adv_m = DepthMetrics(c["protocol"]), DepthMetrics(c["protocol"])
         st: dict[str, dict[str, Any]] = {}
         fig: dict[str, Any] = {}
-        seen = 0
-        try:
-            for batch in track(ctx.loader(), "adversarial", enabled=ctx.progress):
-                if c["max_images"] is not None:
-                    left = c["max_images"] - seen
-                    if left <= 0:
-                        break
-                    batch = {k: v[:left] for k, v in batch.items()}  # exactly max_images images
-                batch = ctx.to_device(batch)
-                gt, valid = batch["depth"], batch["valid"]
-                with torch.no_grad(), Capture(model, ctx.layers, adapters=ctx.adapters or None) as cap:
-                    pred_c = _predict(model, ctx.info, batch, batch["image"])
-                    acts_c = dict(cap.outputs)
-                x_adv = attack_images(model, ctx.info, batch, attack=c["attack"], epsilon=c["epsilon"],
-                                      steps=c["steps"], step_size=c["step_size"],
-                                      random_start=c["random_start"], generator=gen)
-                with torch.no_grad(), Capture(model, ctx.layers, adapters=ctx.adapters or None) as cap:
-                    pred_a = _predict(model, ctx.info, batch, x_adv)
-                    acts_a = dict(cap.outputs)
-                clean_m.update(pred_c, gt, valid)
-                adv_m.update(pred_a, gt, valid)
-                err = error_pixels(pred_a, gt, valid, c["error_threshold"])
-                self._accumulate(st, acts_a, acts_c, pred_a, err, valid)
-                idx = c["figure_index"]
-                if idx is not None and seen <= idx < seen + gt.shape[0]:
-                    i = idx - seen
-                    fig = {"image": batch["image"][i], "adversarial": x_adv[i], "error": err[i],
-                           "acts": {n: a[i] for n, a in acts_a.items()}}
-                seen += int(gt.shape[0])
-        finally:
-            model.train(was_training)
+
+        def each(view: Any) -> None:
+            batch, gt, valid = view.batch, view.depth, view.valid
+            pred_c, acts_c = _b1hw(view.prediction()), dict(view.activations)
+            x_adv = attack_images(model, ctx.info, batch, attack=c["attack"], epsilon=c["epsilon"],
+                                  steps=c["steps"], step_size=c["step_size"],
+                                  random_start=c["random_start"], generator=gen)
+            with Capture(model, ctx.layers, adapters=ctx.adapters or None) as cap:
+                pred_a = _predict(model, ctx.info, batch, x_adv)
+                acts_a = dict(cap.outputs)
+            clean_m.update(pred_c, gt, valid)
+            adv_m.update(pred_a, gt, valid)
+            err = error_pixels(pred_a, gt, valid, c["error_threshold"])
+            self._accumulate(st, acts_a, acts_c, pred_a, err, valid)
+            hit = (view.indices == c["figure_index"]).nonzero() if c["figure_index"] is not None else []
+            if len(hit):
+                i = int(hit[0])
+                fig.update(image=batch["image"][i], adversarial=x_adv[i], error=err[i],
+                           acts={n: a[i] for n, a in acts_a.items()})
+
+        # Exactly the first max_images images; every rank attacks all of them (no shard),
+        # since the error statistics below are not reduced across ranks.
+        n = n_data if c["max_images"] is None else min(n_data, int(c["max_images"]))
+        stream(model, ctx.dataset, {"adversarial": BatchCallback(each)}, layers=ctx.layers, info=ctx.info,
+               batch_size=ctx.batch_size, device=ctx.device, adapters=ctx.adapters or None,
+               num_workers=ctx.num_workers, progress=ctx.progress, description="adversarial",
+               indices=range(n), shard=False, sync=False)
         return self._finish(ctx, st, clean_m, adv_m, fig)
 
     def _accumulate(self, st: dict[str, dict[str, Any]], acts_a: Mapping[str, torch.Tensor],

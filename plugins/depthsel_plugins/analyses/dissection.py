@@ -36,15 +36,14 @@ from depthsel.api import binner_from_config
 from depthsel.accumulator import ResponseAccumulator
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.binning import Binner
-from depthsel.capture import Capture
-from depthsel.data import collate
-from depthsel.dissect import collect_responses
+from depthsel.responses import collect_responses
+from depthsel.stream import probe_units
 from depthsel.errors import BinCountError, DepthselError, ResultFormatError
 from depthsel.results import provenance
 from depthsel.safeio import read_json_bounded
 from safetensors import SafetensorError
 from depthsel.selectivity import assign_bins, depth_selectivity, matched_assignment, summarize_layer
-from depthsel.zoo import ModelInfo, select_prediction
+from depthsel.zoo import ModelInfo
 
 from .dissection_result import DissectionResult
 from .dissection_diagnostics import PredictionDiagnostics, bootstrap_layer, near_target_fraction
@@ -111,79 +110,6 @@ def _load_assignment(spec: Any, layer: str, r: torch.Tensor, nb: int) -> torch.T
     if out.shape != (k,) or bool(((out < 0) | (out >= nb)).any()):
         raise BinCountError(f"assignment of {layer!r} must hold {k} bins in [0, {nb}); fix the file")
     return out
-
-
-class _Observer:
-    """Sees each batch of the streaming pass: feeds the permutation reservoirs and the diagnostics.
-
-    ``collect_responses`` calls ``info.forward(model, batch)`` and, during that
-    forward pass, the capture adapters of the hooked layers. Wrapping both lets
-    the reservoirs (activations + depth) and the prediction diagnostics
-    (activations + the model's own output) fill in the same single pass.
-    """
-
-    def __init__(self, info: ModelInfo, binners: Mapping[str, Binner], reservoirs: Mapping[str, ImageReservoir],
-                 diagnostics: Mapping[str, PredictionDiagnostics], seed: int) -> None:
-        self.info, self.binners, self.reservoirs, self.diagnostics = info, binners, reservoirs, diagnostics
-        self.gen = torch.Generator().manual_seed(seed)
-        self.batch: Mapping[str, Any] = {}
-        self.acts: dict[str, torch.Tensor] = {}
-        self.gt_bins: dict[str, torch.Tensor] = {}
-        self.unusable_output: str | None = None
-
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
-        self.batch, self.acts, self.gt_bins = batch, {}, {}
-        # One uniform key per image, shared by every layer: all reservoirs keep the same images.
-        keys = torch.rand(batch["depth"].shape[0], generator=self.gen, dtype=torch.float64)
-        pred = self.info.forward(model, batch)
-        for name, act in self.acts.items():
-            if name in self.reservoirs:
-                self.reservoirs[name].update(act, self.gt_bins[name], keys)
-        if self.diagnostics:
-            try:
-                depth_pred: torch.Tensor | None = select_prediction(pred, getattr(self.info, "output_key", None))
-            except DepthselError:
-                depth_pred = None
-            if depth_pred is None or depth_pred.ndim not in (3, 4) or depth_pred.shape[0] != batch["depth"].shape[0]:
-                self.unusable_output = f"model output of type {type(pred).__name__} is not a depth map [B,1,H,W]"
-            else:
-                for name, act in self.acts.items():
-                    self.diagnostics[name].update(act, depth_pred.detach(), batch["depth"], self.gt_bins[name],
-                                                  batch.get("valid"))
-        return pred
-
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The key generator, every reservoir and every diagnostic, for a resumable checkpoint."""
-        tensors: dict[str, torch.Tensor] = {"generator": self.gen.get_state()}
-        meta: dict[str, Any] = {"reservoirs": {}, "diagnostics": {}, "unusable_output": self.unusable_output}
-        for kind, table in (("reservoirs", self.reservoirs), ("diagnostics", self.diagnostics)):
-            for name, obj in table.items():
-                t, m = obj.state_dict(f"{kind}/{name}/")
-                tensors.update(t)
-                meta[kind][name] = m
-        return tensors, meta
-
-    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (layers must match)."""
-        for kind, table in (("reservoirs", self.reservoirs), ("diagnostics", self.diagnostics)):
-            if set(meta.get(kind, {})) != set(table):
-                raise ResultFormatError(f"the checkpoint's {kind} cover other layers; delete it to start over")
-            for name, obj in table.items():
-                obj.load_state_dict(dict(tensors), meta[kind][name], f"{kind}/{name}/")
-        self.gen.set_state(tensors["generator"])
-        self.unusable_output = meta.get("unusable_output")
-
-    def adapter(self, name: str, inner: Any = None) -> Any:
-        def adapt(output: Any) -> torch.Tensor:
-            if inner is not None:
-                out = inner(output)
-            else:
-                out = output[0] if isinstance(output, (tuple, list)) else output
-            if isinstance(out, torch.Tensor) and out.ndim == 4:
-                self.acts[name] = out.detach()
-                self.gt_bins[name] = self.binners[name](self.batch["depth"], self.batch.get("valid"))
-            return out
-        return adapt
 
 
 class DissectionAnalyzer(Analyzer):
@@ -264,19 +190,6 @@ class DissectionAnalyzer(Analyzer):
         assert result is not None
         return result
 
-    def _layer_units(self, ctx: AnalysisContext, dataset: Dataset[Any]) -> dict[str, int]:
-        # One-image probe: K per layer is needed before binning (fit_bins_to_units).
-        batch = ctx.to_device(collate([dataset[0]]))
-        was = ctx.model.training
-        ctx.model.eval()
-        try:
-            with torch.no_grad(), Capture(ctx.model, ctx.layers,
-                                          adapters=ctx.adapters or None) as cap:
-                ctx.info.forward(ctx.model, batch)
-                return {n: int(t.shape[1]) for n, t in cap.outputs.items()}
-        finally:
-            ctx.model.train(was)
-
     def layer_binners(self, units: Mapping[str, int]) -> dict[str, Binner]:
         """The binner of each layer (``K`` bins where ``fit_bins_to_units`` and ``K < Nb``)."""
         out: dict[str, Binner] = {}
@@ -291,27 +204,24 @@ class DissectionAnalyzer(Analyzer):
         """Dissect one dataset and label it ``split``."""
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise DissectionConfigError(f"split {split!r} is empty; give it at least one sample")
-        units = self._layer_units(ctx, dataset)
+        units = probe_units(ctx.model, dataset, ctx.layers, info=ctx.info, adapters=ctx.adapters or None,
+                            device=ctx.device)
         binners = self.layer_binners(units)
-        adapters = dict(ctx.adapters)
         signed = self.preset == "reference"
-        reservoirs = ({n: ImageReservoir(self.permutation_images, signed=signed) for n in units}
+        reservoirs = ({n: ImageReservoir(self.permutation_images, signed=signed, layer=n, binner=binners[n],
+                                         seed=ctx.seed) for n in units}
                       if self.permutations > 0 else {})
-        diags = ({n: PredictionDiagnostics(binners[n], self.align_corners) for n in units}
+        diags = ({n: PredictionDiagnostics(binners[n], self.align_corners, layer=n) for n in units}
                  if self.diagnostics else {})
-        info: Any = ctx.info
-        observer = None
-        if reservoirs or diags:
-            observer = _Observer(ctx.info, binners, reservoirs, diags, ctx.seed)
-            adapters = {n: observer.adapter(n, adapters.get(n)) for n in units}
-            info = observer
+        extra = {**{f"reservoir.{n}": r for n, r in reservoirs.items()},
+                 **{f"diagnostics.{n}": d for n, d in diags.items()}}
         coll = collect_responses(
-            ctx.model, dataset, list(units), binners, info=info, batch_size=ctx.batch_size,
-            device=ctx.device, align_corners=self.align_corners, adapters=adapters or None,
+            ctx.model, dataset, list(units), binners, info=ctx.info, batch_size=ctx.batch_size,
+            device=ctx.device, align_corners=self.align_corners, adapters=dict(ctx.adapters) or None,
             # One checkpoint per split: each has its own dataset fingerprint.
             checkpoint=f"{self.checkpoint}.{split}" if self.checkpoint else None,
             num_workers=ctx.num_workers, progress=ctx.progress,
-            max_batches=self.max_batches, state=observer,
+            max_batches=self.max_batches, extra_consumers=extra,
         )
         res = DissectionResult(config=self.config(), meta={**provenance(coll.fingerprint),
                                                            "dataset_fingerprints": {split: coll.fingerprint}})
@@ -320,12 +230,12 @@ class DissectionAnalyzer(Analyzer):
                     "binners": {n: b.config() for n, b in binners.items()}}
         for name, acc in coll.accumulators.items():
             tensors, summary = self._layer_stats(name, acc, binners[name], reservoirs.get(name), ctx.seed)
-            if name in diags and observer is not None and observer.unusable_output is None:
+            if name in diags and diags[name].unusable_output is None:
                 t2, s2 = self._diagnostic_stats(diags[name], tensors["assigned"])
                 tensors.update(t2)
                 summary.update(s2)
-            elif observer is not None and observer.unusable_output:
-                summary["diagnostics_skipped"] = observer.unusable_output
+            elif name in diags:
+                summary["diagnostics_skipped"] = diags[name].unusable_output
             res.tensors.update({f"{split}/{name}/{k}": v for k, v in tensors.items()})
             summary.update(num_images=acc.num_images, num_pixels=float(acc.counts.sum()),
                            resumed_from=coll.resumed_from)

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from depthsel.accumulator import ResponseAccumulator
 from depthsel.binning import Binner
+from depthsel.consumer import Consumer
+from depthsel.errors import DepthselError
 from depthsel.selectivity import selectivity_from_stats
 from depthsel.stats import bootstrap_ci
 
@@ -38,8 +40,11 @@ def _as_bhw(t: torch.Tensor) -> torch.Tensor:
     return t[:, 0] if t.ndim == 4 else t
 
 
-class PredictionDiagnostics:
+class PredictionDiagnostics(Consumer):
     """Prediction-binned responses and per-bin depth error of one layer's binner.
+
+    A stream consumer: its sums are declared state, so it resets, merges, syncs
+    and resumes with the pass.
 
     Parameters
     ----------
@@ -47,31 +52,56 @@ class PredictionDiagnostics:
         The layer's binner (edges in metres).
     align_corners
         Alignment convention of the dissection.
+    layer
+        The layer read from each :class:`~depthsel.stream.BatchView` (stream use).
     """
 
-    def __init__(self, binner: Binner, align_corners: bool = False) -> None:
-        self.binner = binner
-        self.acc = ResponseAccumulator(binner.num_bins, align_corners=align_corners)
-        nb = binner.num_bins
-        self.abs_err = torch.zeros(nb, dtype=torch.float64)
-        self.sq_err = torch.zeros(nb, dtype=torch.float64)
-        self.count = torch.zeros(nb, dtype=torch.float64)
-        self.same_bin = torch.zeros(nb, dtype=torch.float64)
-        self.bin_offset = torch.zeros(nb, dtype=torch.float64)
+    _SUMS = ("abs_err", "sq_err", "count", "same_bin", "bin_offset")
+
+    def __init__(self, binner: Binner, align_corners: bool = False, *, layer: str | None = None) -> None:
+        super().__init__()
+        self.binner, self.layer = binner, layer
+        self.add_child("acc", ResponseAccumulator(binner.num_bins, align_corners=align_corners))
+        for name in self._SUMS:
+            self.add_state(name, torch.zeros(binner.num_bins, dtype=torch.float64))
+        # Why the diagnostics could not run (a model output that is not a depth map), or None.
+        self.unusable_output: str | None = None
 
     @torch.no_grad()
-    def update(self, act: torch.Tensor, pred: torch.Tensor, depth: torch.Tensor,
-               gt_bins: torch.Tensor, valid: torch.Tensor | None) -> None:
-        """Add one batch; ``pred`` is the model's depth at any resolution."""
+    def update(self, act: Any, pred: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+               gt_bins: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> None:
+        """Add one batch (``pred`` is the model's depth at any resolution), or a stream view."""
+        if pred is None and hasattr(act, "binned"):
+            view = act
+            pred = self._view_prediction(view)
+            if pred is None:
+                return
+            act, depth = view.activations[self.layer], view.depth
+            gt_bins = view.binned.bins(self.binner)
+        assert pred is not None and depth is not None and gt_bins is not None
+        self._add(act, pred, depth, gt_bins)
+
+    def _view_prediction(self, view: Any) -> torch.Tensor | None:
+        try:
+            pred: torch.Tensor | None = view.prediction()
+        except DepthselError:
+            pred = None
+        if pred is None or pred.ndim not in (3, 4) or pred.shape[0] != view.depth.shape[0]:
+            self.unusable_output = (f"model output of type {type(view.output).__name__} is not a "
+                                    "depth map [B,1,H,W]")
+            return None
+        return pred.detach()
+
+    def _add(self, act: torch.Tensor, pred: torch.Tensor, depth: torch.Tensor, gt_bins: torch.Tensor) -> None:
         gt = _as_bhw(depth).double()
         p = pred if pred.ndim == 4 else pred.unsqueeze(1)
         if p.shape[-2:] != gt.shape[-2:]:
             p = F.interpolate(p.float(), size=tuple(gt.shape[-2:]), mode="bilinear", align_corners=False)
         p = _as_bhw(p).double()
+        gt_bins = _as_bhw(gt_bins)
         ok = gt_bins >= 0
         # Same pixels as the ground-truth dissection; only the labels change.
-        pbins = self.binner(p.clamp(min=1e-6).unsqueeze(1), ok.unsqueeze(1))
-        pbins = _as_bhw(pbins)
+        pbins = _as_bhw(self.binner(p.clamp(min=1e-6).unsqueeze(1), ok.unsqueeze(1)))
         # A prediction outside the edges has no bin: clip it to the nearest end bin.
         pred_bins = torch.where(ok & (pbins < 0), self._nearest_end(p), pbins)
         pred_bins = torch.where(ok, pred_bins, torch.full_like(pred_bins, -1))
@@ -85,27 +115,6 @@ class PredictionDiagnostics:
         same = (pred_bins[ok] == idx).double()
         self.same_bin += torch.bincount(idx, weights=same, minlength=nb).cpu()
         self.bin_offset += torch.bincount(idx, weights=(pred_bins[ok] - idx).abs().double(), minlength=nb).cpu()
-
-    _SUMS = ("abs_err", "sq_err", "count", "same_bin", "bin_offset")
-
-    def state_dict(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Tensors and metadata that restore the diagnostics exactly."""
-        st = self.acc.state_dict() if self.acc.num_units is not None else None
-        tensors = {f"{prefix}{k}": getattr(self, k) for k in self._SUMS}
-        meta: dict[str, Any] = {"acc": None}
-        if st is not None:
-            tensors.update({f"{prefix}acc/{k}": st[k] for k in ("sums", "abs_sums", "counts")})
-            meta["acc"] = {k: v for k, v in st.items() if not isinstance(v, torch.Tensor)}
-        return tensors, meta
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> None:
-        """Restore :meth:`state_dict`."""
-        for k in self._SUMS:
-            setattr(self, k, tensors[f"{prefix}{k}"].clone())
-        if meta.get("acc") is not None:
-            state = dict(meta["acc"])
-            state.update({k: tensors[f"{prefix}acc/{k}"] for k in ("sums", "abs_sums", "counts")})
-            self.acc.load_state_dict(state)
 
     def _nearest_end(self, p: torch.Tensor) -> torch.Tensor:
         edges = self.binner.edges.to(p.device)

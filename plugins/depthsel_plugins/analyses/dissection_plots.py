@@ -17,10 +17,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from depthsel.binning import Binner
-from depthsel.capture import Capture
-from depthsel.data import collate
+from depthsel.consumer import Consumer
 from depthsel.errors import ShapeMismatchError
 from depthsel.selectivity import assign_bins
+from depthsel.stream import stream
 from depthsel.zoo import ModelInfo
 
 from .dissection_result import DissectionResult
@@ -104,6 +104,19 @@ def _mark_dead_units(ax: Any, order: Sequence[int], dead: torch.Tensor) -> int:
     return len(rows)
 
 
+class _KeepBatch(Consumer):
+    """Keeps the (single) batch a stream shows it and one layer's activations."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+        self.batch: dict[str, Any] = {}
+        self.act = torch.empty(0)
+
+    def update(self, view: Any) -> None:
+        self.batch, self.act = dict(view.batch), view.activations[self.layer]
+
+
 @torch.no_grad()
 def upsampled_activations(model: nn.Module, info: ModelInfo, dataset: Dataset[Any], layer: str,
                           indices: Sequence[int], *, device: str | torch.device = "cpu",
@@ -116,16 +129,10 @@ def upsampled_activations(model: nn.Module, info: ModelInfo, dataset: Dataset[An
     idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
     if not idx:
         raise ShapeMismatchError(f"no image index in {list(indices)} lies in the dataset of {len(dataset)} images")
-    batch = collate([dataset[i] for i in idx])
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    was = model.training
-    model.eval()
-    try:
-        with Capture(model, [layer]) as cap:
-            info.forward(model, batch)
-            act = cap.outputs[layer]
-    finally:
-        model.train(was)
+    keep = _KeepBatch(layer)
+    stream(model, dataset, {"keep": keep}, layers=[layer], info=info, batch_size=len(idx), device=device,
+           indices=idx, max_batches=1, progress=False)
+    batch, act = keep.batch, keep.act
     up = F.interpolate(act.float(), size=batch["depth"].shape[-2:], mode="bilinear", align_corners=align_corners)
     return batch, up.cpu()
 

@@ -38,10 +38,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 import torch
 
 from depthsel.alignment import bin_weight_maps
+from depthsel.binning import Binner
+from depthsel.consumer import Consumer
 from depthsel.errors import ShapeMismatchError
 from depthsel.selectivity import selectivity_from_stats
 
@@ -53,8 +58,22 @@ _CHUNK_ELEMENTS = 8_000_000
 _FLOAT64_MACS = 2e9
 
 
-class ImageReservoir:
+def image_keys(indices: torch.Tensor, seed: int) -> torch.Tensor:
+    """``float64 [B]`` uniform keys, a pure function of (seed, dataset index).
+
+    Every layer's reservoir, every rank of a distributed pass and a resumed pass
+    draw the same key for the same image, so they all keep the same images.
+    """
+    out = [np.random.default_rng([int(seed) & 0xFFFFFFFF, int(i), 0x5E1EC7]).random() for i in indices.tolist()]
+    return torch.tensor(out, dtype=torch.float64)
+
+
+class ImageReservoir(Consumer):
     """A uniform random sample of whole images of a stream, with one layer's activations.
+
+    The images with the ``max_images`` smallest keys (:func:`image_keys`) are
+    kept, sorted by key: the sample depends only on which images were seen, not
+    on batch order, resumption or the number of processes.
 
     Parameters
     ----------
@@ -62,25 +81,40 @@ class ImageReservoir:
         Most images kept.
     signed
         Keep signed activations (reference preset, ``|mean A|``) instead of ``|A|``.
+    layer, binner, seed
+        For use as a stream consumer: the layer read from each
+        :class:`~depthsel.stream.BatchView`, the binner of its ground truth, and the
+        seed of the image keys.
     """
 
-    def __init__(self, max_images: int, *, signed: bool = False) -> None:
+    def __init__(self, max_images: int, *, signed: bool = False, layer: str | None = None,
+                 binner: Binner | None = None, seed: int = 0) -> None:
+        super().__init__()
         if max_images < 1:
             raise ShapeMismatchError(f"permutation_images must be >= 1, got {max_images}")
         self.max_images = int(max_images)
         self.signed = signed
-        self.keys: list[float] = []
-        self.acts: list[torch.Tensor] = []
-        self.bins: list[torch.Tensor] = []
-        self.images_seen = 0
+        self.layer, self.binner, self.seed = layer, binner, int(seed)
+        self.add_state("keys", [], reduce="cat")
+        self.add_state("acts", [], reduce="cat")
+        self.add_state("bins", [], reduce="cat")
+        self.add_state("seen", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def images_seen(self) -> int:
+        """Images with a valid pixel offered so far."""
+        return int(self.seen)
 
     @torch.no_grad()
-    def update(self, act: torch.Tensor, bins: torch.Tensor, keys: torch.Tensor) -> None:
-        """Offer a batch: ``act [B, K, h, w]``, ``bins int64 [B, H, W]``, ``keys float64 [B]``.
-
-        The keys are uniform draws shared by every layer's reservoir, so all
-        layers keep the same images.
-        """
+    def update(self, act: Any, bins: torch.Tensor | None = None, keys: torch.Tensor | None = None) -> None:
+        """Offer a batch: ``act [B, K, h, w]``, ``bins int64 [B, H, W]``, ``keys float64 [B]``, or a view."""
+        if bins is None and hasattr(act, "binned"):
+            if self.layer is None or self.binner is None:
+                raise ShapeMismatchError("a reservoir fed by a stream needs layer= and binner=")
+            view = act
+            act = view.activations[self.layer]
+            bins, keys = view.binned.bins(self.binner), image_keys(view.indices, self.seed)
+        assert bins is not None and keys is not None
         if act.ndim != 4 or bins.ndim != 3 or act.shape[0] != bins.shape[0] or keys.shape != (act.shape[0],):
             raise ShapeMismatchError(
                 f"reservoir update needs act [B,K,h,w], bins [B,H,W], keys [B]; got "
@@ -89,36 +123,22 @@ class ImageReservoir:
         for b in range(act.shape[0]):
             if not bool(valid[b]):
                 continue  # an image with no valid pixel carries nothing to re-pair
-            self.images_seen += 1
-            key = float(keys[b])
-            if len(self.keys) >= self.max_images:
-                worst = max(range(len(self.keys)), key=self.keys.__getitem__)
-                if key >= self.keys[worst]:
-                    continue
-                for store in (self.keys, self.acts, self.bins):
-                    store.pop(worst)
+            self.seen += 1
             a = act[b].detach().to("cpu", torch.float32)
-            self.keys.append(key)
+            self.keys.append(keys[b].detach().to("cpu", torch.float64).reshape(()))
             self.acts.append(a if self.signed else a.abs())
             self.bins.append(bins[b].detach().to("cpu", torch.int64))
+        self.after_merge()
+
+    def after_merge(self) -> None:
+        """Keep the ``max_images`` smallest keys, in key order."""
+        order = sorted(range(len(self.keys)), key=lambda i: float(self.keys[i]))[: self.max_images]
+        self.keys = [self.keys[i] for i in order]
+        self.acts = [self.acts[i] for i in order]
+        self.bins = [self.bins[i] for i in order]
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def state_dict(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-        """Tensors (one per stored image) and counters that restore the sample exactly."""
-        tensors = {f"{prefix}keys": torch.tensor(self.keys, dtype=torch.float64)}
-        for i, (a, b) in enumerate(zip(self.acts, self.bins)):
-            tensors[f"{prefix}act/{i}"], tensors[f"{prefix}bins/{i}"] = a, b
-        return tensors, {"images": len(self.keys), "images_seen": self.images_seen}
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, object], prefix: str) -> None:
-        """Restore :meth:`state_dict`."""
-        n = int(meta["images"])  # type: ignore[call-overload]
-        self.keys = [float(k) for k in tensors[f"{prefix}keys"].tolist()]
-        self.acts = [tensors[f"{prefix}act/{i}"].clone() for i in range(n)]
-        self.bins = [tensors[f"{prefix}bins/{i}"].clone() for i in range(n)]
-        self.images_seen = int(meta["images_seen"])  # type: ignore[call-overload]
 
 
 @dataclass

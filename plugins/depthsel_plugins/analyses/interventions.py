@@ -1,10 +1,7 @@
 """Shared machinery of the intervention analyses (correction, ablation).
 
-* :func:`output_hooks` installs forward hooks that *replace* a layer's output
-  (PyTorch feeds a hook's return value to the rest of the network) and always
-  removes them.
-* :func:`evaluate` streams a dataset through the model and returns accuracy
-  metrics (:class:`depthsel.metrics.DepthMetrics`), optionally calling
+* :func:`evaluate` streams a dataset through the model (:func:`depthsel.stream.stream`)
+  with forward hooks that replace layer outputs (:func:`depthsel.hooks.replace_outputs`) and returns accuracy metrics (:class:`depthsel.metrics.DepthMetrics`), optionally calling
   ``on_batch(batch)`` first so hooks can see the batch's ground truth.
 * :func:`load_or_dissect` reads a stored dissection or computes one.
 """
@@ -12,30 +9,26 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from depthsel.analysis import AnalysisContext
-from depthsel.data import collate
-from depthsel.errors import ActivationShapeError, BinCountError, ShapeMismatchError
-from depthsel.layers import LayerSelector
+from depthsel.errors import BinCountError
+from depthsel.hooks import TensorFn
 from depthsel.metrics import DepthMetrics
-from depthsel.progress import track
 from depthsel.results import load_result
+from depthsel.stream import stream
 from depthsel.zoo import ModelInfo, select_prediction
 
 from .dissection import DissectionAnalyzer
 from .dissection_result import DissectionResult
 
-__all__ = ["OracleWarning", "output_hooks", "evaluate", "load_or_dissect", "prediction"]
-
-TensorFn = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["OracleWarning", "TensorFn", "evaluate", "load_or_dissect", "prediction"]
 
 
 class OracleWarning(UserWarning):
@@ -45,59 +38,6 @@ class OracleWarning(UserWarning):
 def prediction(output: Any) -> torch.Tensor:
     """The depth map of a model output (:func:`depthsel.zoo.select_prediction`, the one rule)."""
     return select_prediction(output)
-
-
-def _checked(name: str, act: Any) -> torch.Tensor:
-    if not isinstance(act, torch.Tensor) or act.ndim != 4:
-        raise ActivationShapeError(
-            f"layer {name!r} outputs {getattr(act, 'shape', type(act).__name__)}, not [B, K, h, w]; "
-            f"pass adapters={{{name!r}: depthsel.TokenGridAdapter(grid=(h, w), skip_tokens=...)}} "
-            "(CLI: --tokens LAYER:grid=HxW:skip=N) or hook a layer with a spatial output"
-        )
-    return act
-
-
-def _replace(output: Any, fn: TensorFn, name: str = "layer", adapter: Any = None) -> Any:
-    if adapter is not None:
-        inverse = getattr(adapter, "inverse", None)
-        if not callable(inverse):
-            raise ActivationShapeError(
-                f"the adapter of layer {name!r} has no inverse(grid, original), so the layer's "
-                "output cannot be replaced; use depthsel.TokenGridAdapter"
-            )
-        return inverse(fn(_checked(name, adapter(output))), output)
-    if isinstance(output, torch.Tensor):
-        return fn(_checked(name, output))
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (fn(_checked(name, output[0])), *output[1:])
-    if isinstance(output, list) and output and isinstance(output[0], torch.Tensor):
-        return [fn(_checked(name, output[0])), *output[1:]]
-    raise ShapeMismatchError(
-        f"cannot intervene on a layer output of type {type(output).__name__}; hook a layer that "
-        "returns a [B, K, h, w] tensor"
-    )
-
-
-@contextmanager
-def output_hooks(model: nn.Module, fns: Mapping[str, TensorFn],
-                 adapters: Mapping[str, Any] | None = None) -> Iterator[None]:
-    """Replace the output of each named layer by ``fn(output)`` inside the block.
-
-    A layer with an adapter (e.g. ViT tokens) is adapted to ``[B, K, h, w]``,
-    passed to ``fn``, and written back with the adapter's ``inverse``.
-    """
-    modules = LayerSelector(list(fns)).resolve(model) if fns else {}
-    adapters = dict(adapters or {})
-    handles = []
-    try:
-        for name, module in modules.items():
-            fn, adapter = fns[name], adapters.get(name)
-            handles.append(module.register_forward_hook(
-                lambda _m, _i, out, fn=fn, name=name, adapter=adapter: _replace(out, fn, name, adapter)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -121,21 +61,9 @@ def evaluate(
     Returns :meth:`DepthMetrics.compute` (``delta1``, ``rmse``, ``abs_rel``, ...).
     """
     metrics = DepthMetrics(protocol)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    was = model.training
-    model.eval()
-    try:
-        with output_hooks(model, fns or {}, adapters):
-            for i, batch in enumerate(track(loader, description, enabled=progress)):
-                if max_batches is not None and i >= max_batches:
-                    break
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                if on_batch is not None:
-                    on_batch(batch)
-                pred = info.predict(model, batch)
-                metrics.update(pred, batch["depth"], batch.get("valid"))
-    finally:
-        model.train(was)
+    stream(model, dataset, {"metrics": metrics}, info=info, batch_size=batch_size, device=device,
+           adapters=adapters, replace=fns or {}, progress=progress, description=description,
+           max_batches=max_batches, on_batch=on_batch)
     return metrics.compute()
 
 

@@ -32,12 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthsel.analysis import AnalysisContext, Analyzer
+from depthsel.consumer import BatchCallback
 from depthsel.data import collate, dataset_fingerprint
 from depthsel.errors import DepthselError
 from depthsel.losses import hu_depth_loss
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import Result, provenance
+from depthsel.stream import stream
 from depthsel.zoo import ModelInfo, select_prediction
 
 from .figures import pyplot, save_figure
@@ -360,24 +362,33 @@ class MaskAnalyzer(Analyzer):
                   net: MaskNet) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         c = self.c
         m = {k: DepthMetrics(c["protocol"]) for k in ("full", "mask", "binary", "edge")}
-        kept, pixels = 0.0, 0.0
         ov_img: list[torch.Tensor] = []
         ov_mask: list[torch.Tensor] = []
-        for batch in ctx.loader():
-            batch = ctx.to_device(batch)
+        totals = {"kept": 0.0, "pixels": 0.0}
+
+        def each(view: Any) -> None:
+            batch = view.batch
             x = ctx.info.normalize(batch["image"])
             mask = net(x)
             binary = binarize(mask, c["threshold"])
             edges = edge_mask(batch["image"], binary.flatten(1).sum(1).round().long())
             gt, valid = batch["depth"], batch["valid"]
-            for key, inp in (("full", x), ("mask", x * mask), ("binary", x * binary), ("edge", x * edges)):
+            full = view.prediction()
+            m["full"].update(full[:, None] if full.ndim == 3 else full, gt, valid)
+            for key, inp in (("mask", x * mask), ("binary", x * binary), ("edge", x * edges)):
                 m[key].update(_run_net(ctx.model, ctx.info, inp, batch), gt, valid)
-            kept += float(binary.sum())
-            pixels += float(binary.numel())
+            totals["kept"] += float(binary.sum())
+            totals["pixels"] += float(binary.numel())
             room = c["num_overlays"] - sum(t.shape[0] for t in ov_img)
             if room > 0:
                 ov_img.append(batch["image"][:room].float().cpu())
                 ov_mask.append(mask[:room].float().cpu())
+
+        # The stream's own forward pass is the unmasked prediction; the three masked inputs run here.
+        stream(ctx.model, ctx.dataset, {"masks": BatchCallback(each)}, info=ctx.info,
+               batch_size=ctx.batch_size, device=ctx.device, num_workers=ctx.num_workers,
+               progress=False, description="masks: evaluating", shard=False, sync=False)
+        kept, pixels = totals["kept"], totals["pixels"]
         res = {k: v.compute() for k, v in m.items()}
         row = {"rmse_mask": res["mask"]["rmse"], "rmse_binary": res["binary"]["rmse"],
                "sparseness": kept / pixels if pixels else math.nan, "rmse_edge": res["edge"]["rmse"],

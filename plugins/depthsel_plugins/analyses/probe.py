@@ -22,23 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from depthsel import get_dataset
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.api import binner_from_config
 from depthsel.binning import Binner, prepare_depth
-from depthsel.capture import Capture
-from depthsel.data import collate, dataset_fingerprint
+from depthsel.consumer import BatchCallback
+from depthsel.data import dataset_fingerprint
 from depthsel.errors import DepthselError
 from depthsel.layers import LayerSelector
 from depthsel.metrics import DepthMetrics
-from depthsel.progress import track
 from depthsel.results import load_result, provenance
+from depthsel.stream import distributed_rank, stream
 
 from .probe_result import ProbeResult, plot_probe_curves
 from .probe_stats import ProbeFit, ProbeStatistics, from_target, sync_all, to_target
@@ -79,14 +79,14 @@ class _HeldOut:
         s[4 + self.nb:] += torch.bincount(b[ok], weights=err.abs(), minlength=self.nb)[:self.nb].cpu()
 
     def flat(self) -> torch.Tensor:
-        return torch.cat([self.sums, torch.tensor(list(self.metrics.state_dict()["sums"].values()),
+        return torch.cat([self.sums, torch.tensor(list(self.metrics.to_json()["sums"].values()),
                                                   dtype=torch.float64)])
 
     def set_flat(self, vec: torch.Tensor) -> None:
-        state = self.metrics.state_dict()
+        state = self.metrics.to_json()
         self.sums = vec[:self.sums.numel()].clone()
         state["sums"] = dict(zip(state["sums"], vec[self.sums.numel():].tolist()))
-        self.metrics = DepthMetrics.from_state_dict(state)
+        self.metrics = DepthMetrics.from_json(state)
 
     def compute(self, counts: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         n, sy, syy, sse = (float(v) for v in self.sums[:4])
@@ -98,14 +98,6 @@ class _HeldOut:
         rmse = torch.where(c > 0, (self.sums[4:4 + self.nb] / c).sqrt(), torch.full_like(c, math.nan))
         mae = torch.where(c > 0, self.sums[4 + self.nb:] / c, torch.full_like(c, math.nan))
         return out, rmse, mae
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class ProbeAnalyzer(Analyzer):
@@ -184,22 +176,16 @@ class ProbeAnalyzer(Analyzer):
                                    "give more data or a separate train split (--set train={...})")
         return Subset(ctx.dataset, range(cut)), Subset(ctx.dataset, range(cut, n))
 
-    def _batches(self, ctx: AnalysisContext, data: Dataset[Any], what: str) -> Any:
-        rank, world = _dist()
-        shard = list(range(len(data)))[rank::world]  # type: ignore[arg-type]
-        loader = DataLoader(Subset(data, shard), batch_size=ctx.batch_size, shuffle=False,
-                            num_workers=ctx.num_workers, collate_fn=collate)
-        model = ctx.model
-        with torch.no_grad(), Capture(model, ctx.layers, detach=True,
-                                      adapters=ctx.extras.get("adapters")) as cap:
-            for i, batch in enumerate(track(loader, what, enabled=ctx.progress)):
-                if self.c["max_batches"] is not None and i >= self.c["max_batches"]:
-                    break
-                batch = ctx.to_device(batch)
-                ctx.info.forward(model, batch)
-                depth = prepare_depth(batch["depth"], batch.get("valid")).to(torch.float64)
-                yield depth, dict(cap.outputs)
-                cap.clear()
+    def _stream(self, ctx: AnalysisContext, data: Dataset[Any], what: str,
+                fn: Callable[[torch.Tensor, dict[str, torch.Tensor]], None]) -> None:
+        """One pass over ``data`` (this rank's shard): ``fn(depth [B,1,H,W] float64, {layer: act})``."""
+        def each(view: Any) -> None:
+            fn(prepare_depth(view.depth, view.valid).to(torch.float64), dict(view.activations))
+
+        stream(ctx.model, data, {"probe": BatchCallback(each)}, layers=ctx.layers, info=ctx.info,
+               batch_size=ctx.batch_size, device=ctx.device, adapters=ctx.adapters or None,
+               num_workers=ctx.num_workers, progress=ctx.progress, description=what,
+               max_batches=self.c["max_batches"], sync=False)
 
     # ------------------------------------------------------------- run
     def _load_compare(self) -> ProbeResult | None:
@@ -217,10 +203,13 @@ class ProbeAnalyzer(Analyzer):
         """Stream ``data`` once and return each layer's (all-reduced) probe statistics."""
         stats = {n: ProbeStatistics(self.c["target"], self.c["align_corners"]) for n in ctx.layers}
         gen = torch.Generator().manual_seed(ctx.seed)
-        for depth, acts in self._batches(ctx, data, "probe: fitting"):
+
+        def add(depth: torch.Tensor, acts: dict[str, torch.Tensor]) -> None:
             keep = self._subsample(depth > 0, gen)
             for name in ctx.layers:
                 stats[name].update(acts[name], depth, keep=keep)
+
+        self._stream(ctx, data, "probe: fitting", add)
         sync_all(list(stats.values()))
         return stats
 
@@ -241,18 +230,20 @@ class ProbeAnalyzer(Analyzer):
         nb, tgt = self.binner.num_bins, self.c["target"]
         held = {n: _HeldOut(self.c["protocol"], nb, tgt) for n in [*fits, "(constant)"]}
         counts = torch.zeros(nb, dtype=torch.float64)
-        for depth, acts in self._batches(ctx, data, "probe: scoring"):
+
+        def add(depth: torch.Tensor, acts: dict[str, torch.Tensor]) -> None:
             valid = depth > 0
             bins = self.binner(depth, valid)
-            ok = bins[bins >= 0]
-            counts += torch.bincount(ok, minlength=nb)[:nb].double().cpu()
+            counts.add_(torch.bincount(bins[bins >= 0], minlength=nb)[:nb].double().cpu())
             size = (depth.shape[-2], depth.shape[-1])
             for name, fit in fits.items():
                 held[name].update(fit.predict(acts[name], size, self.c["align_corners"]), depth, valid, bins)
             held["(constant)"].update(torch.full_like(depth, constant), depth, valid, bins)
+
+        self._stream(ctx, data, "probe: scoring", add)
         flats = [h.flat() for h in held.values()]
         buf = torch.cat([counts, *flats])
-        rank, world = _dist()
+        _, world = distributed_rank()
         if world > 1:
             import torch.distributed as dist
 

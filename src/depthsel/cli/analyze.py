@@ -185,6 +185,7 @@ def _probe_forward(built: Any, dataset: Any, device: str, model: str) -> None:
     import torch
 
     from ..data import collate
+    from ..stream import move_batch
 
     info = built.info
     try:
@@ -197,7 +198,7 @@ def _probe_forward(built: Any, dataset: Any, device: str, model: str) -> None:
         raise CliError(f"{model!r} needs input sides that are multiples of {mult}, but the data gives "
                        f"{h}x{w}; resize it, e.g. --data-set 'size=[{h // mult * mult or mult},"
                        f"{w // mult * mult or mult}]'")
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = move_batch(batch, device)
     was = built.model.training
     built.model.eval()
     try:
