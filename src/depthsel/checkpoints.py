@@ -34,6 +34,8 @@ __all__ = [
     "check_weights",
     "write_checkpoint_pair",
     "read_checkpoint_pair",
+    "optimizer_tensors",
+    "load_optimizer_tensors",
 ]
 
 # Keys under which training scripts commonly nest the weights.
@@ -362,3 +364,31 @@ def read_checkpoint_pair(json_path: str | os.PathLike[str]) -> tuple[dict[str, t
     except Exception as exc:  # noqa: BLE001 - every failure is the same advice
         raise ResultFormatError(f"checkpoint {str(jpath)!r} is unreadable ({exc}); delete it to start over") from exc
     return tensors, meta
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as flat tensors (``opt.<param>.<key>``) and JSON (groups, scalars), no pickle."""
+    state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"opt.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
+                           meta: Mapping[str, Any]) -> None:
+    """Restore what :func:`optimizer_tensors` gave into ``opt``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

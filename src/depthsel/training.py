@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .checkpoints import atomic_write_bytes, read_checkpoint_pair, write_checkpoint_pair
+from .checkpoints import (atomic_write_bytes, load_optimizer_tensors, optimizer_tensors, read_checkpoint_pair,
+                          write_checkpoint_pair)
 from .data import collate
 from .errors import DepthselError, ResultFormatError
 from .metrics import DepthMetrics
@@ -142,31 +143,6 @@ def evaluate(model: nn.Module, info: ModelInfo, dataset: Dataset[Any], *, protoc
     return metrics.compute()
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, pstate in state["state"].items():
-        for key, value in pstate.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"opt.{pid}.{key}"] = value
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    for key, value in meta.get("scalars", {}).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 class Trainer:
     """Trains a depth network, optionally with the selectivity regularizer.
 
@@ -251,7 +227,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Atomically save model, optimizer, RNG and position."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        opt_t, opt_meta = _optimizer_tensors(self.opt)
+        opt_t, opt_meta = optimizer_tensors(self.opt)
         tensors.update(opt_t)
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"step": self.step, "optimizer": opt_meta, "history": self.history,
@@ -272,7 +248,7 @@ class Trainer:
             detail = " ".join(str(exc).split())[:300]
             raise ResultFormatError(f"the checkpoint in {run} does not fit this model ({detail}); "
                                     "resume with the model options of the run, or start over") from exc
-        _load_optimizer(self.opt, tensors, meta["optimizer"])
+        load_optimizer_tensors(self.opt, tensors, meta["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(meta["step"])
         self.history = meta.get("history", {"steps": [], "epochs": []})

@@ -185,7 +185,7 @@ class DissectionAnalyzer(Analyzer):
             datasets = {self.split: ctx.dataset}
         result: DissectionResult | None = None
         for name, ds in datasets.items():
-            part = self.dissect(ctx, ds, name)
+            part = self.dissect_split(ctx, ds, name)
             result = part if result is None else result.merge(part)
         assert result is not None
         return result
@@ -200,7 +200,7 @@ class DissectionAnalyzer(Analyzer):
             out[name] = b
         return out
 
-    def dissect(self, ctx: AnalysisContext, dataset: Dataset[Any], split: str) -> DissectionResult:
+    def dissect_split(self, ctx: AnalysisContext, dataset: Dataset[Any], split: str) -> DissectionResult:
         """Dissect one dataset and label it ``split``."""
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise DissectionConfigError(f"split {split!r} is empty; give it at least one sample")
@@ -326,7 +326,7 @@ def dissect_splits(
     for split, ds in datasets.items():
         ctx = AnalysisContext(model=model, dataset=ds, info=info, layers=list(layers or []),
                               device=device, batch_size=batch_size, seed=seed, progress=progress)
-        part = analyzer.dissect(ctx, ds, split)
+        part = analyzer.dissect_split(ctx, ds, split)
         result = part if result is None else result.merge(part)
     assert result is not None
     return result

@@ -215,7 +215,7 @@ def _check_size(info: ModelInfo, dataset: Dataset[Any]) -> None:
         raise ConfigError(f"the model needs input sides that are multiples of {m}, got {h}x{w}; change --size")
 
 
-def dissect(recipe: Recipe, opts: RunOptions, model: nn.Module, info: ModelInfo, test_set: Dataset[Any],
+def dissect_test_split(recipe: Recipe, opts: RunOptions, model: nn.Module, info: ModelInfo, test_set: Dataset[Any],
             out: Path, batch_size: int, progress: bool | None = None) -> Any:
     """Dissect the recipe's layers on the test split and save the result under ``out``."""
     analyzer = get_analyzer("dissection", binner=dict(recipe.binner), fit_bins_to_units=True,
@@ -243,7 +243,7 @@ def run_recipe(recipe: Recipe, opts: RunOptions, progress: bool | None = None) -
         history = RecipeTrainer(model, info, train_set, cfg, recipe.optimizer).fit(resume=opts.resume)
     metrics = evaluate(model, info, test_set, protocol=recipe.protocol, batch_size=cfg.batch_size,
                        device=opts.device)
-    result = dissect(recipe, opts, model, info, test_set, cfg.run_dir / "dissection", cfg.batch_size, progress)
+    result = dissect_test_split(recipe, opts, model, info, test_set, cfg.run_dir / "dissection", cfg.batch_size, progress)
     overrides = opts.scale_overrides()
     summary: dict[str, Any] = {
         "recipe": recipe.to_dict(),
