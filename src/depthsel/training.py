@@ -40,7 +40,7 @@ from .progress import get_console, progress_enabled
 from .regularizer import SelectivityRegularizer
 from .zoo import ModelInfo
 
-__all__ = ["SelectivityConfig", "TrainConfig", "Trainer", "evaluate", "LOSSES"]
+__all__ = ["SelectivityConfig", "TrainConfig", "Trainer", "evaluate"]
 
 
 def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -52,7 +52,6 @@ def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
     return table[name]
 
 
-LOSSES = ("l1", "hu", "silog")
 #: Files a training run owns in its directory (glob patterns).
 RUN_FILES = ("config.json", "checkpoint.json", "checkpoint.*.safetensors", "model.safetensors",
              "history.json", "manifest.json")
