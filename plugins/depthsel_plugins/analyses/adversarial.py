@@ -158,15 +158,15 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _make_binner(spec: Any, num_bins: int, min_depth: float, max_depth: float) -> Binner:
-    """A binner from an instance, a config dict (e.g. a dissection's fitted quantile bins) or a name."""
-    if isinstance(spec, Binner):
-        return spec
-    from depthsel import get_binner
+    """A binner from an instance, a config dict (e.g. a dissection's fitted quantile bins) or a name.
+
+    A bare name takes this analysis's bin count and depth range.
+    """
     from depthsel.api import binner_from_config
 
-    if isinstance(spec, dict):
-        return binner_from_config(spec)
-    return get_binner(str(spec), num_bins=num_bins, min_depth=min_depth, max_depth=max_depth)
+    if isinstance(spec, str):
+        spec = {"name": spec, "num_bins": num_bins, "min_depth": min_depth, "max_depth": max_depth}
+    return binner_from_config(spec)
 
 
 class AdversarialResult(Result):
@@ -287,7 +287,7 @@ class AdversarialAnalyzer(Analyzer):
 
     def _layer_binner(self, k: int) -> Binner:
         # The paper sets N_b = K for layers with fewer units than bins.
-        return self.binner if k >= self.binner.num_bins else self.binner.with_num_bins(k)
+        return self.binner.for_units(k)
 
     def run(self, ctx: AnalysisContext) -> AdversarialResult:
         """Attack every image, measure the accuracy drop and trace errors to units."""
