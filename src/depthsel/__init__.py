@@ -34,11 +34,14 @@ from .selectivity import (
     summarize_layer,
 )
 from . import dissect, layers  # callable modules: depthsel.dissect(...), depthsel.layers(...)
+from ._callable import make_callable as _make_callable
+from ._version import __version__
 from .layertable import LayerTable
+from .layertable import layers as _layers_fn
 from .quick import ablate, correct
 from .zoo import ModelInfo
 
-__version__ = "0.1.0"
+_make_callable(layers, _layers_fn)
 
 __all__ = [
     "__version__",

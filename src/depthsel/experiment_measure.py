@@ -18,7 +18,7 @@ from .stats import bootstrap_ci
 from .training import SelectivityConfig, TrainConfig, Trainer
 
 if TYPE_CHECKING:
-    from .experiment import ExperimentConfig
+    from .experiment_config import ExperimentConfig
 
 __all__ = ["Measurement", "measure_model", "per_image_metrics", "layer_mean", "brief_layers",
            "dissection_scalars", "dissection_intervals"]

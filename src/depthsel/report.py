@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .checkpoints import atomic_write_bytes
 from .errors import DepthselError, ResultFormatError, RunDirError
 from .rundir import MANIFEST_NAME, RunDir, is_locked
@@ -314,8 +315,6 @@ def _cell(value: Any) -> str:
 
 def render_report(report: Report) -> str:
     """Render a :class:`Report` as one HTML page (no scripts, no external resources)."""
-    from . import __version__
-
     e = html.escape
     out = [
         "<!DOCTYPE html>",

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ._version import __version__
 from .checkpoints import atomic_write, atomic_write_bytes
 from .errors import ResultFormatError
 
@@ -37,8 +38,6 @@ _REGISTRY: dict[str, type["Result"]] = {}
 
 def provenance(dataset_fingerprint: str | None = None) -> dict[str, Any]:
     """Versions and environment recorded with every result."""
-    from . import __version__
-
     return {
         "depthsel_version": __version__,
         "torch_version": torch.__version__,
