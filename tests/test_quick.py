@@ -59,7 +59,7 @@ def test_dissect_correct_ablate_in_one_call_each(data, tmp_path: Path) -> None:
                           info=depthsel.ModelInfo(input_size=(32, 32), normalization="unit"))
     ref = depthsel.get_analyzer("dissection", binner=binner, permutations=0).run(ctx)
     torch.testing.assert_close(res.get("up1", "R"), ref.get("up1", "R"), equal_nan=True)
-    figs = res.plot(tmp_path / "figs")
+    figs = res.save_figures(tmp_path / "figs")
     assert figs and all(p.is_file() and p.stat().st_size > 0 for p in figs)
     rows = list(csv.DictReader(res.to_csv(tmp_path / "units.csv").open()))
     assert len(rows) == 4 and rows[0]["layer"] == "up1"

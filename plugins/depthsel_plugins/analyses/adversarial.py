@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -38,13 +37,13 @@ from depthsel.binning import Binner
 from depthsel.capture import Capture
 from depthsel.data import dataset_fingerprint
 from depthsel.errors import DepthselError
+from depthsel.figures import panels
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import Result, provenance
 from depthsel.selectivity import assign_bins
 from depthsel.zoo import ModelInfo
 
-from .figures import pyplot, save_figure
 
 __all__ = ["AdversarialAnalyzer", "AdversarialResult", "AdversarialConfigError", "attack_images",
            "error_pixels", "threshold_maps", "mask_iou", "register_analyzers"]
@@ -180,20 +179,25 @@ class AdversarialResult(Result):
     """
 
     kind: ClassVar[str] = "adversarial"
+    figure_dpi: ClassVar[int] = 110
+    figures_in_save: ClassVar[bool] = True
 
     def rows(self) -> list[dict[str, Any]]:
         """The per-dataset table (layer, dominant bin, units, IoU)."""
         return [dict(r) for r in self.data.get("table", [])]
 
-    def plot(self, path: str | Path | None = None) -> Any:
-        """Draw the Fig. 8-style panel; save it to ``path`` when given. Returns the figure."""
-        plt = pyplot()
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """``figure.png`` when a figure was recorded (``save`` writes it)."""
+        return {"figure.png": {}} if "figure/image" in self.tensors else {}
+
+    def plot(self, ax: Any = None) -> Any:
+        """Draw the Fig. 8-style panel (2 rows of at least 4 panels, so ``ax`` must be ``None``)."""
         t, fig_info = self.tensors, self.data.get("figure", {})
         if "figure/image" not in t:
             raise AdversarialConfigError("this result has no figure; run with figure_index set to an image")
         units = fig_info.get("units", [])
         ncol = max(4, len(units))
-        fig, axes = plt.subplots(2, ncol, figsize=(2.6 * ncol, 5.4), squeeze=False)
+        fig, axes = panels(ax, 2, ncol, figsize=(2.6 * ncol, 5.4))
         for ax in axes.flat:
             ax.axis("off")
         for ax, key, title in ((axes[0, 0], "image", "image"), (axes[0, 1], "adversarial",
@@ -215,16 +219,7 @@ class AdversarialResult(Result):
             a.contour(t["figure/error"][0].float().numpy(), levels=[0.5], colors="r", linewidths=0.6)
             a.set_title(f"{fig_info['layer']}#{u}", fontsize=8)
         fig.tight_layout()
-        if path is not None:
-            save_figure(fig, path, dpi=110, close=False)
         return fig
-
-    def save(self, directory: str | Path) -> Path:
-        """Save as usual, plus ``figure.png`` when a figure was recorded."""
-        out = super().save(directory)
-        if "figure/image" in self.tensors:
-            save_figure(self.plot(), out / "figure.png", dpi=110)
-        return out
 
 
 class AdversarialAnalyzer(Analyzer):

@@ -16,6 +16,7 @@ import typer
 
 from ..analysis import AnalysisContext
 from ..errors import DepthselError
+from ..results import Result
 from .common import (
     build_dataset,
     build_model,
@@ -140,7 +141,7 @@ def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, mode
     ctx = AnalysisContext(model=built.model, dataset=dataset, info=built.info, layers=layer_list,
                           device=device, batch_size=batch_size, seed=seed, adapters=parse_tokens(tokens))
     result = analyzer.run(ctx)
-    if result is None or not hasattr(result, "save"):
+    if not isinstance(result, Result):
         raise DepthselError(f"analyzer {name!r} returned {type(result).__name__}, not a depthsel Result")
     # Record how the run was invoked, so `depthsel report` and re-runs can show it.
     result.meta.setdefault("cli", {
@@ -158,26 +159,17 @@ def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, mode
     return result
 
 
-def _write_figures(result: Any, directory: Path) -> list[Path]:
-    """Every analyzer's figures from the CLI too: ``result.plot(out_dir)`` into ``DIR/figures``.
+def _write_figures(result: Result, directory: Path) -> list[Path]:
+    """Every analyzer's figures from the CLI too: ``result.save_figures`` into ``DIR/figures``.
 
-    Results whose ``save`` already draws their figure (adversarial, masks) have a
-    differently shaped ``plot`` and are left as they are.
+    Results whose ``save`` already wrote their figures beside them (``figures_in_save``)
+    get no second copy.
     """
-    import inspect
-
-    plot = getattr(result, "plot", None)
-    if not callable(plot):
+    if result.figures_in_save or not result.figures():
         return []
-    try:
-        params = list(inspect.signature(plot).parameters)
-    except (TypeError, ValueError):
-        return []
-    if not params or params[0] != "out_dir":
-        return []
-    paths = plot(directory / "figures")
+    paths = result.save_figures(directory / "figures")
     message(f"figures in {directory / 'figures'}", style="dim")
-    return list(paths or [])
+    return paths
 
 
 def _probe_forward(built: Any, dataset: Any, device: str, model: str) -> None:
