@@ -14,7 +14,7 @@ per channel, is clamped to ``[0, 1]`` and only then normalised by the model's
   layer (a layer with ``K`` units below ``num_bins`` uses ``K`` bins, as the
   paper's assignment does);
 * for the ``top_bins`` dominant bins, the units assigned to them (Eq. 6,
-  :func:`~depthsel.assign_bins`, or ``ctx.extras["assigned"]``) and the IoU of
+  :func:`~depthsel.assign_bins`, or ``ctx.assignment``) and the IoU of
   their thresholded, upsampled feature maps with the error region, pooled over
   the dataset (sum of intersections over sum of unions). A unit's map is
   thresholded per image at its ``quantile`` over valid pixels (strictly above,
@@ -367,14 +367,14 @@ class AdversarialAnalyzer(Analyzer):
         tensors: dict[str, torch.Tensor] = {}
         table: list[dict[str, Any]] = []
         layers: dict[str, Any] = {}
-        assigned_extra = ctx.extras.get("assigned", {}) or {}
+        given = ctx.assignment or {}
         for name, s in st.items():
             k, binner = s["k"], s["binner"]
             nb = binner.num_bins
-            assigned = torch.as_tensor(assigned_extra.get(name, assign_bins(k, nb)), dtype=torch.long)
+            assigned = torch.as_tensor(given[name], dtype=torch.long) if name in given else assign_bins(k, nb)
             if assigned.shape != (k,) or bool(((assigned < 0) | (assigned >= nb)).any()):
                 raise AdversarialConfigError(
-                    f"ctx.extras['assigned'][{name!r}] must hold {k} bin indices in [0, {nb})")
+                    f"ctx.assignment[{name!r}] must hold {k} bin indices in [0, {nb})")
             iou = s["inter"] / s["union"].clamp_min(1)
             iou_c = s["inter_c"] / s["union_c"].clamp_min(1)
             hist = s["error_hist"]

@@ -291,7 +291,7 @@ class MaskAnalyzer(Analyzer):
     def run(self, ctx: AnalysisContext) -> MaskResult:
         """Train one G per lambda against the frozen ``ctx.model`` and build Hu's Table 1.
 
-        G is trained on ``ctx.extras["train_dataset"]`` when given, else on
+        G is trained on ``ctx.train_dataset`` when given, else on
         ``ctx.dataset``; it is always evaluated on ``ctx.dataset``.
         """
         model, c = ctx.model, self.c
@@ -332,7 +332,7 @@ class MaskAnalyzer(Analyzer):
             torch.manual_seed(ctx.seed)
             net = MaskNet(c["width"]).to(ctx.device)
         opt = torch.optim.Adam(net.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
-        data = ctx.extras.get("train_dataset", ctx.dataset)
+        data = ctx.train_dataset if ctx.train_dataset is not None else ctx.dataset
         loader = torch.utils.data.DataLoader(
             data, batch_size=c["batch_size"] or ctx.batch_size, shuffle=True, collate_fn=collate,
             num_workers=ctx.num_workers, generator=torch.Generator().manual_seed(ctx.seed))
