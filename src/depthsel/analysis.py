@@ -90,8 +90,9 @@ class AnalysisContext:
         """Move the keys of the old ``extras`` bag to their typed fields (deprecated for one release)."""
         unknown = sorted(set(extras) - set(_LEGACY_EXTRAS))
         if unknown:
-            raise ConfigError(f"AnalysisContext(extras=...) is gone and {unknown} never had a reader; pass "
-                              "an analyzer's own inputs as its options (get_analyzer(name, key=value))")
+            raise ConfigError(f"AnalysisContext(extras=...) is deprecated, and its keys {unknown} never "
+                              "had a reader; pass an analyzer's own inputs as its options "
+                              "(get_analyzer(name, key=value))")
         moved = {_LEGACY_EXTRAS[key]: value for key, value in extras.items()}
         for name, value in moved.items():
             current = getattr(self, name)

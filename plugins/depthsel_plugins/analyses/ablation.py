@@ -108,7 +108,8 @@ class AblationResult(Result):
 
     def figures(self) -> dict[str, dict[str, Any]]:
         """One PNG per layer with the three curves for each metric."""
-        return {f"ablation_{layer.replace('/', '_')}.png": {"layer": layer} for layer in self.data.get("layers", [])}
+        layers = self.data.get("layers", [])
+        return {f"ablation_{layer.replace('/', '_')}.png": {"layer": layer} for layer in layers}
 
 
 class AblationAnalyzer(Analyzer):

@@ -179,7 +179,8 @@ class DissectionResult(Result):
         """``layer`` of ``split`` as the figures draw it (responses in ``mode``, see :meth:`responses`)."""
         return LayerResponses(
             layer=layer, responses=self.responses(layer, split, mode), edges=self.get(layer, "edges", split),
-            **{name: self.get(layer, name, split) for name in ("assigned", "argmax_bin", "dead", "ds", "target_ds")},
+            **{name: self.get(layer, name, split)
+               for name in ("assigned", "argmax_bin", "dead", "ds", "target_ds")},
         )
 
     def plot(self, ax: Any = None, *, layer: str | None = None, split: str | None = None,

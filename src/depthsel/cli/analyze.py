@@ -137,7 +137,7 @@ def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, mode
                         trust_pickle=trust_pickle, device=device, normalization=normalization)
     data_options = parse_settings(data_settings, "--data-set")
     dataset = build_dataset(data, limit=limit, **data_options)
-    train_dataset = build_dataset(train_data, **data_options) if train_data else None
+    train_dataset = build_dataset(train_data, **data_options) if train_data is not None else None
     if not layer_list and not built.info.suggested_layers:
         hint = f"depthsel layers {model}" + (f" --model-config '{model_config}'" if model_config else "")
         raise CliError(f"model {model!r} suggests no layers; pass --layers (list them with `{hint}`)")
