@@ -107,3 +107,18 @@ def test_a_stored_mismatched_dissection_is_refused(data) -> None:
         depthsel.ablate(model, data, layers="up1", dissection=res, normalization="unit", step=4, seeds=1)
     res.config["assignment"] = "inline"  # stated explicitly: the user's choice, accepted
     depthsel.ablate(model, data, layers="up1", dissection=res, normalization="unit", step=4, seeds=1)
+
+
+def test_dissect_and_layers_are_modules_that_call_their_functions() -> None:
+    import types
+
+    import depthsel.dissect as dissect_module
+    import depthsel.layers as layers_module
+    from depthsel import layertable, quick
+
+    # The submodule keeps its contents, and calling it runs the one-call function.
+    assert isinstance(depthsel.dissect, types.ModuleType) and depthsel.dissect is dissect_module
+    assert isinstance(depthsel.layers, types.ModuleType) and depthsel.layers is layers_module
+    assert dissect_module.__name__ == "depthsel.dissect" and hasattr(layers_module, "LayerSelector")
+    assert depthsel.dissect._call_target is quick.dissect
+    assert depthsel.layers._call_target is layertable.layers

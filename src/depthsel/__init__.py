@@ -39,8 +39,11 @@ from ._version import __version__
 from .layertable import LayerTable
 from .layertable import layers as _layers_fn
 from .quick import ablate, correct
+from .quick import dissect as _dissect_fn
 from .zoo import ModelInfo
 
+# The package installs both calls, so neither module imports its function's home (a cycle).
+_make_callable(dissect, _dissect_fn)
 _make_callable(layers, _layers_fn)
 
 __all__ = [
