@@ -249,7 +249,7 @@ def ablation(ctx: AnalysisContext, dis: Any, protocol: str, s: Settings,
 def adversarial(ctx: AnalysisContext, dis: Any, binner: dict[str, Any], protocol: str,
                 s: Settings) -> dict[str, float]:
     """FGSM accuracy drop and IoU of error-bin units against the other units."""
-    ctx.extras["assigned"] = {layer: dis.get(layer, "assigned", "train") for layer in ctx.layers}
+    ctx.assignment = {layer: dis.get(layer, "assigned", "train") for layer in ctx.layers}
     res = get_analyzer("adversarial", binner=binner, epsilon=s.epsilon, top_bins=s.top_bins,
                        quantile=s.quantile, protocol=protocol, figure_index=None).run(ctx)
     out = {"adversarial/delta1_clean": res.data["clean"]["delta1"],
@@ -273,7 +273,7 @@ def adversarial(ctx: AnalysisContext, dis: Any, binner: dict[str, Any], protocol
 
 def masks(ctx: AnalysisContext, train_set: Any, protocol: str, s: Settings) -> dict[str, float]:
     """Hu's mask network per λ (trained on the train split) against the same-sparsity edge mask."""
-    ctx.extras["train_dataset"] = train_set
+    ctx.train_dataset = train_set
     res = get_analyzer("masks", lambdas=s.mask_lambdas, steps=s.mask_steps, width=s.mask_width, lr=s.mask_lr,
                        protocol=protocol, num_overlays=0, store_weights=False).run(ctx)
     out: dict[str, float] = {}

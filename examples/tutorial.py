@@ -94,7 +94,7 @@ def run_tutorial(out: str | Path, *, size: tuple[int, int] = (64, 64), train: in
         summary[label] = result.summary()["splits"]["test"][LAYER]
         summary[label]["metrics"] = depthsel.training.evaluate(model, DEPTHSEL_INFO, test_set)
         # 5. Figures: the units-by-bins heatmap and four unit curves per model.
-        for path in result.plot(out / label):
+        for path in result.save_figures(out / label):
             figures.append(str(path.relative_to(out)))
         result.to_csv(out / label / "units.csv")
     summary["figures"] = sorted(figures)

@@ -119,3 +119,22 @@ def test_quantile_equal_frequency() -> None:
 def test_with_num_bins_keeps_range() -> None:
     b = make("sid", 64, 0.75, 10.0).with_num_bins(32)
     assert b.num_bins == 32 and float(b.edges[1]) == 0.75 and float(b.edges[-1]) == 10.0
+
+
+@given(st.integers(2, 80), st.integers(2, 80))  # SID needs two bins
+def test_for_units_fits_bins_only_when_fewer_units(units: int, nb: int) -> None:
+    b = make("sid", nb, 0.75, 10.0)
+    fitted = b.for_units(units)
+    assert fitted.num_bins == min(units, nb)
+    if units >= nb:
+        assert fitted is b  # nothing to fit: the same binner, not a rebuilt copy
+    assert float(fitted.edges[1]) == 0.75 and float(fitted.edges[-1]) == 10.0
+
+
+def test_for_units_refuses_no_units_and_unfittable_binners() -> None:
+    with pytest.raises(BinCountError):
+        make("sid", 8, 0.75, 10.0).for_units(0)
+    fixed = depthsel.EdgesBinner(torch.linspace(0.5, 10.0, 9, dtype=torch.float64))
+    assert fixed.for_units(8) is fixed and fixed.for_units(20) is fixed
+    with pytest.raises(BinCountError):
+        fixed.for_units(4)

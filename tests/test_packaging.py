@@ -35,11 +35,11 @@ def test_classifiers_urls_and_typing_marker() -> None:
 
 def test_version_has_one_source() -> None:
     assert "version" not in PYPROJECT["project"] and "version" in PYPROJECT["project"]["dynamic"]
-    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "depthsel.__version__"}
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "depthsel._version.__version__"}
     assert importlib.metadata.version("depthsel") == depthsel.__version__
     written = [p for p in (ROOT / "src").rglob("*.py")
                if re.search(r"^__version__\s*=", p.read_text(), flags=re.M)]
-    assert [p.relative_to(ROOT).as_posix() for p in written] == ["src/depthsel/__init__.py"]
+    assert [p.relative_to(ROOT).as_posix() for p in written] == ["src/depthsel/_version.py"]
 
 
 def test_readme_links_are_absolute() -> None:

@@ -59,7 +59,7 @@ def test_dissect_correct_ablate_in_one_call_each(data, tmp_path: Path) -> None:
                           info=depthsel.ModelInfo(input_size=(32, 32), normalization="unit"))
     ref = depthsel.get_analyzer("dissection", binner=binner, permutations=0).run(ctx)
     torch.testing.assert_close(res.get("up1", "R"), ref.get("up1", "R"), equal_nan=True)
-    figs = res.plot(tmp_path / "figs")
+    figs = res.save_figures(tmp_path / "figs")
     assert figs and all(p.is_file() and p.stat().st_size > 0 for p in figs)
     rows = list(csv.DictReader(res.to_csv(tmp_path / "units.csv").open()))
     assert len(rows) == 4 and rows[0]["layer"] == "up1"
@@ -107,3 +107,18 @@ def test_a_stored_mismatched_dissection_is_refused(data) -> None:
         depthsel.ablate(model, data, layers="up1", dissection=res, normalization="unit", step=4, seeds=1)
     res.config["assignment"] = "inline"  # stated explicitly: the user's choice, accepted
     depthsel.ablate(model, data, layers="up1", dissection=res, normalization="unit", step=4, seeds=1)
+
+
+def test_dissect_and_layers_are_modules_that_call_their_functions() -> None:
+    import types
+
+    import depthsel.dissect as dissect_module
+    import depthsel.layers as layers_module
+    from depthsel import layertable, quick
+
+    # The submodule keeps its contents, and calling it runs the one-call function.
+    assert isinstance(depthsel.dissect, types.ModuleType) and depthsel.dissect is dissect_module
+    assert isinstance(depthsel.layers, types.ModuleType) and depthsel.layers is layers_module
+    assert dissect_module.__name__ == "depthsel.dissect" and hasattr(layers_module, "LayerSelector")
+    assert depthsel.dissect._call_target is quick.dissect
+    assert depthsel.layers._call_target is layertable.layers

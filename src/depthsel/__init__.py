@@ -34,14 +34,18 @@ from .selectivity import (
     summarize_layer,
 )
 from . import layers  # a callable module: depthsel.layers(...)
+from ._callable import make_callable as _make_callable
+from ._version import __version__
 from .layertable import LayerTable
+from .layertable import layers as _layers_fn
 from .quick import ablate, correct, dissect
 from .consumer import Consumer
 from .responses import ResponseCollection, collect_responses
 from .stream import BatchView, StreamReport, stream
 from .zoo import ModelInfo
 
-__version__ = "0.1.0"
+# The package installs the call, so the module does not import its function's home (a cycle).
+_make_callable(layers, _layers_fn)
 
 __all__ = [
     "__version__",

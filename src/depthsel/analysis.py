@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .errors import ConfigError
 from .results import Result
 from .zoo import ModelInfo
 
 __all__ = ["Analyzer", "AnalysisContext"]
+
+#: The keys of the old ``extras`` bag that had readers, and the fields that replace them.
+_LEGACY_EXTRAS = {"train_dataset": "train_dataset", "assigned": "assignment", "adapters": "adapters"}
 
 
 @dataclass
@@ -43,8 +48,21 @@ class AnalysisContext:
         ``{layer: callable}`` reshaping non-spatial layer outputs to ``[B, K, h, w]``,
         e.g. ``{"blocks.11": depthsel.TokenGridAdapter(grid=(14, 14), skip_tokens=1)}``
         for ViT tokens. Every analyzer hooks layers through these.
+    train_dataset
+        A training split, for analyzers that fit something before they measure
+        on :attr:`dataset` (the probe's regression, the mask network G).
+        ``None``: each analyzer's own default (its ``train`` option, or a share
+        of :attr:`dataset`).
+    assignment
+        ``{layer: LongTensor[K]}``: the bin each unit is assigned to, for
+        analyzers that need one (adversarial tracing), e.g. a dissection's
+        ``assigned`` or a matched assignment. ``None`` or a missing layer: Eq. 6.
     extras
-        Analyzer-specific inputs (e.g. a stored dissection for correction).
+        Deprecated (one release): the old untyped bag. Its keys
+        ``train_dataset``, ``assigned`` and ``adapters`` are moved to the fields
+        above with a ``DeprecationWarning``; any other key is a
+        :class:`~depthsel.errors.ConfigError` (an analyzer's own inputs are its
+        options).
     """
 
     model: nn.Module
@@ -56,15 +74,33 @@ class AnalysisContext:
     num_workers: int = 0
     seed: int = 0
     progress: bool | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     adapters: dict[str, Any] = field(default_factory=dict)
+    train_dataset: Dataset[Any] | None = None
+    assignment: Mapping[str, torch.Tensor] | None = None
+    extras: InitVar[Mapping[str, Any] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, extras: Mapping[str, Any] | None) -> None:
         if not self.layers:
             self.layers = list(self.info.suggested_layers)
-        # Older callers passed adapters through extras; there is one place for them now.
-        if "adapters" in self.extras and not self.adapters:
-            self.adapters = dict(self.extras.pop("adapters") or {})
+        if extras:
+            self._take_legacy_extras(extras)
+
+    def _take_legacy_extras(self, extras: Mapping[str, Any]) -> None:
+        """Move the keys of the old ``extras`` bag to their typed fields (deprecated for one release)."""
+        unknown = sorted(set(extras) - set(_LEGACY_EXTRAS))
+        if unknown:
+            raise ConfigError(f"AnalysisContext(extras=...) is deprecated, and its keys {unknown} never "
+                              "had a reader; pass an analyzer's own inputs as its options "
+                              "(get_analyzer(name, key=value))")
+        moved = {_LEGACY_EXTRAS[key]: value for key, value in extras.items()}
+        for name, value in moved.items():
+            current = getattr(self, name)
+            # adapters are unset when empty ({}), the other fields when None.
+            if (bool(current) if name == "adapters" else current is not None):
+                raise ConfigError(f"{name} is given both as a field and in extras; pass only {name}=")
+            setattr(self, name, dict(value or {}) if name == "adapters" else value)
+        warnings.warn("AnalysisContext(extras=...) is deprecated and goes in the next release; pass "
+                      + ", ".join(f"{n}=" for n in moved) + " instead", DeprecationWarning, stacklevel=4)
 
     def stream(self, consumers: Mapping[str, Any], *, layers: Any = "context", **options: Any) -> Any:
         """One pass over :attr:`dataset` feeding ``consumers`` (:func:`depthsel.stream.stream`).
@@ -88,6 +124,7 @@ class AnalysisContext:
         from .stream import move_batch
 
         return move_batch(batch, self.device)
+
 
 
 class Analyzer(ABC):

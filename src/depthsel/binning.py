@@ -123,6 +123,17 @@ class Binner(ABC):
             "construct one with the right num_bins yourself"
         )
 
+    def for_units(self, num_units: int) -> "Binner":
+        """The binner for a layer of ``num_units`` units: ``N_b = min(K, N_b)`` (paper, Eq. 6).
+
+        A layer with at least as many units as bins keeps this binner (the same
+        object); one with ``K < N_b`` units gets ``K`` bins over the same range
+        (:meth:`with_num_bins`), so every bin has a unit assigned to it.
+        """
+        if num_units < 1:
+            raise BinCountError(f"a layer needs at least one unit to fit bins to, got {num_units}")
+        return self if num_units >= self.num_bins else self.with_num_bins(num_units)
+
     def __call__(self, depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Bin a depth batch.
 

@@ -184,11 +184,6 @@ class Capture:
         self._active = False
 
     @property
-    def layer_names(self) -> list[str]:
-        """Hooked layer names, in order."""
-        return list(self.modules)
-
-    @property
     def active(self) -> bool:
         """Whether hooks are currently registered."""
         return self._active

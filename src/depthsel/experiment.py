@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -28,61 +27,13 @@ from .binning import Binner
 from .checkpoints import atomic_write_bytes
 from .data import CachedDataset
 from .errors import DepthselError
+from .experiment_config import ExperimentConfig
 from .experiment_measure import Measurement, measure_model
 from .experiment_table import aggregate, format_table
 from .progress import get_console
 from .stream import probe_units
 
 __all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "format_table", "parse_seeds"]
-
-
-@dataclass
-class ExperimentConfig:
-    """Configuration of a baseline-vs-interpretable comparison.
-
-    ``data`` is a registry name; ``train_data``/``test_data`` are keyword
-    options of its factory for the two splits (for ``folder``: ``root`` and
-    ``frames``; for ``synthetic``: ``split`` and ``num_samples``). ``seeds``
-    lists the independent runs; every number in the summary is reported per
-    seed and as mean with a 95% confidence interval over them.
-    """
-
-    name: str = "demo"
-    out_dir: str = "runs"
-    data: str = "synthetic"
-    train_data: dict[str, Any] = field(default_factory=lambda: {"split": "train", "num_samples": 192})
-    test_data: dict[str, Any] = field(default_factory=lambda: {"split": "test", "num_samples": 48})
-    size: tuple[int, int] = (64, 96)
-    model: str = "fastdepth"
-    model_config: dict[str, Any] = field(default_factory=lambda: {"width": 0.5})
-    layers: list[str] = field(default_factory=lambda: ["decode_conv5"])
-    binning: str = "sid-fit"
-    num_bins: int | None = None
-    objective: str = "assign"
-    # The liveness hinge (see SelectivityObjective) keeps units from dying; on
-    # 7-Scenes it took dead units from 12/16 to 0 (docs/results.md).
-    objective_options: dict[str, Any] = field(default_factory=lambda: {"liveness": 1.0})
-    weight: float = 1.0
-    warmup_steps: int = 0
-    epochs: int = 12
-    batch_size: int = 8
-    lr: float = 1e-2
-    loss: str = "l1"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    device: str = "cpu"
-    protocol: str = "default"
-    permutations: int = 199
-    curve_every: int = 0
-    bootstrap: int = 1000
-    # Intra-op CPU threads. These models are small: on the project's 2-core machine one
-    # thread trained FastDepth (width 0.5, 64x96, batch 8) in 0.10 s/step and two threads
-    # in 0.64-0.67 s/step while anything else ran (OpenMP spin-waiting). 0 keeps torch's.
-    threads: int = 1
-
-    @property
-    def run_dir(self) -> Path:
-        """``out_dir/name``."""
-        return Path(self.out_dir) / self.name
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:

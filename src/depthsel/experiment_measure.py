@@ -19,7 +19,7 @@ from .stream import stream
 from .training import SelectivityConfig, TrainConfig, Trainer
 
 if TYPE_CHECKING:
-    from .experiment import ExperimentConfig
+    from .experiment_config import ExperimentConfig
 
 __all__ = ["Measurement", "measure_model", "per_image_metrics", "layer_mean", "brief_layers",
            "dissection_scalars", "dissection_intervals"]
@@ -167,7 +167,7 @@ def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, i
     curve = [e["curve"] for e in history["epochs"] if "curve" in e]
     plots: list[str] = []
     if seed == cfg.seeds[0]:  # figures of one seed are enough to look at; numbers cover all seeds
-        plots = [str(p) for p in test_res.plot(run / "plots")]
+        plots = [str(p) for p in test_res.save_figures(run / "plots")]
         fmaps = getattr(test_res, "plot_feature_maps", None)
         if callable(fmaps):
             plots += [str(p) for p in fmaps(model, info, test_set, run / "plots", device=cfg.device)]

@@ -10,10 +10,6 @@ user sees in ``print(model)``.
 
 from __future__ import annotations
 
-import sys as _sys
-import types as _types
-from typing import Any
-
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
@@ -131,19 +127,3 @@ class LayerSelector:
     def __repr__(self) -> str:
         return f"LayerSelector({self.items!r})"
 
-
-class _CallableModule(_types.ModuleType):
-    """``depthsel.layers`` is both this module and the one-call :func:`depthsel.layertable.layers`.
-
-    The package attribute and the submodule share a name, so the module itself
-    is made callable: ``import depthsel.layers`` keeps working and
-    ``depthsel.layers(...)`` runs the one-call function.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .layertable import layers as _fn
-
-        return _fn(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule

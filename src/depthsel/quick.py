@@ -5,7 +5,7 @@
     import depthsel
     print(depthsel.layers(model, (64, 64)))                       # what can be hooked
     res = depthsel.dissect(model, data, layers=["up1"], binner="sid", normalization="imagenet")
-    res.summary(); res.plot("figs/"); res.to_csv("units.csv")
+    res.summary(); res.save_figures("figs/"); res.to_csv("units.csv")
     depthsel.correct(model, data, layers=["up1"], dissection=res)   # oracle correction
     depthsel.ablate(model, data, layers=["up1"], dissection=res)    # unit ablation curves
 
@@ -116,6 +116,9 @@ def dissect(model: nn.Module, data: Any, *, layers: str | Sequence[str] | None =
             info: ModelInfo | None = None, permutations: int = 0, **options: Any) -> Any:
     """Dissect ``layers`` of ``model`` on ``data``; returns a result with ``.summary()``, ``.plot()``, ``.to_csv()``.
 
+    ``.plot(layer=..., unit=...)`` returns a matplotlib figure; ``.save_figures(dir)``
+    writes the heatmaps and unit curves as PNGs.
+
     Parameters
     ----------
     model
@@ -182,7 +185,7 @@ def ablate(model: nn.Module, data: Any, *, layers: str | Sequence[str] | None = 
            **options: Any) -> Any:
     """Zero units cumulatively (most/least selective first, random) and track accuracy; returns the curves.
 
-    ``dissection`` orders the units, as in :func:`correct`; ``.plot(out_dir)``
+    ``dissection`` orders the units, as in :func:`correct`; ``.save_figures(out_dir)``
     draws one figure per layer.
     """
     return _intervention("ablation", model, data, layers, dissection, normalization, info, options)

@@ -342,11 +342,6 @@ class PluginManager:
         """Return the plugins that failed to load or register."""
         return [s for s in self.statuses() if not s.ok]
 
-    def reload(self) -> None:
-        """Forget cached registries so the next lookup calls every hook again."""
-        with self._lock:
-            self._registries = None
-
 
 def _check_config(entry: PluginEntry, config: dict[str, Any]) -> None:
     """Refuse unknown keyword options with a list of the accepted ones."""

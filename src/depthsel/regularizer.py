@@ -174,14 +174,13 @@ class SelectivityRegularizer:
     def assignment(self, layer: str, num_units: int) -> torch.Tensor:
         """Assigned bins of ``layer`` (Eq. 6 unless set explicitly)."""
         binner = self._binners[layer]
-        if num_units < binner.num_bins:
-            if not self.fit_bins_to_units:
-                raise BinCountError(
-                    f"layer {layer!r} has {num_units} units but the binner has {binner.num_bins} "
-                    f"bins; under the paper rule N_b = K, so pass a binner with num_bins={num_units} "
-                    "for this layer, or fit_bins_to_units=True"
-                )
-            self._binners[layer] = binner = binner.with_num_bins(num_units)
+        if num_units < binner.num_bins and not self.fit_bins_to_units:
+            raise BinCountError(
+                f"layer {layer!r} has {num_units} units but the binner has {binner.num_bins} "
+                f"bins; under the paper rule N_b = K, so pass a binner with num_bins={num_units} "
+                "for this layer, or fit_bins_to_units=True"
+            )
+        self._binners[layer] = binner = binner.for_units(num_units)
         if layer not in self._assigned:
             self._assigned[layer] = assign_bins(num_units, binner.num_bins)
         a = self._assigned[layer]

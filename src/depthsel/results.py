@@ -17,13 +17,16 @@ import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from ._version import __version__
 from .checkpoints import atomic_write, atomic_write_bytes
-from .errors import ResultFormatError
+from .errors import DepthselError, ResultFormatError
+from .figures import save_figure
 
 __all__ = ["Result", "load_result", "provenance", "content_hash", "FORMAT_VERSION"]
 
@@ -37,8 +40,6 @@ _REGISTRY: dict[str, type["Result"]] = {}
 
 def provenance(dataset_fingerprint: str | None = None) -> dict[str, Any]:
     """Versions and environment recorded with every result."""
-    from . import __version__
-
     return {
         "depthsel_version": __version__,
         "torch_version": torch.__version__,
@@ -54,10 +55,15 @@ class Result:
 
     Subclasses set :attr:`kind`, hold tensors in :attr:`tensors` and
     JSON-serialisable values in :attr:`data`, and may override :meth:`rows`
-    to provide a CSV table.
+    to provide a CSV table, and :meth:`plot` with :meth:`figures` to draw it.
     """
 
     kind: ClassVar[str] = "result"
+    #: Resolution of the files :meth:`save_figures` writes.
+    figure_dpi: ClassVar[int] = 100
+    #: Whether :meth:`save` also writes the figures beside the result (for results whose
+    #: figure is part of what they are, e.g. an attack's panel; the CLI then adds no copy).
+    figures_in_save: ClassVar[bool] = False
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +89,43 @@ class Result:
     def summary(self) -> dict[str, Any]:
         """A compact JSON-serialisable summary (what ``--format json`` prints)."""
         return {"kind": self.kind, **{k: v for k, v in self.data.items() if _is_scalarish(v)}}
+
+    # --------------------------------------------------------------- figures
+    def plot(self, ax: Any = None, **options: Any) -> Any:
+        """Draw this result and return the matplotlib ``Figure``.
+
+        Parameters
+        ----------
+        ax
+            A matplotlib ``Axes`` to draw into (its figure is returned); ``None``
+            draws a new figure. A figure of several panels needs ``ax=None`` or
+            an option that picks one panel.
+        **options
+            What to draw, per result kind (e.g. ``layer=``, ``unit=``, ``metric=``).
+
+        Raises
+        ------
+        DepthselError
+            Always, here: a result kind that draws nothing has nothing to plot.
+        """
+        if isinstance(ax, (str, PathLike)):
+            raise DepthselError(f"{type(self).__name__}.plot draws into a matplotlib Axes and returns "
+                                f"the Figure; to write PNG files use save_figures({str(ax)!r})")
+        raise DepthselError(f"a {self.kind!r} result has nothing to plot; its numbers are in "
+                            "summary() and rows()")
+
+    def figures(self, **options: Any) -> dict[str, dict[str, Any]]:
+        """The files :meth:`save_figures` writes: relative path -> keyword options of :meth:`plot`.
+
+        Empty here: a result kind that draws nothing writes no file.
+        """
+        return {}
+
+    def save_figures(self, out_dir: str | Path, **options: Any) -> list[Path]:
+        """Write every figure of :meth:`figures` under ``out_dir`` (atomically); returns the paths."""
+        out = Path(out_dir)
+        return [save_figure(self.plot(**plot_options), out / name, dpi=self.figure_dpi)
+                for name, plot_options in self.figures(**options).items()]
 
     # ------------------------------------------------------------------- I/O
     def save(self, directory: str | Path) -> Path:
@@ -140,6 +183,8 @@ class Result:
                     except OSError:
                         pass
             raise
+        if self.figures_in_save:
+            self.save_figures(out)
         return out
 
     @classmethod

@@ -43,7 +43,7 @@ from .regularizer import SelectivityRegularizer
 from .stream import stream
 from .zoo import ModelInfo
 
-__all__ = ["SelectivityConfig", "TrainConfig", "Trainer", "evaluate", "LOSSES"]
+__all__ = ["SelectivityConfig", "TrainConfig", "Trainer", "evaluate"]
 
 
 def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -55,7 +55,6 @@ def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
     return table[name]
 
 
-LOSSES = ("l1", "hu", "silog")
 #: Files a training run owns in its directory (glob patterns).
 RUN_FILES = ("config.json", "checkpoint.json", "checkpoint.*.safetensors", "model.safetensors",
              "history.json", "manifest.json")

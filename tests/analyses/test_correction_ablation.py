@@ -150,7 +150,7 @@ def test_ablation_curves(tmp_path: Path) -> None:
     assert res.tensors["dec3/random_runs"].shape == (2, 4, 3)
     back = load_result(res.save(tmp_path / "a"))
     assert isinstance(back, AblationResult)
-    assert all(p.stat().st_size > 1000 for p in back.plot(tmp_path / "plots"))
+    assert all(p.stat().st_size > 1000 for p in back.save_figures(tmp_path / "plots"))
 
 
 def test_ablating_all_units_changes_output() -> None:

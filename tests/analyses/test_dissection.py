@@ -211,7 +211,7 @@ def test_saved_result_reloads_identically_and_replots(tmp_path: Path) -> None:
     # NaN (e.g. target DS where no assigned bin was seen) compares unequal, so compare as JSON.
     assert json.dumps(back.summary_for("dec3").to_dict()) == json.dumps(res.summary_for("dec3").to_dict())
     assert (tmp_path / "r" / "result.csv").read_text().count("\n") == 1 + 16 + 8
-    pngs = back.plot(tmp_path / "plots", units=[0, 3])
+    pngs = back.save_figures(tmp_path / "plots", units=[0, 3])
     assert len(pngs) == 6 and all(p.stat().st_size > 1000 for p in pngs)
     fm = plot_feature_maps(model, UNIT, toy_dataset(4), "dec3", [0, 5], back.binner("dec3"),
                            tmp_path / "fm.png", assigned=back.get("dec3", "assigned"), indices=[0, 1])
@@ -265,4 +265,4 @@ def test_dissection_on_real_nyu(tmp_path: Path) -> None:
     assert int(counts.sum()) == total
     assert res.data["splits"]["test"]["dec3"]["num_images"] == len(ds)
     assert 0.0 <= res.summary_for("dec3").argmax_ds <= 1.0
-    assert res.plot(tmp_path, units=[1])
+    assert res.save_figures(tmp_path, units=[1])

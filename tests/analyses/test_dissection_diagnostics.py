@@ -89,13 +89,14 @@ def test_unit_gallery_draws_every_unit_and_refuses_bad_units(tmp_path: Any) -> N
     model = DepthReader(1.0)
     depth = smooth_depths(12, (32, 32), 3)
     data = Images(torch.cat([depth / 10.0, torch.zeros(12, 2, 32, 32)], 1), depth)
-    path = plot_unit_gallery(model, UNIT, data, res, "feat", tmp_path / "g.png", indices=(0, 5))
+    view = res.layer_view("feat")
+    path = plot_unit_gallery(model, UNIT, data, view, tmp_path / "g.png", indices=(0, 5))
     from PIL import Image
 
-    one = plot_unit_gallery(model, UNIT, data, res, "feat", tmp_path / "one.png", units=[2], indices=(0, 5))
+    one = plot_unit_gallery(model, UNIT, data, view, tmp_path / "one.png", units=[2], indices=(0, 5))
     # Every unit gets a row: four units make a figure about four times as tall as one.
     assert Image.open(path).size[1] > 3 * Image.open(one).size[1]
     with pytest.raises(DepthselError):
-        plot_unit_gallery(model, UNIT, data, res, "feat", tmp_path / "bad.png", units=[7])
+        plot_unit_gallery(model, UNIT, data, view, tmp_path / "bad.png", units=[7])
     paths = res.plot_feature_maps(model, UNIT, data, tmp_path / "fm")
     assert any(p.name.endswith("unit_gallery.png") for p in paths)

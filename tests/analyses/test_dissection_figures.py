@@ -22,26 +22,17 @@ def test_figures_sort_in_unit_order_and_dead_units_are_marked(tmp_path: Path) ->
                            binner={"name": "uniform", "num_bins": 4, "min_depth": 0.0, "max_depth": 10.0})
     dead = res.get("dec2", "dead")
     assert dead[:2].all() and res.summary()["splits"]["test"]["dec2"]["dead_units"] == int(dead.sum())
-    paths = res.plot(tmp_path, units=[2, 10, 5])
+    paths = res.save_figures(tmp_path, units=[2, 10, 5])
     names = sorted(p.name for p in paths if "unit" in p.name)
     assert names == ["test_dec2_unit002.png", "test_dec2_unit005.png", "test_dec2_unit010.png"]
     # A dead unit's curve says it is dead instead of showing a flat line as if measured.
-    from depthsel_plugins.analyses import dissection_plots
-
-    titles: list[str] = []
-    original = dissection_plots.save_figure
-
-    def spy(fig, path, **kw):  # record the title before the figure is closed
-        titles.append(fig.axes[0].get_title())
-        return original(fig, path, **kw)
-
-    dissection_plots.save_figure = spy
-    try:
-        res.plot(tmp_path / "curves", units=[0, 5])
-    finally:
-        dissection_plots.save_figure = original
-    assert "DEAD" in titles[1] and "DEAD" not in titles[2] and "DS=" in titles[2]
     plt = pyplot()
+    titles = []
+    for unit in (0, 5):
+        fig = res.plot(layer="dec2", unit=unit)
+        titles.append(fig.axes[0].get_title())
+        plt.close(fig)
+    assert "DEAD" in titles[0] and "DEAD" not in titles[1] and "DS=" in titles[1]
     fig, ax = plt.subplots()
     ax.imshow(torch.zeros(16, 4).numpy())
     order = list(range(16))

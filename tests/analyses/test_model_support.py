@@ -24,6 +24,7 @@ FAST = {
     "ablation": {"binner": {"name": "uniform", "num_bins": 4, "max_depth": 10.0}, "step": 4, "seeds": 1},
     "adversarial": {"num_bins": 4, "steps": 1},
     "masks": {"lambdas": [1], "steps": 2, "width": 2, "num_overlays": 1},
+    "probe": {"pixels_per_image": 50},
 }
 
 
@@ -79,7 +80,7 @@ def vit() -> Any:
     return _load_vit()
 
 
-@pytest.mark.parametrize("name", ["dissection", "correction", "ablation", "adversarial"])
+@pytest.mark.parametrize("name", ["dissection", "correction", "ablation", "adversarial", "probe"])
 def test_token_layers_through_adapters(vit: Any, name: str) -> None:
     torch.manual_seed(0)
     model = vit.TinyDPT()

@@ -205,7 +205,7 @@ def test_save_load_plot_and_compare(tmp_path: Path) -> None:
     assert back.curve("r2") == other.curve("r2")
     assert [r["layer"] for r in back.rows()] == ["carry", "noise", "(constant)"]
     assert len(back.bin_rows("carry")) == 10
-    png = back.plot(tmp_path / "figs")[0]
+    png = back.save_figures(tmp_path / "figs")[0]
     assert png.name == "probe_by_layer.png" and png.stat().st_size > 1000
     assert plot_probe_curves([base, tmp_path / "other"], tmp_path / "two.png").is_file()
 

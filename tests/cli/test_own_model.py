@@ -165,3 +165,14 @@ def test_every_analyzer_writes_its_figures_from_the_cli(runner, tmp_path: Path, 
     assert res.exit_code == 0, res.stderr
     png = tmp_path / "r" / "figures" / figure
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_data_gives_an_analyzer_its_training_split(runner, tmp_path: Path) -> None:
+    base = ["analyze", "probe", "--model", UNET, "--model-config", '{"base": 4}', *DATA, "--layers", "up1"]
+    invoke_json(runner, [*base, "--out", tmp_path / "own"])
+    invoke_json(runner, [*base, "--train-data", "synthetic", "--out", tmp_path / "given"])
+    own, given = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("own", "given"))
+    assert given["meta"]["cli"]["train_data"] == "synthetic" and own["meta"]["cli"]["train_data"] is None
+    # Without --train-data the probe fits on the leading half of --data; with it, on all 8 given samples.
+    fit_own, fit_given = (r["data"]["metrics"]["up1"]["train_pixels"] for r in (own, given))
+    assert fit_given > fit_own > 0

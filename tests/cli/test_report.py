@@ -133,7 +133,8 @@ def test_experiment_summary_is_the_headline_and_checkpoints_are_skipped(tmp_path
 
 def test_experiment_headline_first_long_tables_folded_numbers_short(tmp_path: Path) -> None:
     """An experiment report: the seed table is the open headline, per-unit CSVs fold, 4 digits, natural order."""
-    from depthsel.report import collect_report, render_report
+    from depthsel.report import collect_report
+    from depthsel.report_html import render_report
 
     run = tmp_path / "exp"
     (run / "seed0" / "baseline").mkdir(parents=True)

@@ -23,12 +23,12 @@ import torch
 
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.errors import DepthselError
+from depthsel.figures import panels
 from depthsel.results import Result, provenance
 
-from .figures import pyplot, save_figure
 from .interventions import evaluate, load_or_dissect
 
-__all__ = ["AblationAnalyzer", "AblationResult", "ablation_steps", "plot_ablation", "register_analyzers"]
+__all__ = ["AblationAnalyzer", "AblationResult", "ablation_steps", "register_analyzers"]
 
 METRICS = ("delta1", "rmse", "abs_rel")
 ORDERS = ("most_selective_first", "least_selective_first", "random")
@@ -79,32 +79,37 @@ class AblationResult(Result):
                                 **{m: float(vals[i, j]) for j, m in enumerate(METRICS)}})
         return out
 
-    def plot(self, out_dir: str | Path) -> list[Path]:
+    def plot(self, ax: Any = None, *, layer: str | None = None, metric: str | None = None) -> Any:
+        """Fig. 2 style: δ1, RMSE and AbsRel against the number of ablated units, three orders.
+
+        One panel per metric, or only ``metric``'s (what ``ax`` can hold);
+        ``layer`` defaults to the first ablated layer.
+        """
+        layers = list(self.data.get("layers", []))
+        layer = layer if layer is not None else (layers[0] if layers else "")
+        metrics = list(METRICS) if metric is None else [metric]
+        fig, axes = panels(ax, 1, len(metrics), figsize=(4 * len(metrics), 3), pick="pick one with metric=")
+        runs = self.tensors.get(f"{layer}/random_runs")
+        for a, name in zip(axes[0], metrics):
+            for order, style in zip(ORDERS, ("-o", "-s", "--")):
+                steps, vals = self.curve(layer, order, name)
+                a.plot(steps.numpy(), vals.numpy(), style, ms=3, label=order.replace("_", " "))
+            if runs is not None and runs.shape[0] > 1:
+                j = METRICS.index(name)
+                sd = runs[:, :, j].std(0)
+                mean = self.tensors[f"{layer}/random"][:, j]
+                a.fill_between(steps.numpy(), (mean - sd).numpy(), (mean + sd).numpy(), alpha=0.2)
+            a.set_xlabel("units ablated")
+            a.set_title(f"{layer}: {name}")
+        axes[0, 0].legend(fontsize=7)
+        if ax is None:
+            fig.tight_layout()
+        return fig
+
+    def figures(self) -> dict[str, dict[str, Any]]:
         """One PNG per layer with the three curves for each metric."""
-        out = Path(out_dir)
-        return [plot_ablation(self, layer, out / f"ablation_{layer.replace('/', '_')}.png")
-                for layer in self.data.get("layers", [])]
-
-
-def plot_ablation(result: AblationResult, layer: str, out_path: str | Path) -> Path:
-    """Fig. 2 style: δ1, RMSE and AbsRel against the number of ablated units, three orders."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3))
-    runs = result.tensors.get(f"{layer}/random_runs")
-    for j, metric in enumerate(METRICS):
-        ax = axes[j]
-        for order, style in zip(ORDERS, ("-o", "-s", "--")):
-            steps, vals = result.curve(layer, order, metric)
-            ax.plot(steps.numpy(), vals.numpy(), style, ms=3, label=order.replace("_", " "))
-        if runs is not None and runs.shape[0] > 1:
-            sd = runs[:, :, j].std(0)
-            mean = result.tensors[f"{layer}/random"][:, j]
-            ax.fill_between(steps.numpy(), (mean - sd).numpy(), (mean + sd).numpy(), alpha=0.2)
-        ax.set_xlabel("units ablated")
-        ax.set_title(f"{layer}: {metric}")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, out_path)
+        layers = self.data.get("layers", [])
+        return {f"ablation_{layer.replace('/', '_')}.png": {"layer": layer} for layer in layers}
 
 
 class AblationAnalyzer(Analyzer):

@@ -14,24 +14,25 @@ per channel, is clamped to ``[0, 1]`` and only then normalised by the model's
   layer (a layer with ``K`` units below ``num_bins`` uses ``K`` bins, as the
   paper's assignment does);
 * for the ``top_bins`` dominant bins, the units assigned to them (Eq. 6,
-  :func:`~depthsel.assign_bins`, or ``ctx.extras["assigned"]``) and the IoU of
+  :func:`~depthsel.assign_bins`, or ``ctx.assignment``) and the IoU of
   their thresholded, upsampled feature maps with the error region, pooled over
   the dataset (sum of intersections over sum of unions). A unit's map is
   thresholded per image at its ``quantile`` over valid pixels (strictly above,
   so a constant, dead map marks nothing). IoU is computed for both the
   adversarial and the clean activations, and for all other units as a baseline.
+
+The attack and the error-region primitives are in :mod:`.adversarial_attack`;
+this module runs them over a dataset and keeps the result.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.binning import Binner
@@ -39,135 +40,40 @@ from depthsel.capture import Capture
 from depthsel.consumer import BatchCallback
 from depthsel.data import dataset_fingerprint
 from depthsel.errors import DepthselError
+from depthsel.figures import panels
 from depthsel.metrics import DepthMetrics
 from depthsel.results import Result, provenance
 from depthsel.selectivity import assign_bins
 from depthsel.stream import stream
-from depthsel.zoo import ModelInfo
 
-from .figures import pyplot, save_figure
+from .adversarial_attack import (
+    attack_images,
+    b1hw,
+    error_pixels,
+    mask_iou,
+    predict_depth,
+    threshold_maps,
+    to_depth_size,
+)
 
 __all__ = ["AdversarialAnalyzer", "AdversarialResult", "AdversarialConfigError", "attack_images",
            "error_pixels", "threshold_maps", "mask_iou", "register_analyzers"]
-
-_CHUNK = 64  # units upsampled at once: bounds memory for layers with thousands of units
 
 
 class AdversarialConfigError(DepthselError):
     """The adversarial analysis was configured with invalid values."""
 
 
-def _b1hw(t: torch.Tensor) -> torch.Tensor:
-    return t[:, None] if t.ndim == 3 else t
-
-
-def _to_gt(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    pred = _b1hw(pred)
-    if pred.shape[-2:] != gt.shape[-2:]:
-        pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-    return pred
-
-
-def _predict(model: nn.Module, info: ModelInfo, batch: Mapping[str, Any],
-             image: torch.Tensor) -> torch.Tensor:
-    return _b1hw(info.predict(model, {**batch, "image": image}))
-
-
-def attack_images(
-    model: nn.Module, info: ModelInfo, batch: Mapping[str, Any], *, attack: str = "fgsm",
-    epsilon: float = 0.05, steps: int = 10, step_size: float | None = None,
-    random_start: bool = False, generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Return adversarial ``[0, 1]`` images that maximise the L1 depth error.
-
-    Parameters
-    ----------
-    model, info
-        The network (in eval mode) and its metadata (normalisation, extra inputs).
-    batch
-        A collated batch with ``image`` in ``[0, 1]``, ``depth`` and ``valid``.
-    attack
-        ``"fgsm"``: one signed-gradient step of size ``epsilon``. ``"pgd"``:
-        ``steps`` steps of ``step_size`` (default ``2.5 * epsilon / steps``),
-        each projected back onto the L-inf ball of radius ``epsilon``.
-    random_start
-        PGD only: start from a uniform point of the ball (seeded by ``generator``).
-    """
-    x0 = batch["image"].detach()
-    gt, valid = batch["depth"], batch["valid"]
-    alpha = epsilon if attack == "fgsm" else (step_size or 2.5 * epsilon / steps)
-    n_steps = 1 if attack == "fgsm" else steps
-    x = x0.clone()
-    if attack == "pgd" and random_start:
-        noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x = (x0 + (2 * noise - 1) * epsilon).clamp(0, 1)
-    for _ in range(n_steps):
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            pred = _to_gt(_predict(model, info, batch, x), gt)
-            mask = valid.to(pred.dtype)
-            loss = ((pred - gt).abs() * mask).sum() / mask.sum().clamp_min(1)
-            (grad,) = torch.autograd.grad(loss, x)
-        # Ascend the error, then project onto the epsilon ball and the valid image range.
-        # nan_to_num: a NaN gradient must not turn the image into NaN (epsilon=0 stays exact).
-        x = x.detach() + alpha * torch.nan_to_num(grad).sign()
-        x = torch.min(torch.max(x, x0 - epsilon), x0 + epsilon).clamp(0, 1)
-    return x.detach()
-
-
-def error_pixels(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
-                 threshold: float = 1.25) -> torch.Tensor:
-    """``bool [B,1,H,W]``: valid pixels with ``max(pred/gt, gt/pred) > threshold``.
-
-    ``pred`` is upsampled to the ground-truth size; predictions <= 0 count as errors.
-    """
-    pred = _to_gt(pred, gt)
-    valid = _b1hw(valid).bool() & (gt > 0)
-    p = pred.clamp_min(1e-12)
-    g = torch.where(valid, gt, torch.ones_like(gt))
-    ratio = torch.maximum(p / g, g / p)
-    return valid & ((ratio > threshold) | (pred <= 0))
-
-
-def threshold_maps(act: torch.Tensor, size: tuple[int, int], valid: torch.Tensor,
-                   quantile: float) -> torch.Tensor:
-    """Upsample ``[K,h,w]`` maps of one image to ``size`` and keep the top ``1 - quantile``.
-
-    The threshold of unit k is its ``quantile`` over the valid pixels (the
-    ``ceil(q n)``-th smallest value); pixels strictly above it are kept, so a
-    constant map keeps none. Returns ``bool [K,H,W]`` restricted to ``valid`` ``[H,W]``.
-    """
-    valid = valid.reshape(-1).bool()
-    out = torch.zeros((act.shape[0], size[0] * size[1]), dtype=torch.bool, device=act.device)
-    n = int(valid.sum())
-    if n == 0:
-        return out.view(-1, *size)
-    k = min(n, max(1, math.ceil(quantile * n)))
-    for s in range(0, act.shape[0], _CHUNK):
-        up = F.interpolate(act[None, s:s + _CHUNK].float(), size=size, mode="bilinear",
-                           align_corners=False)[0].flatten(1)
-        thr = up[:, valid].kthvalue(k, dim=1).values
-        out[s:s + _CHUNK] = (up > thr[:, None]) & valid
-    return out.view(-1, *size)
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of boolean masks over their last two dims (broadcasting); NaN when both are empty."""
-    inter = (a & b).flatten(-2).sum(-1).double()
-    union = (a | b).flatten(-2).sum(-1).double()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, math.nan))
-
-
 def _make_binner(spec: Any, num_bins: int, min_depth: float, max_depth: float) -> Binner:
-    """A binner from an instance, a config dict (e.g. a dissection's fitted quantile bins) or a name."""
-    if isinstance(spec, Binner):
-        return spec
-    from depthsel import get_binner
+    """A binner from an instance, a config dict (e.g. a dissection's fitted quantile bins) or a name.
+
+    A bare name takes this analysis's bin count and depth range.
+    """
     from depthsel.api import binner_from_config
 
-    if isinstance(spec, dict):
-        return binner_from_config(spec)
-    return get_binner(str(spec), num_bins=num_bins, min_depth=min_depth, max_depth=max_depth)
+    if isinstance(spec, str):
+        spec = {"name": spec, "num_bins": num_bins, "min_depth": min_depth, "max_depth": max_depth}
+    return binner_from_config(spec)
 
 
 class AdversarialResult(Result):
@@ -181,20 +87,25 @@ class AdversarialResult(Result):
     """
 
     kind: ClassVar[str] = "adversarial"
+    figure_dpi: ClassVar[int] = 110
+    figures_in_save: ClassVar[bool] = True
 
     def rows(self) -> list[dict[str, Any]]:
         """The per-dataset table (layer, dominant bin, units, IoU)."""
         return [dict(r) for r in self.data.get("table", [])]
 
-    def plot(self, path: str | Path | None = None) -> Any:
-        """Draw the Fig. 8-style panel; save it to ``path`` when given. Returns the figure."""
-        plt = pyplot()
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """``figure.png`` when a figure was recorded (``save`` writes it)."""
+        return {"figure.png": {}} if "figure/image" in self.tensors else {}
+
+    def plot(self, ax: Any = None) -> Any:
+        """Draw the Fig. 8-style panel (2 rows of at least 4 panels, so ``ax`` must be ``None``)."""
         t, fig_info = self.tensors, self.data.get("figure", {})
         if "figure/image" not in t:
             raise AdversarialConfigError("this result has no figure; run with figure_index set to an image")
         units = fig_info.get("units", [])
         ncol = max(4, len(units))
-        fig, axes = plt.subplots(2, ncol, figsize=(2.6 * ncol, 5.4), squeeze=False)
+        fig, axes = panels(ax, 2, ncol, figsize=(2.6 * ncol, 5.4))
         for ax in axes.flat:
             ax.axis("off")
         for ax, key, title in ((axes[0, 0], "image", "image"), (axes[0, 1], "adversarial",
@@ -216,16 +127,7 @@ class AdversarialResult(Result):
             a.contour(t["figure/error"][0].float().numpy(), levels=[0.5], colors="r", linewidths=0.6)
             a.set_title(f"{fig_info['layer']}#{u}", fontsize=8)
         fig.tight_layout()
-        if path is not None:
-            save_figure(fig, path, dpi=110, close=False)
         return fig
-
-    def save(self, directory: str | Path) -> Path:
-        """Save as usual, plus ``figure.png`` when a figure was recorded."""
-        out = super().save(directory)
-        if "figure/image" in self.tensors:
-            save_figure(self.plot(), out / "figure.png", dpi=110)
-        return out
 
 
 class AdversarialAnalyzer(Analyzer):
@@ -288,7 +190,7 @@ class AdversarialAnalyzer(Analyzer):
 
     def _layer_binner(self, k: int) -> Binner:
         # The paper sets N_b = K for layers with fewer units than bins.
-        return self.binner if k >= self.binner.num_bins else self.binner.with_num_bins(k)
+        return self.binner.for_units(k)
 
     def run(self, ctx: AnalysisContext) -> AdversarialResult:
         """Attack every image, measure the accuracy drop and trace errors to units."""
@@ -305,12 +207,12 @@ class AdversarialAnalyzer(Analyzer):
 
         def each(view: Any) -> None:
             batch, gt, valid = view.batch, view.depth, view.valid
-            pred_c, acts_c = _b1hw(view.prediction()), dict(view.activations)
+            pred_c, acts_c = b1hw(view.prediction()), dict(view.activations)
             x_adv = attack_images(model, ctx.info, batch, attack=c["attack"], epsilon=c["epsilon"],
                                   steps=c["steps"], step_size=c["step_size"],
                                   random_start=c["random_start"], generator=gen)
             with Capture(model, ctx.layers, adapters=ctx.adapters or None) as cap:
-                pred_a = _predict(model, ctx.info, batch, x_adv)
+                pred_a = predict_depth(model, ctx.info, batch, x_adv)
                 acts_a = dict(cap.outputs)
             clean_m.update(pred_c, gt, valid)
             adv_m.update(pred_a, gt, valid)
@@ -335,7 +237,7 @@ class AdversarialAnalyzer(Analyzer):
                     acts_c: Mapping[str, torch.Tensor], pred: torch.Tensor, err: torch.Tensor,
                     valid: torch.Tensor) -> None:
         size = (int(err.shape[-2]), int(err.shape[-1]))
-        pred = _to_gt(pred, err)
+        pred = to_depth_size(pred, err)
         for name, act in acts_a.items():
             k = int(act.shape[1])
             if name not in st:
@@ -367,14 +269,14 @@ class AdversarialAnalyzer(Analyzer):
         tensors: dict[str, torch.Tensor] = {}
         table: list[dict[str, Any]] = []
         layers: dict[str, Any] = {}
-        assigned_extra = ctx.extras.get("assigned", {}) or {}
+        given = ctx.assignment or {}
         for name, s in st.items():
             k, binner = s["k"], s["binner"]
             nb = binner.num_bins
-            assigned = torch.as_tensor(assigned_extra.get(name, assign_bins(k, nb)), dtype=torch.long)
+            assigned = torch.as_tensor(given[name], dtype=torch.long) if name in given else assign_bins(k, nb)
             if assigned.shape != (k,) or bool(((assigned < 0) | (assigned >= nb)).any()):
                 raise AdversarialConfigError(
-                    f"ctx.extras['assigned'][{name!r}] must hold {k} bin indices in [0, {nb})")
+                    f"ctx.assignment[{name!r}] must hold {k} bin indices in [0, {nb})")
             iou = s["inter"] / s["union"].clamp_min(1)
             iou_c = s["inter_c"] / s["union_c"].clamp_min(1)
             hist = s["error_hist"]

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.binning import Binner
 from depthsel.errors import DepthselError
+from depthsel.figures import panels
 from depthsel.results import Result, provenance
 
 from .dissection_result import DissectionResult
-from .figures import pyplot, save_figure
 from .interventions import TensorFn, evaluate, load_or_dissect
 
 __all__ = ["CorrectionAnalyzer", "CorrectionResult", "correct_activations", "nearest_bins",
@@ -43,6 +43,8 @@ ORACLE_NOTE = ("ORACLE experiment: activations are replaced using the GROUND-TRU
                "evaluated images; the numbers bound what the units' depth code can carry and are "
                "not achievable at test time")
 _KEYS = ("delta1", "rmse", "abs_rel")
+_TITLES = {"delta1": "δ1 (higher is better)", "rmse": "RMSE, m (lower is better)",
+           "abs_rel": "AbsRel (lower is better)"}
 
 
 class CorrectionConfigError(DepthselError):
@@ -101,25 +103,30 @@ class CorrectionResult(Result):
             out.append({"condition": cond, **{k: m.get(k) for k in _KEYS}})
         return out
 
-    def plot(self, out_dir: str | Path) -> list[Path]:
-        """One bar chart per metric (δ1, RMSE, AbsRel): clean beside each corrected condition."""
-        plt = pyplot()
+    def plot(self, ax: Any = None, *, metric: str | None = None) -> Any:
+        """One bar chart per metric (δ1, RMSE, AbsRel), or only ``metric``'s: clean beside each condition."""
+        if metric is not None and metric not in _KEYS:
+            raise CorrectionConfigError(f"metric must be one of {list(_KEYS)}, got {metric!r}")
+        keys = list(_KEYS) if metric is None else [metric]
         rows = self.rows()
         labels = [str(r["condition"]) for r in rows]
-        fig, axes = plt.subplots(1, len(_KEYS), figsize=(3.2 * len(_KEYS), 3.0))
-        titles = {"delta1": "δ1 (higher is better)", "rmse": "RMSE, m (lower is better)",
-                  "abs_rel": "AbsRel (lower is better)"}
-        for ax, key in zip(axes, _KEYS):
+        fig, axes = panels(ax, 1, len(keys), figsize=(3.2 * len(keys), 3.0), pick="pick one with metric=")
+        for a, key in zip(axes[0], keys):
             values = [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
             colors = ["tab:gray"] + ["tab:orange"] * (len(rows) - 1)
-            ax.bar(range(len(rows)), values, color=colors)
-            ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-            ax.set_title(titles[key], fontsize=9)
+            a.bar(range(len(rows)), values, color=colors)
+            a.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+            a.set_title(_TITLES[key], fontsize=9)
             for i, v in enumerate(values):
-                ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
-        fig.suptitle("ORACLE correction (uses ground-truth depth)", fontsize=9)
-        fig.tight_layout()
-        return [save_figure(fig, Path(out_dir) / "correction.png")]
+                a.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
+        if ax is None:
+            fig.suptitle("ORACLE correction (uses ground-truth depth)", fontsize=9)
+            fig.tight_layout()
+        return fig
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """``correction.png``: every metric."""
+        return {"correction.png": {}}
 
     def summary(self) -> dict[str, Any]:
         """Oracle flag, clean and corrected δ1/RMSE/AbsRel."""

@@ -192,13 +192,8 @@ class DissectionAnalyzer(Analyzer):
 
     def layer_binners(self, units: Mapping[str, int]) -> dict[str, Binner]:
         """The binner of each layer (``K`` bins where ``fit_bins_to_units`` and ``K < Nb``)."""
-        out: dict[str, Binner] = {}
-        for name, k in units.items():
-            b = self.binner
-            if self.fit_bins_to_units and k < b.num_bins:
-                b = b.with_num_bins(k)
-            out[name] = b
-        return out
+        return {name: self.binner.for_units(k) if self.fit_bins_to_units else self.binner
+                for name, k in units.items()}
 
     def dissect_split(self, ctx: AnalysisContext, dataset: Dataset[Any], split: str) -> DissectionResult:
         """Dissect one dataset and label it ``split``."""

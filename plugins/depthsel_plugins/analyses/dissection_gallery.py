@@ -20,21 +20,18 @@ from torch.utils.data import Dataset
 
 from depthsel.errors import ShapeMismatchError
 
-from .dissection_plots import upsampled_activations
-from .dissection_result import DissectionResult
+from .dissection_plots import LayerResponses, upsampled_activations
 from .figures import pyplot, save_figure
 
 __all__ = ["plot_unit_gallery"]
 
 
-def _curve(ax: Any, result: DissectionResult, layer: str, unit: int, split: str | None) -> None:
-    r = result.responses(layer, split).numpy()[unit]
-    edges = result.binner(layer, split).edges.numpy()
+def _curve(ax: Any, view: LayerResponses, unit: int) -> None:
+    r = view.responses.numpy()[unit]
+    edges = view.edges.numpy()
     centres = (edges[1:] + edges[:-1]) / 2
-    asg = int(result.get(layer, "assigned", split)[unit])
-    amax = int(result.get(layer, "argmax_bin", split)[unit])
-    dead = bool(result.get(layer, "dead", split)[unit])
-    tds = float(result.get(layer, "target_ds", split)[unit])
+    asg, amax = int(view.assigned[unit]), int(view.argmax_bin[unit])
+    dead, tds = bool(view.dead[unit]), float(view.target_ds[unit])
     ax.axvspan(edges[asg], edges[asg + 1], color="tab:green", alpha=0.25)
     ax.plot(centres, r, "-", color="0.5" if dead else "tab:blue", lw=1.1)
     if not dead:
@@ -46,25 +43,30 @@ def _curve(ax: Any, result: DissectionResult, layer: str, unit: int, split: str 
 
 
 @torch.no_grad()
-def plot_unit_gallery(model: nn.Module, info: Any, dataset: Dataset[Any], result: DissectionResult, layer: str,
-                      out_path: str | Path, *, split: str | None = None, units: Sequence[int] | None = None,
-                      indices: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu") -> Path:
-    """Write the gallery of ``units`` (default: every unit, at most 16, sorted by assigned bin)."""
+def plot_unit_gallery(model: nn.Module, info: Any, dataset: Dataset[Any], view: LayerResponses,
+                      out_path: str | Path, *, units: Sequence[int] | None = None,
+                      indices: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu",
+                      align_corners: bool = False) -> Path:
+    """Write the gallery of ``units`` (default: every unit, at most 16, sorted by assigned bin).
+
+    ``view`` is one layer of a dissection (``DissectionResult.layer_view``);
+    ``align_corners`` should be the dissection's.
+    """
     plt = pyplot()
-    asg = result.get(layer, "assigned", split)
-    k = int(asg.numel())
+    asg, layer = view.assigned, view.layer
+    k = view.num_units
     chosen = list(units) if units is not None else sorted(range(k), key=lambda u: (int(asg[u]), u))[:16]
     if not chosen or any(not 0 <= u < k for u in chosen):
         raise ShapeMismatchError(f"the gallery needs units in [0, {k}) of {layer!r}")
     batch, up = upsampled_activations(model, info, dataset, layer, indices, device=device,
-                                      align_corners=bool(result.config.get("align_corners", False)))
+                                      align_corners=align_corners)
     idx = [i for i in indices if 0 <= i < len(dataset)]  # type: ignore[arg-type]
-    bins = result.binner(layer, split)(batch["depth"], batch.get("valid")).cpu()
+    bins = view.binner()(batch["depth"], batch.get("valid")).cpu()
     images = batch["image"].permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
     fig, axes = plt.subplots(len(chosen), 1 + len(idx), figsize=(2.2 * (1 + len(idx)), 1.5 * len(chosen)),
                              squeeze=False)
     for row, u in enumerate(chosen):
-        _curve(axes[row, 0], result, layer, u, split)
+        _curve(axes[row, 0], view, u)
         for col in range(len(idx)):
             ax = axes[row, 1 + col]
             fmap = up[col, u].numpy()

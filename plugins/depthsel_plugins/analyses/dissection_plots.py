@@ -1,13 +1,15 @@
 """Figures of a dissection: response curves (You Fig. 3), heatmaps, feature maps (Fig. 5).
 
-All functions use matplotlib's Agg backend (no display needed), write a PNG
-and return its path. The first two read only a :class:`DissectionResult`
-(so they work on a reloaded result); :func:`plot_feature_maps` runs the model.
+The first two draw one layer's stored tensors (:class:`LayerResponses`) into an
+Axes, so they work on a reloaded result (``DissectionResult.plot`` calls them);
+:func:`plot_feature_maps` runs the model and writes a PNG. This module reads no
+result class: the result imports it, not the other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +18,61 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from depthsel.binning import Binner
+from depthsel.binning import Binner, EdgesBinner
 from depthsel.consumer import Consumer
 from depthsel.errors import ShapeMismatchError
 from depthsel.selectivity import assign_bins
 from depthsel.stream import stream
 from depthsel.zoo import ModelInfo
 
-from .dissection_result import DissectionResult
 from .figures import pyplot, save_figure
 
-__all__ = ["plot_response_curve", "plot_response_heatmap", "plot_feature_maps", "upsampled_activations"]
+__all__ = ["LayerResponses", "draw_response_curve", "draw_response_heatmap", "plot_feature_maps",
+           "upsampled_activations"]
 
 
-def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_path: str | Path, *,
-                        split: str | None = None, mode: str = "preset") -> Path:
+@dataclass(frozen=True)
+class LayerResponses:
+    """One layer of one split of a dissection: what its figures draw.
+
+    ``responses`` is ``[K, Nb]``; ``edges`` ``[Nb + 1]``; the rest ``[K]`` per unit.
+    """
+
+    layer: str
+    responses: torch.Tensor
+    edges: torch.Tensor
+    assigned: torch.Tensor
+    argmax_bin: torch.Tensor
+    dead: torch.Tensor
+    ds: torch.Tensor
+    target_ds: torch.Tensor
+
+    @property
+    def num_units(self) -> int:
+        """``K``."""
+        return int(self.responses.shape[0])
+
+    def binner(self) -> EdgesBinner:
+        """The layer's binner, rebuilt from its edges."""
+        return EdgesBinner(self.edges)
+
+    def check_unit(self, unit: int) -> None:
+        """Refuse a unit index outside ``[0, K)``."""
+        if not 0 <= unit < self.num_units:
+            raise ShapeMismatchError(f"unit {unit} is out of range; {self.layer!r} has {self.num_units} units")
+
+
+def draw_response_curve(ax: Any, view: LayerResponses, unit: int) -> None:
     """Response of one unit over depth bins (x: bin centres in metres).
 
     The assigned bin is marked with a dashed line, the argmax bin with a dot.
     """
-    plt = pyplot()
-    r = result.responses(layer, split, mode)
-    if not 0 <= unit < r.shape[0]:
-        raise ShapeMismatchError(f"unit {unit} is out of range; {layer!r} has {r.shape[0]} units")
-    centres = result.binner(layer, split).centers().numpy()
-    y = r[unit].numpy()
-    ds = float(result.get(layer, "ds", split)[unit])
-    asg = int(result.get(layer, "assigned", split)[unit])
-    amax = int(result.get(layer, "argmax_bin", split)[unit])
-    dead = bool(result.get(layer, "dead", split)[unit])
-    fig, ax = plt.subplots(figsize=(5, 3))
+    view.check_unit(unit)
+    centres = view.binner().centers().numpy()
+    y = view.responses[unit].numpy()
+    ds = float(view.ds[unit])
+    asg, amax, dead = int(view.assigned[unit]), int(view.argmax_bin[unit]), bool(view.dead[unit])
+    layer = view.layer
     ax.plot(centres, y, "-", color="tab:gray" if dead else "tab:blue", lw=1.2)
     if not dead:
         ax.plot(centres[amax], y[amax], "o", color="tab:red", label=f"argmax bin {amax}")
@@ -56,26 +83,19 @@ def plot_response_curve(result: DissectionResult, layer: str, unit: int, out_pat
     ax.set_title(f"{layer} unit {unit}  " + ("DEAD: never active on a valid pixel" if dead else f"DS={ds:.3f}"),
                  color="tab:red" if dead else "black")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, out_path)
 
 
-def plot_response_heatmap(result: DissectionResult, layer: str, out_path: str | Path, *,
-                          split: str | None = None, mode: str = "preset") -> Path:
+def draw_response_heatmap(ax: Any, view: LayerResponses) -> None:
     """Units x bins heatmap, rows sorted by assigned bin (then argmax), each row scaled to max 1.
 
     A depth-selective layer trained with assigned bins shows a diagonal.
     """
-    plt = pyplot()
-    r = torch.nan_to_num(result.responses(layer, split, mode).abs(), nan=0.0)
-    asg = result.get(layer, "assigned", split)
-    amax = result.get(layer, "argmax_bin", split)
+    r = torch.nan_to_num(view.responses.abs(), nan=0.0)
+    asg, amax = view.assigned, view.argmax_bin
     order = sorted(range(r.shape[0]), key=lambda k: (int(asg[k]), int(amax[k])))
     rows = r[order]
     rows = rows / rows.max(1, keepdim=True).values.clamp(min=1e-12)
-    dead = result.get(layer, "dead", split)
-    centres = result.binner(layer, split).centers().tolist()
-    fig, ax = plt.subplots(figsize=(5, 4))
+    centres = view.binner().centers().tolist()
     im = ax.imshow(rows.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
     # x: depth in metres at a few bin centres, not bin indices.
     nb = len(centres)
@@ -83,11 +103,9 @@ def plot_response_heatmap(result: DissectionResult, layer: str, out_path: str | 
     ax.set_xticks(ticks, [f"{centres[t]:.2g}" for t in ticks])
     ax.set_xlabel("depth (m, bin centre)")
     ax.set_ylabel("unit (sorted by assigned bin)")
-    n_dead = _mark_dead_units(ax, order, dead)
-    ax.set_title(f"{layer}: normalised responses" + (f" ({n_dead} dead, red)" if n_dead else ""))
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return save_figure(fig, out_path)
+    n_dead = _mark_dead_units(ax, order, view.dead)
+    ax.set_title(f"{view.layer}: normalised responses" + (f" ({n_dead} dead, red)" if n_dead else ""))
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
 
 
 def _mark_dead_units(ax: Any, order: Sequence[int], dead: torch.Tensor) -> int:

@@ -30,8 +30,12 @@ import torch
 
 from depthsel.binning import EdgesBinner
 from depthsel.errors import ResultFormatError, suggest
+from depthsel.figures import panels
 from depthsel.results import Result
 from depthsel.selectivity import LayerSummary
+
+from .dissection_gallery import plot_unit_gallery
+from .dissection_plots import LayerResponses, draw_response_curve, draw_response_heatmap, plot_feature_maps
 
 __all__ = ["DissectionResult"]
 
@@ -171,55 +175,73 @@ class DissectionResult(Result):
                        for s, d in self.data.get("splits", {}).items()},
         }
 
-    def plot(self, out_dir: str | Path, *, split: str | None = None,
-             units: list[int] | None = None) -> list[Path]:
-        """Write a heatmap per layer and response curves of ``units`` (default: 4 spread units).
+    def layer_view(self, layer: str, split: str | None = None, mode: str = "preset") -> LayerResponses:
+        """``layer`` of ``split`` as the figures draw it (responses in ``mode``, see :meth:`responses`)."""
+        return LayerResponses(
+            layer=layer, responses=self.responses(layer, split, mode), edges=self.get(layer, "edges", split),
+            **{name: self.get(layer, name, split)
+               for name in ("assigned", "argmax_bin", "dead", "ds", "target_ds")},
+        )
 
+    def plot(self, ax: Any = None, *, layer: str | None = None, split: str | None = None,
+             unit: int | None = None, mode: str = "preset") -> Any:
+        """The units x bins heatmap of ``layer``, or with ``unit`` that unit's response curve.
+
+        ``layer`` defaults to the first layer, ``split`` to :meth:`default_split`.
         Needs only the stored tensors, so it works on a reloaded result.
         """
-        from .dissection_plots import plot_response_curve, plot_response_heatmap
+        view = self.layer_view(layer if layer is not None else self._first_layer(), split, mode)
+        fig, axes = panels(ax, figsize=(5, 3) if unit is not None else (5, 4))
+        if unit is None:
+            draw_response_heatmap(axes[0, 0], view)
+        else:
+            draw_response_curve(axes[0, 0], view, unit)
+        if ax is None:
+            fig.tight_layout()
+        return fig
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def _first_layer(self) -> str:
+        if not self.layers:
+            raise ResultFormatError("this dissection result holds no layer")
+        return self.layers[0]
+
+    def figures(self, *, split: str | None = None, units: list[int] | None = None) -> dict[str, dict[str, Any]]:
+        """A heatmap per layer and the curves of ``units`` (default: 4 units spread over the layer)."""
         split = split or self.default_split()
-        paths: list[Path] = []
+        out: dict[str, dict[str, Any]] = {}
         for layer in self.layers:
             safe = layer.replace("/", "_")
-            paths.append(plot_response_heatmap(self, layer, out / f"{split}_{safe}_heatmap.png", split=split))
-            k = int(self.get(layer, "ds", split).numel())
-            chosen = units if units is not None else sorted({0, k // 3, (2 * k) // 3, k - 1})
-            for u in chosen:
+            out[f"{split}_{safe}_heatmap.png"] = {"layer": layer, "split": split}
+            for u in units if units is not None else self._spread_units(layer, split):
                 # Zero-padded so files sort in unit order (unit005 before unit010).
-                paths.append(plot_response_curve(self, layer, u, out / f"{split}_{safe}_unit{u:03d}.png",
-                                                 split=split))
-        return paths
+                out[f"{split}_{safe}_unit{u:03d}.png"] = {"layer": layer, "split": split, "unit": u}
+        return out
+
+    def _spread_units(self, layer: str, split: str) -> list[int]:
+        k = int(self.get(layer, "ds", split).numel())
+        return sorted({0, k // 3, (2 * k) // 3, k - 1})
 
     def plot_feature_maps(self, model: Any, info: Any, dataset: Any, out_dir: str | Path, *,
                           split: str | None = None, units: list[int] | None = None,
                           indices: tuple[int, ...] = (0, 1, 2), device: str = "cpu") -> list[Path]:
         """Fig. 5 of You et al. (feature maps beside assigned-bin masks), and the unit gallery.
 
-        Needs the model and data, so it is separate from :meth:`plot`.
+        Needs the model and data, so it is separate from :meth:`plot`; writes PNGs.
         """
-        from .dissection_gallery import plot_unit_gallery
-        from .dissection_plots import plot_feature_maps
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         split = split or self.default_split()
+        align = bool(self.config.get("align_corners", False))
         paths: list[Path] = []
         for layer in self.layers:
-            k = int(self.get(layer, "ds", split).numel())
-            chosen = units if units is not None else sorted({0, k // 3, (2 * k) // 3, k - 1})
+            view = self.layer_view(layer, split)
+            chosen = units if units is not None else self._spread_units(layer, split)
             safe = layer.replace("/", "_")
             paths.append(plot_feature_maps(
                 model, info, dataset, layer, chosen, self.binner(layer, split),
-                out / f"{split}_{safe}_feature_maps.png", assigned=self.get(layer, "assigned", split),
-                indices=tuple(i for i in indices if i < len(dataset)), device=device,
-                align_corners=bool(self.config.get("align_corners", False)),
+                out / f"{split}_{safe}_feature_maps.png", assigned=view.assigned,
+                indices=tuple(i for i in indices if i < len(dataset)), device=device, align_corners=align,
             ))
-            paths.append(plot_unit_gallery(model, info, dataset, self, layer,
-                                           out / f"{split}_{safe}_unit_gallery.png", split=split,
-                                           indices=indices, device=device))
+            paths.append(plot_unit_gallery(model, info, dataset, view, out / f"{split}_{safe}_unit_gallery.png",
+                                           indices=indices, device=device, align_corners=align))
         return paths
-

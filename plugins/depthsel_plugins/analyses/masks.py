@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -35,14 +34,13 @@ from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.consumer import BatchCallback
 from depthsel.data import collate, dataset_fingerprint
 from depthsel.errors import DepthselError
+from depthsel.figures import panels
 from depthsel.losses import hu_depth_loss
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import Result, provenance
 from depthsel.stream import stream
 from depthsel.zoo import ModelInfo, select_prediction
-
-from .figures import pyplot, save_figure
 
 __all__ = ["MaskNet", "MaskAnalyzer", "MaskResult", "MaskConfigError", "binarize", "sparseness",
            "edge_mask", "load_mask_net", "register_analyzers"]
@@ -189,38 +187,44 @@ class MaskResult(Result):
     """
 
     kind: ClassVar[str] = "masks"
+    figure_dpi: ClassVar[int] = 90
+    figures_in_save: ClassVar[bool] = True
 
     def rows(self) -> list[dict[str, Any]]:
         """Hu Table 1 rows, one per lambda."""
         return [dict(r) for r in self.data.get("table", [])]
 
-    def save(self, directory: str | Path) -> Path:
-        """Save as usual plus ``overlays/lambda=L.png`` (image, mask, masked image per row)."""
-        out = super().save(directory)
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """``overlays/lambda=L.png`` per lambda when overlays were kept (``save`` writes them)."""
         if "overlay/image" not in self.tensors:
-            return out
-        plt = pyplot()
-        images = self.tensors["overlay/image"]
+            return {}
+        return {f"overlays/{_key(row['lambda'])}.png": {"lam": row["lambda"]} for row in self.rows()}
+
+    def plot(self, ax: Any = None, *, lam: float | None = None) -> Any:
+        """Overlays of one lambda (default: the first): image | mask M | what N sees, one row per image."""
+        if "overlay/image" not in self.tensors:
+            raise MaskConfigError("this result kept no overlay; run with num_overlays > 0")
+        row = self.rows()[0] if lam is None else next((r for r in self.rows() if r["lambda"] == lam), None)
+        if row is None:
+            raise MaskConfigError(f"no lambda {lam:g} in this result; it has {[r['lambda'] for r in self.rows()]}")
+        key = _key(row["lambda"])
+        images, masks = self.tensors["overlay/image"], self.tensors[f"overlay/{key}"]
         # What N sees: masking the normalised image turns masked pixels into the mean colour.
         mean = self.tensors.get("overlay/mean", torch.zeros(3)).view(1, 1, 3).numpy()
-        for row in self.rows():
-            key = _key(row["lambda"])
-            masks = self.tensors[f"overlay/{key}"]
-            n = images.shape[0]
-            fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.2 * n), squeeze=False)
-            for i in range(n):
-                img = images[i].permute(1, 2, 0).clamp(0, 1).numpy()
-                m = masks[i, 0].numpy()
-                axes[i, 0].imshow(img)
-                axes[i, 1].imshow(m, cmap="gray", vmin=0, vmax=1)
-                axes[i, 2].imshow(mean + (img - mean) * m[..., None])
-                for ax, title in zip(axes[i], ("image", "mask M", "N's input (I x M)")):
-                    ax.set_title(title if i == 0 else "", fontsize=9)
-                    ax.axis("off")
-            fig.suptitle(f"{key}: sparseness {row['sparseness']:.3f}", fontsize=10)
-            fig.tight_layout()
-            save_figure(fig, out / "overlays" / f"{key}.png", dpi=90)
-        return out
+        n = images.shape[0]
+        fig, axes = panels(ax, n, 3, figsize=(7.5, 2.2 * n))
+        for i in range(n):
+            img = images[i].permute(1, 2, 0).clamp(0, 1).numpy()
+            m = masks[i, 0].numpy()
+            axes[i, 0].imshow(img)
+            axes[i, 1].imshow(m, cmap="gray", vmin=0, vmax=1)
+            axes[i, 2].imshow(mean + (img - mean) * m[..., None])
+            for a, title in zip(axes[i], ("image", "mask M", "N's input (I x M)")):
+                a.set_title(title if i == 0 else "", fontsize=9)
+                a.axis("off")
+        fig.suptitle(f"{key}: sparseness {row['sparseness']:.3f}", fontsize=10)
+        fig.tight_layout()
+        return fig
 
 
 def load_mask_net(result: MaskResult, lam: float) -> MaskNet:
@@ -289,7 +293,7 @@ class MaskAnalyzer(Analyzer):
     def run(self, ctx: AnalysisContext) -> MaskResult:
         """Train one G per lambda against the frozen ``ctx.model`` and build Hu's Table 1.
 
-        G is trained on ``ctx.extras["train_dataset"]`` when given, else on
+        G is trained on ``ctx.train_dataset`` when given, else on
         ``ctx.dataset``; it is always evaluated on ``ctx.dataset``.
         """
         model, c = ctx.model, self.c
@@ -330,7 +334,7 @@ class MaskAnalyzer(Analyzer):
             torch.manual_seed(ctx.seed)
             net = MaskNet(c["width"]).to(ctx.device)
         opt = torch.optim.Adam(net.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
-        data = ctx.extras.get("train_dataset", ctx.dataset)
+        data = ctx.train_dataset if ctx.train_dataset is not None else ctx.dataset
         loader = torch.utils.data.DataLoader(
             data, batch_size=c["batch_size"] or ctx.batch_size, shuffle=True, collate_fn=collate,
             num_workers=ctx.num_workers, generator=torch.Generator().manual_seed(ctx.seed))

@@ -10,7 +10,7 @@ the per-layer probing of Probe3D (El Banani et al., CVPR 2024), not a method of
 the You et al. papers.
 
 Splits: ``train`` (a dataset config, built with :func:`depthsel.get_dataset`),
-else ``ctx.extras["train_dataset"]``, else the first ``train_fraction`` of
+else ``ctx.train_dataset``, else the first ``train_fraction`` of
 ``ctx.dataset`` (a contiguous head, so consecutive video frames do not leak
 into the held-out tail). Under ``torch.distributed`` each rank takes a disjoint
 shard of both splits; the probe statistics of all layers are summed with one
@@ -112,7 +112,7 @@ class ProbeAnalyzer(Analyzer):
     train
         Dataset config of the training split (``{"name": "folder", "root": ...}``).
     train_fraction
-        Without ``train`` or ``ctx.extras["train_dataset"]``: the leading share of
+        Without ``train`` or ``ctx.train_dataset``: the leading share of
         ``ctx.dataset`` used for fitting; the rest is held out.
     pixels_per_image
         Fit on at most this many random valid pixels per image (``None``: all).
@@ -167,8 +167,8 @@ class ProbeAnalyzer(Analyzer):
                 return get_dataset(spec.pop("name"), **spec), ctx.dataset
             except TypeError as exc:
                 raise ProbeConfigError(f"the train dataset config {self.c['train']} was rejected: {exc}") from exc
-        if "train_dataset" in ctx.extras:
-            return ctx.extras["train_dataset"], ctx.dataset
+        if ctx.train_dataset is not None:
+            return ctx.train_dataset, ctx.dataset
         n = len(ctx.dataset)  # type: ignore[arg-type]
         cut = int(round(n * self.c["train_fraction"]))
         if cut < 1 or cut >= n:

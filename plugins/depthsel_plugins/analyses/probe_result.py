@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from depthsel.errors import DepthselError
+from depthsel.figures import panels
 from depthsel.results import Result, load_result
 
-from .figures import pyplot, save_figure
+from .figures import save_figure
 
-__all__ = ["ProbeResult", "plot_probe_curves", "CURVE_METRICS"]
+__all__ = ["ProbeResult", "draw_probe_curves", "plot_probe_curves", "CURVE_METRICS"]
 
 #: Metrics drawn by :func:`plot_probe_curves`, with their axis labels.
 CURVE_METRICS: dict[str, str] = {"r2": "held-out R²", "rmse": "held-out RMSE (m)", "delta1": "held-out δ1"}
@@ -69,12 +70,19 @@ class ProbeResult(Result):
             out["(constant)"] = f"R2 {c['r2']:.3f}  RMSE {c['rmse']:.3f}  d1 {c['delta1']:.3f}"
         return out
 
-    def plot(self, out_dir: str | Path) -> list[Path]:
-        """``probe_by_layer.png``: this run's curve, beside the compared run's if one is stored."""
+    def plot(self, ax: Any = None, *, metric: str | None = None) -> Any:
+        """Decodability by layer: this run's curve, beside the compared run's if one is stored.
+
+        One panel per metric of :data:`CURVE_METRICS`, or only ``metric``'s.
+        """
         runs: list[ProbeResult | Mapping[str, Any]] = [self]
         if self.data.get("compare"):
             runs.append(self.data["compare"])
-        return [plot_probe_curves(runs, Path(out_dir) / "probe_by_layer.png")]
+        return draw_probe_curves(runs, tuple(CURVE_METRICS) if metric is None else (metric,), ax=ax)
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """``probe_by_layer.png``: every metric."""
+        return {"probe_by_layer.png": {}}
 
     def curves(self) -> dict[str, Any]:
         """What :func:`plot_probe_curves` needs, as plain JSON (stored in a compared run)."""
@@ -95,7 +103,7 @@ def _as_curves(run: "ProbeResult | Mapping[str, Any] | str | Path") -> dict[str,
 
 def plot_probe_curves(runs: Sequence["ProbeResult | Mapping[str, Any] | str | Path"],
                       out_path: str | Path, metrics: Sequence[str] = tuple(CURVE_METRICS)) -> Path:
-    """"Depth decodability by layer": one panel per metric, one line per model.
+    """"Depth decodability by layer" of several runs, written to the PNG ``out_path``.
 
     Parameters
     ----------
@@ -107,23 +115,32 @@ def plot_probe_curves(runs: Sequence["ProbeResult | Mapping[str, Any] | str | Pa
     metrics
         Any of ``r2``, ``rmse``, ``delta1``.
     """
+    return save_figure(draw_probe_curves(runs, metrics), out_path)
+
+
+def draw_probe_curves(runs: Sequence["ProbeResult | Mapping[str, Any] | str | Path"],
+                      metrics: Sequence[str] = tuple(CURVE_METRICS), *, ax: Any = None) -> Any:
+    """One panel per metric, one line per run (see :func:`plot_probe_curves`); returns the figure."""
+    unknown = [m for m in metrics if m not in CURVE_METRICS]
+    if unknown:
+        raise DepthselError(f"probe curves draw {sorted(CURVE_METRICS)}, not {unknown}")
     curves = [_as_curves(r) for r in runs]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig, axes = panels(ax, 1, len(metrics), figsize=(4.2 * len(metrics), 3.4), pick="pick one with metric=")
+    for a, metric in zip(axes[0], metrics):
         for i, c in enumerate(curves):
             ys = [float(c["metrics"][n][metric]) for n in c["layers"]]
-            line, = ax.plot(range(len(ys)), ys, "-o", ms=4, label=c["label"])
+            line, = a.plot(range(len(ys)), ys, "-o", ms=4, label=c["label"])
             const = c.get("constant", {}).get(metric)
             if const is not None and math.isfinite(float(const)):
-                ax.axhline(float(const), ls=":", lw=1, color=line.get_color(),
-                           label=f"{c['label']}: constant" if i == 0 else None)
+                a.axhline(float(const), ls=":", lw=1, color=line.get_color(),
+                          label=f"{c['label']}: constant" if i == 0 else None)
         names = max((c["layers"] for c in curves), key=len)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel(CURVE_METRICS.get(metric, metric))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("depth decodability by layer (linear ridge probe)", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, out_path)
+        a.set_xticks(range(len(names)))
+        a.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        a.set_ylabel(CURVE_METRICS[metric])
+        a.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    if ax is None:
+        fig.suptitle("depth decodability by layer (linear ridge probe)", fontsize=10)
+        fig.tight_layout()
+    return fig

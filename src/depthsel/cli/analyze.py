@@ -16,6 +16,7 @@ import typer
 
 from ..analysis import AnalysisContext
 from ..errors import DepthselError
+from ..results import Result
 from .common import (
     build_dataset,
     build_model,
@@ -62,6 +63,9 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Use 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite a result already in --out.")]
 DataSetOpt = Annotated[list[str] | None, typer.Option("--data-set", metavar="KEY=VALUE",
                        help="Dataset option key=value (JSON values), e.g. size=[96,128]; repeatable.")]
+TrainDataOpt = Annotated[str | None, typer.Option("--train-data", metavar="DATASPEC",
+                         help="A training split for analyzers that fit something first (probe, masks); "
+                         "built with the same --data-set options. Default: the analyzer's own.")]
 
 
 def run_analysis(
@@ -84,6 +88,7 @@ def run_analysis(
     force: bool = False,
     normalization: str | None = None,
     tokens: list[str] | None = None,
+    train_data: str | None = None,
 ) -> tuple[Any, Path]:
     """Build everything from command-line strings, run analyzer ``name``, save the result.
 
@@ -101,7 +106,7 @@ def run_analysis(
         result = _analyse(name, model=model, data=data, layers=layers, model_config=model_config,
                           width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
                           data_settings=data_settings, batch_size=batch_size, device=device, seed=seed,
-                          limit=limit, normalization=normalization, tokens=tokens)
+                          limit=limit, normalization=normalization, tokens=tokens, train_data=train_data)
         directory = result.save(out)
         _write_figures(result, Path(directory))
         rd.write_manifest(f"analysis:{name}", result.meta.get("cli", {}), RESULT_FILES)
@@ -111,7 +116,8 @@ def run_analysis(
 def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, model_config: str | None,
              width: float | None, weights: Path | None, trust_pickle: bool, settings: list[str] | None,
              data_settings: list[str] | None, batch_size: int, device: str, seed: int,
-             limit: int | None, normalization: str | None, tokens: list[str] | None) -> Any:
+             limit: int | None, normalization: str | None, tokens: list[str] | None,
+             train_data: str | None) -> Any:
     import torch
 
     from ..api import get_analyzer
@@ -129,7 +135,9 @@ def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, mode
     torch.manual_seed(seed)
     built = build_model(model, config=parse_model_config(model_config, width), weights=weights,
                         trust_pickle=trust_pickle, device=device, normalization=normalization)
-    dataset = build_dataset(data, limit=limit, **parse_settings(data_settings, "--data-set"))
+    data_options = parse_settings(data_settings, "--data-set")
+    dataset = build_dataset(data, limit=limit, **data_options)
+    train_dataset = build_dataset(train_data, **data_options) if train_data is not None else None
     if not layer_list and not built.info.suggested_layers:
         hint = f"depthsel layers {model}" + (f" --model-config '{model_config}'" if model_config else "")
         raise CliError(f"model {model!r} suggests no layers; pass --layers (list them with `{hint}`)")
@@ -138,9 +146,10 @@ def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, mode
     if callable(describe):
         message(f"data: {describe()}", style="dim")
     ctx = AnalysisContext(model=built.model, dataset=dataset, info=built.info, layers=layer_list,
-                          device=device, batch_size=batch_size, seed=seed, adapters=parse_tokens(tokens))
+                          device=device, batch_size=batch_size, seed=seed, adapters=parse_tokens(tokens),
+                          train_dataset=train_dataset)
     result = analyzer.run(ctx)
-    if result is None or not hasattr(result, "save"):
+    if not isinstance(result, Result):
         raise DepthselError(f"analyzer {name!r} returned {type(result).__name__}, not a depthsel Result")
     # Record how the run was invoked, so `depthsel report` and re-runs can show it.
     result.meta.setdefault("cli", {
@@ -149,6 +158,7 @@ def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, mode
         "from_training_run": {k: v for k, v in trained.items() if k not in analyzer_cfg},
         "model": built.describe(),
         "data": data,
+        "train_data": train_data,
         "limit": limit,
         "layers": ctx.layers,
         "batch_size": batch_size,
@@ -158,26 +168,17 @@ def _analyse(name: str, *, model: str, data: str, layers: list[str] | None, mode
     return result
 
 
-def _write_figures(result: Any, directory: Path) -> list[Path]:
-    """Every analyzer's figures from the CLI too: ``result.plot(out_dir)`` into ``DIR/figures``.
+def _write_figures(result: Result, directory: Path) -> list[Path]:
+    """Every analyzer's figures from the CLI too: ``result.save_figures`` into ``DIR/figures``.
 
-    Results whose ``save`` already draws their figure (adversarial, masks) have a
-    differently shaped ``plot`` and are left as they are.
+    Results whose ``save`` already wrote their figures beside them (``figures_in_save``)
+    get no second copy.
     """
-    import inspect
-
-    plot = getattr(result, "plot", None)
-    if not callable(plot):
+    if result.figures_in_save or not result.figures():
         return []
-    try:
-        params = list(inspect.signature(plot).parameters)
-    except (TypeError, ValueError):
-        return []
-    if not params or params[0] != "out_dir":
-        return []
-    paths = plot(directory / "figures")
+    paths = result.save_figures(directory / "figures")
     message(f"figures in {directory / 'figures'}", style="dim")
-    return list(paths or [])
+    return paths
 
 
 def _probe_forward(built: Any, dataset: Any, device: str, model: str) -> None:
@@ -288,6 +289,7 @@ def analyze(
     force: ForceOpt = False,
     normalization: NormOpt = None,
     tokens: TokensOpt = None,
+    train_data: TrainDataOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Run analyzer NAME on a model and a dataset; save the result to --out."""
@@ -295,8 +297,7 @@ def analyze(
         name, model=model, data=data, out=out, layers=layers, model_config=model_config,
         width=width, weights=weights, trust_pickle=trust_pickle, settings=settings,
         data_settings=data_settings, batch_size=batch_size, device=device, seed=seed, limit=limit,
-        force=force,
-        normalization=normalization, tokens=tokens,
+        force=force, normalization=normalization, tokens=tokens, train_data=train_data,
     )
     _print_result(result, directory, fmt)
 

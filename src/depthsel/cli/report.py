@@ -27,7 +27,8 @@ def report(
 ) -> None:
     """Write a self-contained report.html (metrics tables, embedded figures, run config)."""
     from ..checkpoints import atomic_write_bytes
-    from ..report import check_report_target, collect_report, render_report
+    from ..report import collect_report
+    from ..report_html import check_report_target, render_report
 
     target = out if out is not None else run_dir / "report.html"
     # Checked before reading anything: `--out RUN/result.json` must never replace the result.
