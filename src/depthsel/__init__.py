@@ -36,7 +36,7 @@ from .selectivity import (
 from . import dissect, layers  # callable modules: depthsel.dissect(...), depthsel.layers(...)
 from .layertable import LayerTable
 from .quick import ablate, correct
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import collate
 from .results import Result
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["Analyzer", "AnalysisContext"]
 

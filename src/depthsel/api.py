@@ -8,7 +8,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .registry import PluginEntry, get_plugin_manager
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = [
     "binner_from_config",

@@ -34,7 +34,7 @@ from .data import collate, dataset_fingerprint
 from .errors import ResultFormatError, ShapeMismatchError
 from .layers import LayerSelector, LayerSpec
 from .progress import track
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["collect_responses", "ResponseCollection"]
 

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from .errors import DepthselError
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["ModelSpecError", "is_import_spec", "load_factory", "info_for_factory", "build_import_model"]
 

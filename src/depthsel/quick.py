@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from .analysis import AnalysisContext
 from .errors import ConfigError, DepthselError, ShapeMismatchError
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["TensorPairs", "dissect", "correct", "ablate", "as_dataset", "context"]
 

@@ -38,7 +38,7 @@ from .data import collate
 from .errors import DepthselError, ResultFormatError
 from .progress import get_console, progress_enabled
 from .regularizer import SelectivityRegularizer
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["SelectivityConfig", "TrainConfig", "Trainer", "evaluate", "LOSSES"]
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import depthsel
 from depthsel.analysis import AnalysisContext
 from depthsel.results import load_result
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 from depthsel_plugins.analyses.probe import ProbeAnalyzer, ProbeResult, plot_probe_curves
 from depthsel_plugins.analyses.probe_stats import ProbeStatistics
 

@@ -21,7 +21,7 @@ from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.capture import Capture
 from depthsel.results import Result
 from depthsel.testing import ToyDepthDataset, ToyDepthNet
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_ENV = {"COLUMNS": "120", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", "NO_COLOR": "1"}

@@ -127,7 +127,7 @@ def test_align_corners_option_of_the_two_hu_recipes_changes_the_forward() -> Non
 # ------------------------------------------------------- schedule, pipeline
 def test_recipe_trainer_uses_the_papers_optimizer_and_step_schedule(tmp_path: Path) -> None:
     from depthsel.testing import ToyDepthDataset, ToyDepthNet
-    from depthsel.zoo import ModelInfo
+    from depthsel.modelinfo import ModelInfo
 
     info = ModelInfo(input_size=(32, 32), normalization="unit")
     for recipe, cls in ((YOU2021, torch.optim.Adam), (FASTDEPTH2021, torch.optim.SGD)):
@@ -272,7 +272,7 @@ def test_eval_only_evaluates_and_dissects_the_given_weights_untouched(nyu_root: 
 def test_recipe_trainer_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     # SGD momentum buffers and the epoch-stepped lr must survive a checkpoint.
     from depthsel.testing import ToyDepthDataset, ToyDepthNet
-    from depthsel.zoo import ModelInfo
+    from depthsel.modelinfo import ModelInfo
 
     info = ModelInfo(input_size=(32, 32), normalization="unit")
 

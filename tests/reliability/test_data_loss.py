@@ -210,7 +210,7 @@ def test_f15_hand_edited_config_is_not_trusted_on_resume(tmp_path: Path) -> None
 def test_f15_api_resume_mismatch_names_keys_before_writing(tmp_path: Path) -> None:
     from depthsel.testing import ToyDepthDataset, ToyDepthNet
     from depthsel.training import TrainConfig, Trainer
-    from depthsel.zoo import ModelInfo
+    from depthsel.modelinfo import ModelInfo
 
     info = ModelInfo(input_size=(32, 32), normalization="unit", suggested_layers=("dec3",))
     data = ToyDepthDataset(num_samples=8, seed=1)

@@ -302,7 +302,7 @@ class _RelToyPlugin:
 
     @depthsel.hookimpl
     def register_models(self, register: Any) -> None:
-        from depthsel.zoo import ModelInfo
+        from depthsel.modelinfo import ModelInfo
 
         register("rel-toy", lambda width=4: ToyDepthNet(width=int(width)), description="tests",
                  info=ModelInfo(input_size=(16, 16), normalization="unit", suggested_layers=("dec3",)))

@@ -42,7 +42,7 @@ from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import Result, provenance
 from depthsel.selectivity import assign_bins
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
 from .figures import pyplot, save_figure
 

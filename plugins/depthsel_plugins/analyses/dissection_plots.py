@@ -21,7 +21,7 @@ from depthsel.capture import Capture
 from depthsel.data import collate
 from depthsel.errors import ShapeMismatchError
 from depthsel.selectivity import assign_bins
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
 from .dissection_result import DissectionResult
 from .figures import pyplot, save_figure

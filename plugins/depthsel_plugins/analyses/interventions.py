@@ -28,7 +28,7 @@ from depthsel.layers import LayerSelector
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import load_result
-from depthsel.zoo import ModelInfo, select_prediction
+from depthsel.modelinfo import ModelInfo, select_prediction
 
 from .dissection import DissectionAnalyzer
 from .dissection_result import DissectionResult
@@ -43,7 +43,7 @@ class OracleWarning(UserWarning):
 
 
 def prediction(output: Any) -> torch.Tensor:
-    """The depth map of a model output (:func:`depthsel.zoo.select_prediction`, the one rule)."""
+    """The depth map of a model output (:func:`depthsel.modelinfo.select_prediction`, the one rule)."""
     return select_prediction(output)
 
 

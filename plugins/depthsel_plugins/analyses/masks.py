@@ -38,7 +38,7 @@ from depthsel.losses import hu_depth_loss
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import Result, provenance
-from depthsel.zoo import ModelInfo, select_prediction
+from depthsel.modelinfo import ModelInfo, select_prediction
 
 from .figures import pyplot, save_figure
 

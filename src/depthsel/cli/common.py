@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import DepthselError
-from ..zoo import ModelInfo
+from ..modelinfo import ModelInfo
 from .errors import CliError
 from .output import message
 
@@ -269,7 +269,7 @@ def build_model(
     from ..checkpoints import load_weights
     from ..modelspec import build_import_model, is_import_spec
     from ..trained import saved_normalization
-    from ..zoo import NORMALIZATIONS
+    from ..modelinfo import NORMALIZATIONS
 
     if normalization is not None and normalization not in NORMALIZATIONS:
         raise CliError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
