@@ -25,4 +25,5 @@ DEPTHSEL_PLUGINS: dict[str, str] = {
     "datasets": "depthsel_plugins.datasets",
     "analyzers": "depthsel_plugins.analyses",
     "recipes": "depthsel_plugins.recipes",
+    "experiments": "depthsel_plugins.experiments",
 }

@@ -240,7 +240,9 @@ def test_bad_config_is_one_clear_error(cfg: dict[str, Any], needle: str) -> None
 
 
 def test_cli_runs_the_probe_on_a_registered_model(tmp_path: Path) -> None:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     runner = CliRunner(env={"DEPTHSEL_NO_PROGRESS": "1", "COLUMNS": "120", "NO_COLOR": "1"})
     args = ["analyze", "probe", "--model", "fastdepth", "--model-config", '{"tiny": true}',

@@ -87,7 +87,9 @@ def toy_plugin() -> Iterator[str]:
 
 
 def invoke(runner: CliRunner, args: list[str], **kwargs: Any) -> Any:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return runner.invoke(app, [str(a) for a in args], **kwargs)
 

@@ -108,7 +108,9 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_every_command_refuses_bad_options_in_one_line(sandbox: Path) -> None:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     runner = CliRunner(env=ENV)
     cases = _cases(sandbox)

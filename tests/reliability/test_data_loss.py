@@ -48,7 +48,9 @@ def verify_manifest(path: Path) -> list[str]:
 
 
 def invoke(args: list[Any]) -> Any:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return CliRunner(env=ENV).invoke(app, [str(a) for a in args])
 

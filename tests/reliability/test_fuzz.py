@@ -373,7 +373,10 @@ def command_lines(draw: Any, tmp: Path) -> list[str]:
 def test_random_command_lines(rel_plugin: None, tmp_path_factory: pytest.TempPathFactory, data: Any) -> None:
     from typer.testing import CliRunner
 
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "garbage.pth").write_bytes(b"\x80\x02\x7dgarbage")

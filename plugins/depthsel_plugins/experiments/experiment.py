@@ -23,16 +23,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .api import get_binner, get_dataset, get_model, get_model_info
-from .binning import Binner
-from .checkpoints import atomic_write_bytes
-from .data import CachedDataset
-from .errors import DepthselError
-from .experiment_measure import Measurement, measure_model
-from .experiment_table import aggregate, format_table
-from .progress import get_console
+from depthsel.api import get_binner, get_dataset, get_model, get_model_info
+from depthsel.binning import Binner
+from depthsel.checkpoints import atomic_write_bytes
+from depthsel.data import CachedDataset
+from depthsel.errors import DepthselError
+from depthsel.progress import get_console
 
-__all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "format_table", "parse_seeds"]
+from .measure import Measurement, measure_model
+from .table import aggregate
+
+__all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "parse_seeds"]
 
 
 @dataclass
@@ -134,7 +135,7 @@ def fit_binner(dataset: Dataset[Any], kind: str, num_bins: int, max_images: int 
 
 
 def _units(cfg: ExperimentConfig, info: Any) -> dict[str, int]:
-    from .capture import Capture
+    from depthsel.capture import Capture
 
     torch.manual_seed(0)
     model = get_model(cfg.model, **cfg.model_config)
@@ -158,7 +159,7 @@ def environment() -> dict[str, Any]:
 
     import numpy
 
-    from . import __version__
+    from depthsel import __version__
 
     return {"depthsel": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(),
@@ -216,7 +217,7 @@ def _compare_arms(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], prog
     }
     summary.update(aggregate(per_seed, [lb for lb, _ in arms]))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    from .experiment_plots import plot_experiment
+    from .plots import plot_experiment
 
     summary["plots"] = [str(p) for p in plot_experiment(summary, run / "plots")]
     atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=2, default=str).encode())

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .analysis import AnalysisContext
-from .api import get_analyzer, get_model
-from .binning import Binner
-from .data import collate
-from .metrics import DepthMetrics
-from .stats import bootstrap_ci
-from .training import SelectivityConfig, TrainConfig, Trainer
+from depthsel.analysis import AnalysisContext
+from depthsel.api import get_analyzer, get_model
+from depthsel.binning import Binner
+from depthsel.data import collate
+from depthsel.metrics import DepthMetrics
+from depthsel.stats import bootstrap_ci
+from depthsel.training import SelectivityConfig, TrainConfig, Trainer
 
 if TYPE_CHECKING:
     from .experiment import ExperimentConfig
