@@ -20,6 +20,7 @@ from .accumulator import ResponseAccumulator
 from .binning import Binner, EdgesBinner, InvalidDepthWarning
 from .capture import Capture, RepeatedHookWarning, TokenGridAdapter
 from .checkpoints import load_state_dict, load_weights, save_state_dict
+from .datasets import PairedDepthDataset, decode_depth_png, decode_rgb, safe_join
 from .errors import DepthselError
 from .hookspecs import hookimpl
 from .layers import LayerSelector, unwrap_model
@@ -63,6 +64,10 @@ __all__ = [
     "summarize_layer",
     "unwrap_model",
     "DepthselError",
+    "PairedDepthDataset",
+    "decode_depth_png",
+    "decode_rgb",
+    "safe_join",
     "EdgesBinner",
     "InvalidDepthWarning",
     "ModelInfo",

@@ -24,7 +24,7 @@ import torch
 
 from depthsel.metrics import eigen_crop_mask, garg_crop_mask
 
-from .base import Transform
+from depthsel.datasets import Transform
 from .lists import PairListDataset
 from .splits import Range
 

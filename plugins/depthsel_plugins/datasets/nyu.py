@@ -39,7 +39,7 @@ import torch
 
 from depthsel.errors import DatasetError
 
-from .base import PairedDepthDataset, decode_depth_png, decode_rgb, safe_join, safe_relative, to_tensors
+from depthsel.datasets import PairedDepthDataset, decode_depth_png, decode_rgb, safe_join, safe_relative, to_tensors
 from .lists import PairListDataset
 from .splits import select_indices
 

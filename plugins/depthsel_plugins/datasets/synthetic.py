@@ -33,7 +33,7 @@ import torch
 
 from depthsel.errors import DatasetError
 
-from .base import PairedDepthDataset, Transform
+from depthsel.datasets import PairedDepthDataset, Transform
 
 __all__ = ["SyntheticDataset", "render_scene", "MIN_DEPTH", "MAX_DEPTH"]
 
@@ -190,7 +190,7 @@ class SyntheticDataset(PairedDepthDataset):
     split
         ``"train"`` or ``"test"``: disjoint seed streams.
     sparse_samples, transforms, max_depth
-        See :class:`~depthsel_plugins.datasets.base.PairedDepthDataset`.
+        See :class:`~depthsel.datasets.PairedDepthDataset`.
     """
 
     def __init__(
