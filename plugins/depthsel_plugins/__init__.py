@@ -23,6 +23,7 @@ DEPTHSEL_PLUGINS: dict[str, str] = {
     "objectives": "depthsel_plugins.objectives",
     "models": "depthsel_plugins.models",
     "datasets": "depthsel_plugins.datasets",
+    "protocols": "depthsel_plugins.protocols",
     "analyzers": "depthsel_plugins.analyses",
     "recipes": "depthsel_plugins.recipes",
     "experiments": "depthsel_plugins.experiments",

@@ -72,6 +72,16 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
+def register_protocols(register: Register) -> None:
+    """Register metric protocol presets (:class:`depthsel.protocols.MetricProtocol`).
+
+    ``register(name, factory)``: ``factory()`` returns a protocol whose ``name``
+    is ``name``. The core has only ``"default"``; presets that reproduce a
+    paper's evaluation are plugins.
+    """
+
+
+@hookspec
 def register_commands(register: Register) -> None:
     """Register CLI commands: ``register(name, function, description=...)``.
 
@@ -86,5 +96,6 @@ HOOK_KINDS: tuple[str, ...] = (
     "models",
     "analyzers",
     "datasets",
+    "protocols",
     "commands",
 )

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from depthsel.datasets import PairedDepthDataset, Transform, decode_depth_png, decode_rgb, safe_join, to_tensors
 from depthsel.errors import DatasetError
 
-from depthsel.datasets import PairedDepthDataset, Transform, decode_depth_png, decode_rgb, safe_join, to_tensors
 from .splits import Range, select_indices
 
 __all__ = ["read_pair_list", "PairListDataset"]

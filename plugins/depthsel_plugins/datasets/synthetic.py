@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from depthsel.errors import DatasetError
-
 from depthsel.datasets import PairedDepthDataset, Transform
+from depthsel.errors import DatasetError
 
 __all__ = ["SyntheticDataset", "render_scene", "MIN_DEPTH", "MAX_DEPTH"]
 
