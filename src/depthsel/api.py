@@ -19,6 +19,7 @@ __all__ = [
     "get_analyzer",
     "get_dataset",
     "list_plugins",
+    "result_types",
 ]
 
 
@@ -108,3 +109,25 @@ def get_dataset(name: str | None = None, /, **config: Any) -> Any:
 def list_plugins(kind: str) -> dict[str, PluginEntry]:
     """Return ``{name: entry}`` for one kind (``"binners"``, ``"models"``, ...)."""
     return get_plugin_manager().entries(kind)
+
+
+def result_types() -> dict[str, Any]:
+    """``{kind: Result subclass}`` registered by plugins (``register_results``), for
+    ``load_result(path, types=result_types())``.
+
+    Raises
+    ------
+    PluginError
+        If a plugin registered something that is not a Result subclass of that kind.
+    """
+    from .errors import PluginError
+    from .results import Result
+
+    out: dict[str, Any] = {}
+    for kind, entry in get_plugin_manager().entries("results").items():
+        cls = entry.factory
+        if not (isinstance(cls, type) and issubclass(cls, Result) and cls.kind == kind):
+            raise PluginError(f"plugin {entry.source!r} registered result type {kind!r} as {cls!r}, not a "
+                              f"Result subclass with kind {kind!r}")
+        out[kind] = cls
+    return out

@@ -5,6 +5,19 @@ A result directory holds ``result.safetensors`` (tensors), ``result.json``
 optionally ``result.csv`` (a flat table for spreadsheets). Every file is
 written atomically; on load, the JSON is validated and every tensor's shape
 and dtype is checked against the specs recorded at save time.
+
+Which class a loaded result gets: the JSON names its ``kind``, and
+:func:`load_result` maps it to a class *without importing or loading
+anything*: the ``expected`` class the caller passed, then the ``types`` mapping
+the caller passed, then a :class:`Result` subclass already defined in this
+process (defining a subclass with a ``kind`` records it), else the plain
+:class:`Result`, which still holds every tensor and value. Loading a result
+therefore never runs plugin code: a file cannot make depthsel import a module
+it names (which is why the JSON does not carry an importable class path), and
+reading results never depends on which plugins are installed or broken. A
+caller that wants the plugins' classes asks for them explicitly:
+``load_result(path, types=depthsel.api.result_types())``, which consults the
+``register_results`` hook through the plugin registry.
 """
 
 from __future__ import annotations
@@ -184,7 +197,8 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def load_result(directory: str | Path, expected: type[Result] | None = None) -> Result:
+def load_result(directory: str | Path, expected: type[Result] | None = None, *,
+                types: Mapping[str, type[Result]] | None = None) -> Result:
     """Load any saved result, validating its JSON and tensor specs.
 
     Parameters
@@ -193,6 +207,9 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
         A directory written by :meth:`Result.save`.
     expected
         When given, the stored kind must be this class's kind (or a subclass's).
+    types
+        ``{kind: Result subclass}`` to choose the class from, e.g.
+        :func:`depthsel.api.result_types`; see the module docstring for the order.
     """
     d = Path(directory)
     jpath, tpath = d / _JSON, d / _TENSORS
@@ -220,10 +237,7 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
         if not isinstance(payload.get(key), typ):
             raise ResultFormatError(f"{str(jpath)!r}: field {key!r} must be a {typ.__name__}")
     kind = payload["kind"]
-    cls = _REGISTRY.get(kind)
-    if cls is None:
-        _load_analyzer_plugins()
-        cls = _REGISTRY.get(kind, Result)
+    cls = _result_class(kind, expected, types)
     if expected is not None and expected is not Result and not issubclass(cls, expected):
         raise ResultFormatError(f"{str(d)!r} holds a {kind!r} result, not {expected.kind!r}")
     tensors: dict[str, torch.Tensor] = {}
@@ -264,6 +278,19 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
     return obj
 
 
+def _result_class(kind: str, expected: type[Result] | None,
+                  types: Mapping[str, type[Result]] | None) -> type[Result]:
+    """The class for a stored ``kind``; imports and loads nothing (see the module docstring)."""
+    if expected is not None and expected.kind == kind:
+        return expected
+    chosen = (types or {}).get(kind)
+    if chosen is not None:
+        if not (isinstance(chosen, type) and issubclass(chosen, Result) and chosen.kind == kind):
+            raise ResultFormatError(f"types[{kind!r}] must be a Result subclass with kind {kind!r}, got {chosen!r}")
+        return chosen
+    return _REGISTRY.get(kind, Result)
+
+
 def _verify_hashes(payload: Mapping[str, Any], jpath: Path, tpath: Path | None) -> None:
     """Both hashes are mandatory: a result that cannot prove it is intact is refused."""
     expected = payload.get("tensors_sha256")
@@ -286,13 +313,3 @@ def _verify_hashes(payload: Mapping[str, Any], jpath: Path, tpath: Path | None) 
             f"{str(jpath)!r} was edited after it was saved (its content no longer matches its "
             "content_sha256); re-run the analysis instead of editing results"
         )
-
-
-def _load_analyzer_plugins() -> None:
-    # Result classes of plugin analyzers register when their module is imported.
-    from .registry import get_plugin_manager
-
-    try:
-        get_plugin_manager().entries("analyzers")
-    except Exception:  # noqa: BLE001 - loading is best effort; the caller falls back to Result
-        pass
