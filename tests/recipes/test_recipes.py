@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from depthsel import get_binner, get_model, get_model_info
 from depthsel.errors import CheckpointError
-from depthsel.regularizer import PRESETS
+from depthsel.regularizer import REGULARIZER_PRESETS
 from depthsel.results import load_result
 from depthsel_plugins.recipes import FASTDEPTH2021, HU2019, RECIPES, YOU2021, get_recipe
 from depthsel_plugins.recipes.run import (
@@ -84,7 +84,7 @@ def test_you2021_has_the_papers_values() -> None:
     assert r.model == "hu_mff_resnet50" and r.layers == ("D", "MFF")
     assert r.model_config["align_corners"] is False  # InterpretableMDE's MFF
     assert r.weight == 0.1 and r.objective == "assign"
-    assert PRESETS[r.preset]["layer_reduction"] == "sum"  # D + MFF summed, as in the code
+    assert REGULARIZER_PRESETS[r.preset]["layer_reduction"] == "sum"  # D + MFF summed, as in the code
     binner = get_binner(r.binner["name"], **{k: v for k, v in r.binner.items() if k != "name"})
     edges = binner.edges.tolist()
     assert r.num_bins == binner.num_bins == 64 and len(edges) == 65
