@@ -24,7 +24,7 @@ __all__ = [
 
 
 def get_binner(name: str, /, **config: Any) -> Any:
-    """Build a registered :class:`~depthsel.Binner`, e.g. ``get_binner("sid", num_bins=64)``."""
+    """Build a registered :class:`~depthsel.Binner`: ``get_binner(name, num_bins=64)``."""
     return get_plugin_manager().create("binners", name, **config)
 
 
@@ -33,7 +33,7 @@ def binner_from_config(config: Any) -> Any:
 
     A dict with options besides ``name``/``edges`` is rebuilt through the
     registry, passing ``edges`` along when the factory accepts it (fitted
-    binners such as ``quantile``); a dict with only edges becomes an
+    binners); a dict with only edges becomes an
     :class:`~depthsel.EdgesBinner`.
     """
     import inspect
@@ -48,8 +48,8 @@ def binner_from_config(config: Any) -> Any:
         return get_binner(config)
     if not isinstance(config, Mapping) or ("name" not in config and "edges" not in config):
         raise BinCountError(
-            f"a binner must be a name such as 'sid', a Binner, or a dict like "
-            f"{{'name': 'sid', 'num_bins': 64}}; got {config!r}"
+            f"a binner must be a registered name (`depthsel binners` lists them), a Binner, or a dict "
+            f"like {{'name': NAME, 'num_bins': 64}}; got {config!r}"
         )
     d = dict(config)
     name, edges = str(d.pop("name", "edges")), d.pop("edges", None)
@@ -75,7 +75,7 @@ def get_objective(name: str, /, **config: Any) -> Any:
 
 
 def get_model(name: str, /, **config: Any) -> nn.Module:
-    """Build a registered depth network, e.g. ``get_model("fastdepth", width=0.25)``."""
+    """Build a registered depth network: ``get_model(name, **options)`` (``depthsel models``)."""
     return get_plugin_manager().create("models", name, **config)
 
 
@@ -102,7 +102,7 @@ def get_dataset(name: str | None = None, /, **config: Any) -> Any:
         name = config.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"a dataset spec needs a 'name' string, got {config!r}; "
-                              "e.g. {'name': 'synthetic', 'split': 'train'}")
+                              "e.g. {'name': NAME, 'root': PATH}")
     return get_plugin_manager().create("datasets", name, **config)
 
 

@@ -1,6 +1,6 @@
 """Models named by import path: ``package.module:Factory`` or ``path/to/file.py:Factory``.
 
-Registered names (``fastdepth``) go through the plugin registry; anything with
+Registered names (``depthsel models``) go through the plugin registry; anything with
 a ``:`` whose left side is a dotted module path or a ``.py`` file is imported
 directly, the way uvicorn and fastapi-cli read ``app.main:app``. The factory is
 any callable returning an ``nn.Module`` (a class or a function). Its

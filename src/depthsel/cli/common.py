@@ -54,14 +54,14 @@ class DataSpec:
 
 
 def parse_dataspec(spec: str) -> DataSpec:
-    """Parse ``name`` or ``name:PATH`` (``folder:../shared/data/nyu2_mini_test``).
+    """Parse ``name`` or ``name:PATH`` (a registered dataset name and its root folder).
 
     Only the first colon separates, so Windows drive letters and colons in
     paths survive (``folder:C:/data``).
     """
     text = spec.strip()
     if not text:
-        raise CliError("the data spec is empty; pass NAME or NAME:PATH, e.g. synthetic or folder:DIR")
+        raise CliError("the data spec is empty; pass NAME or NAME:PATH (`depthsel datasets` lists the names)")
     name, sep, root = text.partition(":")
     name = name.strip()
     if not name:
