@@ -240,8 +240,17 @@ def load_result(directory: str | Path, expected: type[Result] | None = None, *,
     cls = _result_class(kind, expected, types)
     if expected is not None and expected is not Result and not issubclass(cls, expected):
         raise ResultFormatError(f"{str(d)!r} holds a {kind!r} result, not {expected.kind!r}")
-    tensors: dict[str, torch.Tensor] = {}
     specs = payload["tensor_specs"]
+    tensors = _load_tensors(specs, d, jpath, tpath)
+    _verify_hashes(payload, jpath, tpath if specs else None)
+    obj = cls(tensors=tensors, data=dict(payload["data"]), config=dict(payload["config"]),
+              meta=dict(payload["meta"]))
+    return obj
+
+
+def _load_tensors(specs: Mapping[str, Any], d: Path, jpath: Path, tpath: Path) -> dict[str, torch.Tensor]:
+    """The tensors file, checked against the specs the JSON recorded at save time."""
+    tensors: dict[str, torch.Tensor] = {}
     for name, spec in specs.items():
         if (not isinstance(spec, Mapping) or not isinstance(spec.get("shape"), list)
                 or not all(isinstance(s, int) and s >= 0 for s in spec["shape"])
@@ -272,10 +281,7 @@ def load_result(directory: str | Path, expected: type[Result] | None = None, *,
     extra = set(tensors) - set(specs)
     if extra:
         raise ResultFormatError(f"{_TENSORS} holds tensors not listed in {_JSON}: {sorted(extra)}")
-    _verify_hashes(payload, jpath, tpath if specs else None)
-    obj = cls(tensors=tensors, data=dict(payload["data"]), config=dict(payload["config"]),
-              meta=dict(payload["meta"]))
-    return obj
+    return tensors
 
 
 def _result_class(kind: str, expected: type[Result] | None,

@@ -69,9 +69,7 @@ class SelectivityConfig:
     """
 
     layers: list[str] = field(default_factory=list)
-    # Required: which bins to train towards, e.g. {"name": NAME, "num_bins": 64} (`depthsel binners`);
-    # the core names no binner, so an empty config fails when the trainer is built.
-    binner: dict[str, Any] = field(default_factory=dict)
+    binner: dict[str, Any] = field(default_factory=dict)  # required: the core names no binner
     objective: str = "assign"
     weight: float = 0.1
     fit_bins_to_units: bool = True

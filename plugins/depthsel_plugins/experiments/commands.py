@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,6 +109,35 @@ def _check_train_options(*, name: str, lr: float, weight: float, liveness: float
         if not (math.isfinite(value) and value >= 0):
             raise CliError(f"{label} must be a finite number >= 0, got {value}")
     get_plugin_manager().entry("objectives", objective)
+
+
+def _binner_config(text: str) -> dict[str, Any]:
+    """The ``--binner`` JSON object, refused in one line when it is not one."""
+    from depthsel.cli.common import _check_depth
+
+    _check_depth(text, "--binner")
+    example = "e.g. '{\"name\": \"sid\", \"num_bins\": 64}'"
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--binner is not valid JSON ({exc}); {example}") from exc
+    if not isinstance(cfg, dict):
+        raise CliError(f"--binner must be a JSON object, {example}")
+    return cfg
+
+
+def _fit(make_trainer: Callable[[], Any], resume: bool, force: bool) -> dict[str, Any]:
+    """Build and run the trainer; return what `train` prints (run directory, the last step's numbers)."""
+    try:
+        trainer = make_trainer()
+        history = trainer.fit(resume=resume, overwrite=force)
+    except DepthselError:
+        raise
+    except (KeyError, ValueError) as exc:
+        raise DepthselError(f"training failed on bad configuration: {exc}") from exc
+    last = history["steps"][-1] if history["steps"] else {}
+    return {"run_dir": str(trainer.cfg.run_dir), "steps": last.get("step", 0), "loss": last.get("loss"),
+            "target_ds": last.get("target_ds"), "argmax_ds": last.get("argmax_ds")}
 
 
 # Options shared by `demo` and `sweep`: one definition, one help text.
@@ -258,15 +288,7 @@ def train(
     if resume and force:
         raise CliError("--resume continues a run and --force deletes it: pass one of them")
     _check_train_options(name=name, lr=lr, weight=weight, liveness=liveness, objective=objective)
-    from depthsel.cli.common import _check_depth
-
-    _check_depth(binner, "--binner")
-    try:
-        binner_cfg = json.loads(binner)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"--binner is not valid JSON ({exc}); e.g. '{{\"name\": \"sid\", \"num_bins\": 64}}'") from exc
-    if not isinstance(binner_cfg, dict):
-        raise CliError("--binner must be a JSON object, e.g. '{\"name\": \"sid\", \"num_bins\": 64}'")
+    binner_cfg = _binner_config(binner)
     torch.manual_seed(seed)  # --seed covers the model's initial weights too
     built = build_model(model, config=parse_model_config(model_config, width), device=device,
                         normalization=normalization)
@@ -282,16 +304,8 @@ def train(
                       lr=lr, loss=loss, schedule=schedule, seed=seed, device=device, amp=amp,
                       checkpoint_every=checkpoint_every, selectivity=sel,
                       extra={"model": built.describe(), "data": data, "data_settings": data_cfg})
-    try:
-        history = Trainer(built.model, built.info, dataset, cfg, adapters=parse_tokens(tokens)).fit(
-            resume=resume, overwrite=force)
-    except DepthselError:
-        raise
-    except (KeyError, ValueError) as exc:
-        raise DepthselError(f"training failed on bad configuration: {exc}") from exc
-    last = history["steps"][-1] if history["steps"] else {}
-    result = {"run_dir": str(cfg.run_dir), "steps": last.get("step", 0), "loss": last.get("loss"),
-              "target_ds": last.get("target_ds"), "argmax_ds": last.get("argmax_ds")}
+    result = _fit(lambda: Trainer(built.model, built.info, dataset, cfg, adapters=parse_tokens(tokens)),
+                  resume, force)
     if fmt == OutputFormat.json:
         emit_json(result)
     else:
