@@ -6,7 +6,7 @@ entry-point group; the core never imports or names a plugin package by itself.
 An entry point may name a *bundle* instead of a single plugin: a module whose
 :data:`BUNDLE_ATTR` attribute maps plugin labels to module names, e.g.::
 
-    DEPTHSEL_PLUGINS = {"binners": "depthsel_plugins.binners", "models": "depthsel_plugins.models"}
+    DEPTHSEL_PLUGINS = {"binners": "my_plugins.binners", "models": "my_plugins.models"}
 
 Why bundles: installed entry-point metadata only changes when a package is
 reinstalled, so a plugin module added to a checkout is silently missing from

@@ -10,8 +10,8 @@ The core knows the machinery (:class:`MetricProtocol`, :class:`CropBox`) and
 one neutral preset, ``"default"``. The presets that reproduce a paper's or a
 repository's evaluation are plugins: a ``register_protocols`` hook registers a
 factory returning a :class:`MetricProtocol`, and :func:`get_protocol` looks a
-name up there (the first-party presets, such as ``hu2019``, come from
-``depthsel_plugins``). A protocol saved in a metric state is stored in full,
+name up there (the first-party plugins register the published evaluations'
+presets). A protocol saved in a metric state is stored in full,
 field by field, so reading it back never needs the registry.
 """
 
