@@ -94,3 +94,12 @@ def test_bundle_members_cannot_nest_bundles(monkeypatch: pytest.MonkeyPatch) -> 
     finally:
         sys.modules.pop("_bundle_test_inner", None)
     assert [s.name for s in pm.statuses()] == ["dist:inner"]
+
+
+def test_strict_mode_names_the_broken_member(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPTHSEL_STRICT_PLUGINS", "1")
+    source = _bundle_source({}, {"broken": "_bundle_test_no_such_module"})
+    monkeypatch.setattr(registry, "entry_point_sources", lambda: [source])
+    with pytest.raises(PluginError, match="^plugin 'dist:broken' failed") as err:
+        PluginManager().entries("binners")
+    assert "dist:bundle" not in str(err.value)

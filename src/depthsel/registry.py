@@ -134,6 +134,8 @@ class PluginManager:
                 for member in members:
                     self._load_plugin(member)
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            if members is not None and isinstance(exc, PluginError) and _strict():
+                raise  # a bundle member's strict-mode failure, already naming that member
             self._statuses[source.label] = status
             self._fail(status, exc)
         if members is None:  # a bundle's time is its members', each checked on its own
