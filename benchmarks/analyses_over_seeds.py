@@ -1,6 +1,6 @@
 """Correction, ablation, adversarial and masks over every seed of an experiment, with 95% CIs.
 
-An experiment (``depthsel demo --seeds N`` or :func:`depthsel.experiment.run_experiment`)
+An experiment (``depthsel demo --seeds N`` or :func:`depthsel_plugins.experiments.experiment.run_experiment`)
 leaves ``RUN/seedS/{baseline,interpretable}/model.safetensors`` and ``RUN/summary.json``
 (the config and the fitted binner). For every seed and both models this script runs the
 registered analyzers on the held-out split, with the train-split dissection (the one the
@@ -26,7 +26,7 @@ Run::
     python benchmarks/analyses_over_seeds.py RUN_DIR --out runs/analyses_over_seeds/NAME
 
 Without ``summary.json`` (seeds still training) give ``--config FILE``, a JSON of the
-experiment's :class:`~depthsel.experiment.ExperimentConfig` fields; the binner is then
+experiment's :class:`~depthsel_plugins.experiments.experiment.ExperimentConfig` fields; the binner is then
 read from a model's ``config.json``.
 """
 

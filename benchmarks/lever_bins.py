@@ -7,7 +7,7 @@ and optionally the output folder (default ``runs``).
 """
 
 import sys
-from depthsel.experiment import ExperimentConfig, run_experiment
+from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experiment
 seeds=[int(s) for s in sys.argv[1].split(",")]
 root="../shared/data/7scenes_redkitchen"
 cfg=ExperimentConfig(name=sys.argv[2], out_dir=sys.argv[3] if len(sys.argv) > 3 else "runs", data="folder",

@@ -11,7 +11,7 @@ default (one bin per unit). Pool and compare with ``benchmarks/lever_select_tabl
 
 import sys
 
-from depthsel.experiment import ExperimentConfig, run_experiment
+from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experiment
 
 kind, nb, seeds, name = sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")], sys.argv[4]
 out = sys.argv[5] if len(sys.argv) > 5 else "runs"

@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from depthsel.experiment_measure import Measurement, brief_layers, dissection_intervals, dissection_scalars
-from depthsel.experiment_plots import plot_experiment
-from depthsel.experiment_table import aggregate
+from depthsel_plugins.experiments.measure import Measurement, brief_layers, dissection_intervals, dissection_scalars
+from depthsel_plugins.experiments.plots import plot_experiment
+from depthsel_plugins.experiments.table import aggregate
 
 
 def _splits(path: Path, split: str) -> dict:

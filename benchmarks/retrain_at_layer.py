@@ -30,8 +30,8 @@ from depthsel import get_dataset, get_model_info
 from depthsel.checkpoints import atomic_write_bytes
 from depthsel.data import CachedDataset
 from depthsel.errors import DepthselError
-from depthsel.experiment import ExperimentConfig, fit_binner
-from depthsel.experiment_measure import measure_model
+from depthsel_plugins.experiments.experiment import ExperimentConfig, fit_binner
+from depthsel_plugins.experiments.measure import measure_model
 
 
 def units_of(cfg: ExperimentConfig) -> dict[str, int]:

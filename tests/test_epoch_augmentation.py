@@ -14,7 +14,7 @@ from depthsel.data import CachedDataset
 from depthsel.testing import ToyDepthDataset, ToyDepthNet
 from depthsel.training import TrainConfig, Trainer
 from depthsel_plugins.datasets.synthetic import SyntheticDataset
-from depthsel_plugins.datasets.transforms import ColorJitter, Compose, HFlip
+from depthsel.transforms import ColorJitter, Compose, HFlip
 
 INFO = ModelInfo(input_size=(32, 48), normalization="unit")
 SIZE = (32, 48)

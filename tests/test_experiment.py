@@ -11,7 +11,7 @@ from datahelpers import shared_data_dir
 from typer.testing import CliRunner
 
 from depthsel.errors import DepthselError
-from depthsel.experiment import ExperimentConfig, parse_seeds, run_experiment, run_sweep
+from depthsel_plugins.experiments.experiment import ExperimentConfig, parse_seeds, run_experiment, run_sweep
 from depthsel.stats import seed_summary
 
 TINY = dict(size=(32, 32), model_config={"width": 0.25}, epochs=1, batch_size=4, permutations=0, bootstrap=50)
@@ -107,7 +107,9 @@ def test_real_folder_pipeline(tmp_path: Path, folder: str, train: str, test: str
 
 
 def test_cli_demo_json_holds_per_seed_values_cis_and_differences(tmp_path: Path) -> None:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     result = CliRunner().invoke(app, ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25",
                                       "--train-samples", "8", "--test-samples", "4", "--out", str(tmp_path),
@@ -122,7 +124,9 @@ def test_cli_demo_json_holds_per_seed_values_cis_and_differences(tmp_path: Path)
 
 
 def test_cli_demo_table_says_how_many_seeds(tmp_path: Path) -> None:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     result = CliRunner().invoke(app, ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25",
                                       "--train-samples", "8", "--test-samples", "4", "--out", str(tmp_path),
@@ -133,7 +137,7 @@ def test_cli_demo_table_says_how_many_seeds(tmp_path: Path) -> None:
 
 
 def test_combine_runs_equals_one_run_over_all_seeds(tmp_path: Path) -> None:
-    from depthsel.experiment_combine import combine_runs
+    from depthsel_plugins.experiments.combine import combine_runs
 
     base = dict(train_data={"split": "train", "num_samples": 8}, test_data={"split": "test", "num_samples": 4},
                 **TINY)
@@ -149,3 +153,14 @@ def test_combine_runs_equals_one_run_over_all_seeds(tmp_path: Path) -> None:
                    progress=False)
     with pytest.raises(DepthselError, match="lr"):
         combine_runs([tmp_path / "s0", tmp_path / "lr"], tmp_path / "bad2")
+
+
+def test_experiment_commands_are_plugin_commands_not_core_ones() -> None:
+    from depthsel.cli import BUILTIN_COMMANDS
+    from depthsel.registry import get_plugin_manager
+
+    commands = get_plugin_manager().entries("commands")
+    for name in ("demo", "sweep", "combine", "train"):
+        assert name not in BUILTIN_COMMANDS
+        assert commands[name].source == "depthsel:experiments"
+        assert commands[name].factory.__module__ == "depthsel_plugins.experiments.commands"

@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from depthsel.metrics import (
-    PRESETS,
     DepthMetrics,
     MetricProtocol,
     MetricProtocolError,
     compute_metrics,
-    crop_mask,
     get_protocol,
     metrics_by_bin,
 )
+from depthsel.protocols import crop_mask
+from depthsel_plugins.protocols import EIGEN_NYU
 
 
 def _t(rows: list[list[float]]) -> torch.Tensor:
@@ -68,7 +68,7 @@ def test_eigen_crop() -> None:
     pred[..., :45, :] = 6.0  # only outside the NYU Eigen crop rows 45:471
     assert compute_metrics(pred, gt, protocol="bts")["rmse"] == 0.0
     assert compute_metrics(pred, gt, protocol="you2021")["rmse"] > 0.0
-    m = crop_mask("eigen", 480, 640)
+    m = crop_mask(EIGEN_NYU, 480, 640)
     assert int(m.sum()) == (471 - 45) * (601 - 41) and bool(m[45, 41]) and not bool(m[44, 41])
     assert compute_metrics(pred, gt, protocol="bts")["count"] == (471 - 45) * (601 - 41)
 
@@ -82,7 +82,7 @@ def test_fastdepth_units_and_reference_bug() -> None:
     assert ref["count"] == 2  # the pixel without ground truth counts: (gt>0) OR (pred>0)
     assert math.isinf(ref["abs_rel"])
     assert ref["rmse"] == pytest.approx(math.sqrt((500.0**2 + 1000.0**2) / 2))
-    assert "bug" in PRESETS["fastdepth_reference"].description
+    assert "bug" in get_protocol("fastdepth_reference").description
 
 
 def test_prediction_is_upsampled_to_gt() -> None:

@@ -109,16 +109,19 @@ def test_a_stored_mismatched_dissection_is_refused(data) -> None:
     depthsel.ablate(model, data, layers="up1", dissection=res, normalization="unit", step=4, seeds=1)
 
 
-def test_dissect_and_layers_are_modules_that_call_their_functions() -> None:
+def test_dissect_is_the_one_call_function_and_layers_a_callable_module() -> None:
+    import importlib
     import types
 
-    import depthsel.dissect as dissect_module
     import depthsel.layers as layers_module
     from depthsel import layertable, quick
 
-    # The submodule keeps its contents, and calling it runs the one-call function.
-    assert isinstance(depthsel.dissect, types.ModuleType) and depthsel.dissect is dissect_module
+    # depthsel.dissect is only the one-call function: no module shares its name any more
+    # (the streaming statistics live in depthsel.responses).
+    assert depthsel.dissect is quick.dissect
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("depthsel.dissect")
+    # The layers submodule keeps its contents, and calling it runs the one-call function.
     assert isinstance(depthsel.layers, types.ModuleType) and depthsel.layers is layers_module
-    assert dissect_module.__name__ == "depthsel.dissect" and hasattr(layers_module, "LayerSelector")
-    assert depthsel.dissect._call_target is quick.dissect
+    assert hasattr(layers_module, "LayerSelector")
     assert depthsel.layers._call_target is layertable.layers

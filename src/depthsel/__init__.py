@@ -20,6 +20,7 @@ from .accumulator import ResponseAccumulator
 from .binning import Binner, EdgesBinner, InvalidDepthWarning
 from .capture import Capture, RepeatedHookWarning, TokenGridAdapter
 from .checkpoints import load_state_dict, load_weights, save_state_dict
+from .datasets import PairedDepthDataset, decode_depth_png, decode_rgb, safe_join
 from .errors import DepthselError
 from .hookspecs import hookimpl
 from .layers import LayerSelector, unwrap_model
@@ -42,7 +43,7 @@ from .quick import ablate, correct, dissect
 from .consumer import Consumer
 from .responses import ResponseCollection, collect_responses
 from .stream import BatchView, StreamReport, stream
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 # The package installs the call, so the module does not import its function's home (a cycle).
 _make_callable(layers, _layers_fn)
@@ -76,6 +77,10 @@ __all__ = [
     "summarize_layer",
     "unwrap_model",
     "DepthselError",
+    "PairedDepthDataset",
+    "decode_depth_png",
+    "decode_rgb",
+    "safe_join",
     "EdgesBinner",
     "InvalidDepthWarning",
     "ModelInfo",

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from .errors import ConfigError
 from .results import Result
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["Analyzer", "AnalysisContext"]
 

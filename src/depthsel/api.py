@@ -8,7 +8,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .registry import PluginEntry, get_plugin_manager
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = [
     "binner_from_config",
@@ -19,11 +19,12 @@ __all__ = [
     "get_analyzer",
     "get_dataset",
     "list_plugins",
+    "result_types",
 ]
 
 
 def get_binner(name: str, /, **config: Any) -> Any:
-    """Build a registered :class:`~depthsel.Binner`, e.g. ``get_binner("sid", num_bins=64)``."""
+    """Build a registered :class:`~depthsel.Binner`: ``get_binner(name, num_bins=64)``."""
     return get_plugin_manager().create("binners", name, **config)
 
 
@@ -32,7 +33,7 @@ def binner_from_config(config: Any) -> Any:
 
     A dict with options besides ``name``/``edges`` is rebuilt through the
     registry, passing ``edges`` along when the factory accepts it (fitted
-    binners such as ``quantile``); a dict with only edges becomes an
+    binners); a dict with only edges becomes an
     :class:`~depthsel.EdgesBinner`.
     """
     import inspect
@@ -47,8 +48,8 @@ def binner_from_config(config: Any) -> Any:
         return get_binner(config)
     if not isinstance(config, Mapping) or ("name" not in config and "edges" not in config):
         raise BinCountError(
-            f"a binner must be a name such as 'sid', a Binner, or a dict like "
-            f"{{'name': 'sid', 'num_bins': 64}}; got {config!r}"
+            f"a binner must be a registered name (`depthsel binners` lists them), a Binner, or a dict "
+            f"like {{'name': NAME, 'num_bins': 64}}; got {config!r}"
         )
     d = dict(config)
     name, edges = str(d.pop("name", "edges")), d.pop("edges", None)
@@ -74,7 +75,7 @@ def get_objective(name: str, /, **config: Any) -> Any:
 
 
 def get_model(name: str, /, **config: Any) -> nn.Module:
-    """Build a registered depth network, e.g. ``get_model("fastdepth", width=0.25)``."""
+    """Build a registered depth network: ``get_model(name, **options)`` (``depthsel models``)."""
     return get_plugin_manager().create("models", name, **config)
 
 
@@ -101,10 +102,32 @@ def get_dataset(name: str | None = None, /, **config: Any) -> Any:
         name = config.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"a dataset spec needs a 'name' string, got {config!r}; "
-                              "e.g. {'name': 'synthetic', 'split': 'train'}")
+                              "e.g. {'name': NAME, 'root': PATH}")
     return get_plugin_manager().create("datasets", name, **config)
 
 
 def list_plugins(kind: str) -> dict[str, PluginEntry]:
     """Return ``{name: entry}`` for one kind (``"binners"``, ``"models"``, ...)."""
     return get_plugin_manager().entries(kind)
+
+
+def result_types() -> dict[str, Any]:
+    """``{kind: Result subclass}`` registered by plugins (``register_results``), for
+    ``load_result(path, types=result_types())``.
+
+    Raises
+    ------
+    PluginError
+        If a plugin registered something that is not a Result subclass of that kind.
+    """
+    from .errors import PluginError
+    from .results import Result
+
+    out: dict[str, Any] = {}
+    for kind, entry in get_plugin_manager().entries("results").items():
+        cls = entry.factory
+        if not (isinstance(cls, type) and issubclass(cls, Result) and cls.kind == kind):
+            raise PluginError(f"plugin {entry.source!r} registered result type {kind!r} as {cls!r}, not a "
+                              f"Result subclass with kind {kind!r}")
+        out[kind] = cls
+    return out

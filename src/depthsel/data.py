@@ -98,8 +98,8 @@ def dataset_fingerprint(dataset: Dataset[Any], config: Mapping[str, Any] | None 
 class CachedDataset(Dataset[Any]):
     """Keeps the expensive, deterministic part of every item in memory after its first read.
 
-    For small datasets whose items are expensive to produce (the ray-cast
-    ``synthetic`` set, decoded and resized PNGs) and are read every epoch.
+    For small datasets whose items are expensive to produce (rendered scenes,
+    decoded and resized PNGs) and are read every epoch.
 
     Random augmentation is not frozen: a wrapped dataset may split item
     production in two (duck-typed, so the core never needs to know its class):

@@ -72,6 +72,25 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
+def register_results(register: Register) -> None:
+    """Register :class:`depthsel.results.Result` subclasses by kind: ``register(cls.kind, cls)``.
+
+    :func:`depthsel.results.load_result` never loads plugins itself; a caller
+    asks for these classes with ``load_result(path, types=depthsel.api.result_types())``.
+    """
+
+
+@hookspec
+def register_protocols(register: Register) -> None:
+    """Register metric protocol presets (:class:`depthsel.protocols.MetricProtocol`).
+
+    ``register(name, factory)``: ``factory()`` returns a protocol whose ``name``
+    is ``name``. The core has only ``"default"``; presets that reproduce a
+    paper's evaluation are plugins.
+    """
+
+
+@hookspec
 def register_commands(register: Register) -> None:
     """Register CLI commands: ``register(name, function, description=...)``.
 
@@ -86,5 +105,7 @@ HOOK_KINDS: tuple[str, ...] = (
     "models",
     "analyzers",
     "datasets",
+    "results",
+    "protocols",
     "commands",
 )

@@ -1,11 +1,9 @@
-"""Depth-estimation accuracy metrics with an explicit evaluation protocol.
+"""Depth-estimation accuracy metrics under an explicit evaluation protocol.
 
-Published numbers are computed under different protocols (see the project
-README, "What the published reference code does differently"): per-image or
-pooled averaging, ``<`` or ``<=`` in the δ thresholds, a depth cap, the Eigen
-crop, metres or millimetres. Comparing numbers across protocols is
-meaningless, so every result here carries the protocol name, and each
-published behaviour is a named preset of :class:`MetricProtocol`.
+How a number is measured (averaging, δ comparison, cap, crop, units) is a
+:class:`~depthsel.protocols.MetricProtocol`; named presets come from the
+protocol registry (:func:`~depthsel.protocols.get_protocol`), and every
+result carries its protocol's name.
 
 Metrics (over the valid pixels of the protocol):
 
@@ -16,8 +14,8 @@ Metrics (over the valid pixels of the protocol):
 
 With ``reduction="image"`` each metric is computed per image and averaged over
 images (images without a valid pixel are skipped). RMSE then follows
-``rmse_mode``: ``"sqrt_of_mean_mse"`` (Hu) or ``"mean_of_rmse"`` (You, BTS,
-FastDepth). With ``reduction="pixel"`` all valid pixels of all images are pooled.
+``rmse_mode``: ``"sqrt_of_mean_mse"`` or ``"mean_of_rmse"``. With
+``reduction="pixel"`` all valid pixels of all images are pooled.
 
 Predictions of another spatial size than the ground truth are upsampled
 bilinearly (``align_corners=False``) to the ground-truth size first.
@@ -27,193 +25,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import asdict, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .consumer import Consumer
-from .errors import DepthselError, InvalidDepthError, ShapeMismatchError, suggest
+from .errors import InvalidDepthError, ShapeMismatchError
+from .protocols import MetricProtocol, MetricProtocolError, crop_mask, get_protocol, protocol_from_dict
 
 __all__ = [
     "MetricProtocolError",
     "MetricProtocol",
-    "PRESETS",
     "get_protocol",
-    "crop_mask",
-    "eigen_crop_mask",
-    "garg_crop_mask",
     "DepthMetrics",
     "compute_metrics",
     "metrics_by_bin",
 ]
-
-
-class MetricProtocolError(DepthselError):
-    """A metric protocol is unknown or inconsistent."""
-
-
-@dataclass(frozen=True)
-class MetricProtocol:
-    """How accuracy is measured. Fields are validated on construction.
-
-    Parameters
-    ----------
-    name
-        Recorded in every result.
-    reduction
-        ``"image"``: per-image metrics averaged over images; ``"pixel"``: pooled.
-    crop
-        ``None``, ``"eigen"`` or ``"garg"`` (see :func:`crop_mask`).
-    crop_dataset
-        Which Eigen crop: ``"nyu"`` (rows 45:471, cols 41:601 of 480x640) or ``"kitti"``.
-    max_depth
-        Ground truth above it is invalid (``None``: no cap).
-    max_op
-        Keep ``gt <= max_depth`` or ``gt < max_depth`` (BTS).
-    min_depth
-        Ground truth must exceed it to count.
-    delta_op
-        ``"<"`` or ``"<="`` in ``max(p/g, g/p) op threshold``.
-    rmse_mode
-        ``"sqrt_of_mean_mse"`` or ``"mean_of_rmse"`` (only for ``reduction="image"``).
-    clamp_pred
-        Clamp predictions to ``[min_depth, max_depth]`` (BTS) before measuring.
-    units
-        ``"m"`` or ``"mm"``: the unit of rmse, mae and sq_rel (FastDepth reports mm).
-    mask_op
-        ``"and"``: a pixel counts when its ground truth is valid. ``"or"``:
-        when ground truth *or* prediction is positive (FastDepth's bug).
-    deltas
-        δ thresholds.
-    description
-        One line for listings.
-    """
-
-    name: str = "default"
-    reduction: Literal["image", "pixel"] = "pixel"
-    crop: Literal["eigen", "garg"] | None = None
-    crop_dataset: Literal["nyu", "kitti"] = "nyu"
-    max_depth: float | None = None
-    max_op: Literal["<", "<="] = "<="
-    min_depth: float = 1e-3
-    delta_op: Literal["<", "<="] = "<"
-    rmse_mode: Literal["sqrt_of_mean_mse", "mean_of_rmse"] = "sqrt_of_mean_mse"
-    clamp_pred: bool = True
-    units: Literal["m", "mm"] = "m"
-    mask_op: Literal["and", "or"] = "and"
-    deltas: tuple[float, ...] = (1.25, 1.25**2, 1.25**3, 1.02, 1.05, 1.10)
-    description: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        choices: dict[str, tuple[Any, ...]] = {
-            "reduction": ("image", "pixel"), "crop": (None, "eigen", "garg"),
-            "crop_dataset": ("nyu", "kitti"), "max_op": ("<", "<="), "delta_op": ("<", "<="),
-            "rmse_mode": ("sqrt_of_mean_mse", "mean_of_rmse"), "units": ("m", "mm"),
-            "mask_op": ("and", "or"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise MetricProtocolError(f"MetricProtocol.{key}={getattr(self, key)!r}; use one of {allowed}")
-        if self.crop == "garg" and self.crop_dataset != "kitti":
-            raise MetricProtocolError("the Garg crop is defined for KITTI only; set crop_dataset='kitti'")
-        if self.max_depth is not None and not self.max_depth > self.min_depth:
-            raise MetricProtocolError(f"max_depth {self.max_depth} must exceed min_depth {self.min_depth}")
-        if not self.deltas or any(d <= 1 for d in self.deltas):
-            raise MetricProtocolError(f"deltas must be thresholds > 1, got {self.deltas}")
-
-    def delta_names(self) -> list[str]:
-        """Result keys of the δ thresholds: ``delta1..3`` for powers of 1.25, else ``delta_1.05``."""
-        names = []
-        for d in self.deltas:
-            k = next((k for k in (1, 2, 3) if math.isclose(d, 1.25**k)), None)
-            names.append(f"delta{k}" if k else f"delta_{d:.2f}")
-        return names
-
-
-PRESETS: dict[str, MetricProtocol] = {
-    p.name: p
-    for p in (
-        MetricProtocol(description="pooled over pixels; '<'; no crop, no cap; predictions clamped"),
-        MetricProtocol(
-            "hu2019", reduction="image", delta_op="<=", rmse_mode="sqrt_of_mean_mse", clamp_pred=False,
-            description="Hu et al. 2019: per-image MSE averaged then square-rooted; '<='; no crop, no cap",
-        ),
-        MetricProtocol(
-            "you2021", reduction="image", rmse_mode="mean_of_rmse", max_depth=10.0,
-            description="You et al. 2021: per-image RMSE averaged; '<'; 10 m cap; no Eigen crop",
-        ),
-        MetricProtocol(
-            "bts", reduction="image", rmse_mode="mean_of_rmse", crop="eigen", crop_dataset="nyu",
-            max_depth=10.0, max_op="<",
-            description="BTS on NYU: Eigen crop; 1e-3 < gt < 10; predictions clamped; '<'",
-        ),
-        MetricProtocol(
-            "bts_kitti", reduction="image", rmse_mode="mean_of_rmse", crop="eigen",
-            crop_dataset="kitti", max_depth=80.0, max_op="<",
-            description="BTS on KITTI: KITTI Eigen crop; 1e-3 < gt < 80; predictions clamped; '<'",
-        ),
-        MetricProtocol(
-            "fastdepth", reduction="image", rmse_mode="mean_of_rmse", units="mm",
-            description="FastDepth, fixed: millimetres, per-image averages, mask = valid ground truth",
-        ),
-        MetricProtocol(
-            "fastdepth_reference", reduction="image", rmse_mode="mean_of_rmse", units="mm",
-            mask_op="or", min_depth=0.0, clamp_pred=False,
-            description=(
-                "FastDepth as released: mask (gt>0) OR (pred>0), a bug: pixels without ground "
-                "truth count, so abs_rel and log10 become inf and rmse grows"
-            ),
-        ),
-    )
-}
-
-
-def get_protocol(protocol: MetricProtocol | str) -> MetricProtocol:
-    """Return a preset by name (or the protocol itself)."""
-    if isinstance(protocol, MetricProtocol):
-        return protocol
-    if protocol not in PRESETS:
-        raise MetricProtocolError(
-            f"unknown metric protocol {protocol!r}; {suggest(str(protocol), PRESETS)} "
-            "(or build a MetricProtocol(...))"
-        )
-    return PRESETS[protocol]
-
-
-def eigen_crop_mask(h: int, w: int, dataset: Literal["nyu", "kitti"] = "nyu") -> torch.Tensor:
-    """Boolean ``[h, w]`` mask of the Eigen evaluation crop.
-
-    NYU: rows 45:471, cols 41:601 of a 480x640 frame (scaled to other sizes).
-    KITTI: rows 0.3324324h:0.91351351h, cols 0.0359477w:0.96405229w (Eigen et al.).
-    """
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    if dataset == "nyu":
-        mask[round(45 * h / 480) : round(471 * h / 480), round(41 * w / 640) : round(601 * w / 640)] = True
-    elif dataset == "kitti":
-        mask[int(0.3324324 * h) : int(0.91351351 * h), int(0.0359477 * w) : int(0.96405229 * w)] = True
-    else:
-        raise MetricProtocolError(f"unknown Eigen crop dataset {dataset!r}; use 'nyu' or 'kitti'")
-    return mask
-
-
-def garg_crop_mask(h: int, w: int) -> torch.Tensor:
-    """Boolean ``[h, w]`` mask of the Garg et al. KITTI crop."""
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    mask[int(0.40810811 * h) : int(0.99189189 * h), int(0.03594771 * w) : int(0.96405229 * w)] = True
-    return mask
-
-
-def crop_mask(crop: str | None, h: int, w: int, dataset: Literal["nyu", "kitti"] = "nyu") -> torch.Tensor:
-    """Mask of ``crop`` (``None`` = everything, ``"eigen"``, ``"garg"``)."""
-    if crop is None:
-        return torch.ones(h, w, dtype=torch.bool)
-    if crop == "eigen":
-        return eigen_crop_mask(h, w, dataset)
-    if crop == "garg":
-        return garg_crop_mask(h, w)
-    raise MetricProtocolError(f"unknown crop {crop!r}; use None, 'eigen' or 'garg'")
 
 
 def _as_b1hw(t: torch.Tensor, what: str) -> torch.Tensor:
@@ -248,8 +77,8 @@ def _pixel_terms(
             raise ShapeMismatchError(f"valid {tuple(valid.shape)} must match gt {tuple(gt.shape)}")
         ok &= valid.bool()
     if p.mask_op == "or":
-        ok = ok | (pred > 0)  # FastDepth's released mask; see the preset's description
-    ok &= crop_mask(p.crop, gt.shape[-2], gt.shape[-1], p.crop_dataset).to(ok.device)
+        ok = ok | (pred > 0)  # a released evaluation's bug, kept to reproduce it; see MetricProtocol.mask_op
+    ok &= crop_mask(p.crop, gt.shape[-2], gt.shape[-1]).to(ok.device)
     if p.clamp_pred:
         hi = p.max_depth if p.max_depth is not None else math.inf
         pred = torch.nan_to_num(pred, nan=p.min_depth, posinf=hi).clamp(p.min_depth, hi)
@@ -283,7 +112,7 @@ class DepthMetrics(Consumer):
 
     Examples
     --------
-    >>> m = DepthMetrics("default")
+    >>> m = DepthMetrics("default")  # or a registered preset name, or a MetricProtocol
     >>> for batch in loader:  # doctest: +SKIP
     ...     m.update(model(batch["image"]), batch["depth"], batch["valid"])
     >>> m.compute()["rmse"]  # doctest: +SKIP
@@ -383,9 +212,7 @@ class DepthMetrics(Consumer):
 
 def _protocol_from(state: Mapping[str, Any]) -> MetricProtocol:
     try:
-        fields = dict(state["protocol"])
-        fields["deltas"] = tuple(fields["deltas"])
-        return MetricProtocol(**fields)
+        return protocol_from_dict(state["protocol"])
     except (KeyError, TypeError) as exc:
         raise MetricProtocolError(f"malformed metric state ({exc}); pass DepthMetrics.to_json() output") from None
 

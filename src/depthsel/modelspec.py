@@ -1,6 +1,6 @@
 """Models named by import path: ``package.module:Factory`` or ``path/to/file.py:Factory``.
 
-Registered names (``fastdepth``) go through the plugin registry; anything with
+Registered names (``depthsel models``) go through the plugin registry; anything with
 a ``:`` whose left side is a dotted module path or a ``.py`` file is imported
 directly, the way uvicorn and fastapi-cli read ``app.main:app``. The factory is
 any callable returning an ``nn.Module`` (a class or a function). Its
@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from .errors import DepthselError
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["ModelSpecError", "is_import_spec", "load_factory", "info_for_factory", "build_import_model"]
 

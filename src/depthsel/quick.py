@@ -4,12 +4,13 @@
 
     import depthsel
     print(depthsel.layers(model, (64, 64)))                       # what can be hooked
-    res = depthsel.dissect(model, data, layers=["up1"], binner="sid", normalization="imagenet")
+    res = depthsel.dissect(model, data, layers=["up1"], binner=BINNER, normalization="imagenet")
     res.summary(); res.save_figures("figs/"); res.to_csv("units.csv")
     depthsel.correct(model, data, layers=["up1"], dissection=res)   # oracle correction
     depthsel.ablate(model, data, layers=["up1"], dissection=res)    # unit ablation curves
 
-``data`` is a depthsel dataset (items ``{"image", "depth", "valid"}``), or a
+``BINNER`` is a registered binner's name (``depthsel binners``), a config dict
+or a :class:`~depthsel.Binner`. ``data`` is a depthsel dataset (items ``{"image", "depth", "valid"}``), or a
 pair ``(images [N, 3, H, W] in [0, 1], depths [N, H, W] in metres)``. The
 analyzers are resolved through the plugin registry by name, like everything
 else in depthsel; these functions only build the :class:`AnalysisContext`.
@@ -28,7 +29,7 @@ from torch.utils.data import Dataset
 
 from .analysis import AnalysisContext
 from .errors import ConfigError, DepthselError, ShapeMismatchError
-from .zoo import ModelInfo
+from .modelinfo import ModelInfo
 
 __all__ = ["TensorPairs", "dissect", "correct", "ablate", "as_dataset", "context"]
 
@@ -129,8 +130,8 @@ def dissect(model: nn.Module, data: Any, *, layers: str | Sequence[str] | None =
     layers
         Layer names or globs (see :func:`depthsel.layers`).
     binner
-        Registry name (``"sid"``), config dict or :class:`~depthsel.Binner`.
-        Default ``"sid"``, or the training run's when ``run`` is given.
+        Registry name (``depthsel binners``), config dict or :class:`~depthsel.Binner`.
+        Default: the dissection analyzer's own, or the training run's when ``run`` is given.
     run
         A ``depthsel train`` run directory (or its ``model.safetensors``): its
         binner, ``fit_bins_to_units``, assignment, layers and normalisation are used.

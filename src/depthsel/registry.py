@@ -11,9 +11,7 @@ any such failure raise instead.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata as md
 import os
-import re
 import sys
 import threading
 import time
@@ -26,6 +24,8 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginConflictError, PluginError, UnknownPluginError, suggest
+from .plugin_sources import NAME_RE as _NAME_RE
+from .plugin_sources import PluginSource, bundle_sources, entry_point_sources, warn_if_slow
 
 __all__ = [
     "PluginEntry",
@@ -36,8 +36,6 @@ __all__ = [
     "unregister_plugin",
 ]
 
-ENTRY_POINT_GROUP = "depthsel"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
 @dataclass(frozen=True)
@@ -79,14 +77,6 @@ def _strict() -> bool:
     return os.environ.get("DEPTHSEL_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
 
 
-SLOW_ENV = "DEPTHSEL_PLUGIN_SLOW_S"
-
-
-def _slow_import_s() -> float:
-    value = os.environ.get(SLOW_ENV, "").strip()
-    return float(value) if re.fullmatch(r"\d+(\.\d*)?", value) else 10.0
-
-
 def _short_error(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"SystemExit: the plugin called sys.exit({exc.code!r}) while being imported"
@@ -123,26 +113,33 @@ class PluginManager:
                 self._load_from_entry_points()
 
     def _load_from_entry_points(self) -> None:
-        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-            dist = getattr(ep, "dist", None)
-            version = getattr(dist, "version", "") or ""
-            dist_name = getattr(dist, "name", "") or ""
-            label = f"{dist_name}:{ep.name}" if dist_name else ep.name
-            status = PluginStatus(name=label, version=version, source=ep.value)
-            self._statuses[label] = status
-            t0 = time.perf_counter()
-            try:
-                # stdout carries data (--format json), so plugin output goes to stderr; SystemExit
-                # and KeyboardInterrupt from a plugin's import are a broken plugin, not an exit.
-                with contextlib.redirect_stdout(sys.stderr):
-                    plugin = ep.load()
-                self._register_checked(plugin, label)
-            except (Exception, SystemExit, KeyboardInterrupt) as exc:
-                self._fail(status, exc)
-            if (elapsed := time.perf_counter() - t0) > _slow_import_s():
-                warnings.warn(f"depthsel plugin {label!r} took {elapsed:.1f} s to import (over "
-                              f"{_slow_import_s():g} s; {SLOW_ENV} sets the threshold)",
-                              RuntimeWarning, stacklevel=2)
+        for source in entry_point_sources():
+            self._load_plugin(source)
+
+    def _load_plugin(self, source: PluginSource) -> None:
+        """Import and register one plugin, or each plugin of a bundle (see :mod:`.plugin_sources`)."""
+        status = PluginStatus(name=source.label, version=source.version, source=source.source)
+        self._statuses[source.label] = status
+        t0, members = time.perf_counter(), None
+        try:
+            # stdout carries data (--format json), so plugin output goes to stderr; SystemExit
+            # and KeyboardInterrupt from a plugin's import are a broken plugin, not an exit.
+            with contextlib.redirect_stdout(sys.stderr):
+                plugin = source.load()
+            members = bundle_sources(plugin, source)
+            if members is None:
+                self._register_checked(plugin, source.label)
+            else:
+                del self._statuses[source.label]  # a bundle is listed as its plugins
+                for member in members:
+                    self._load_plugin(member)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            if members is not None and isinstance(exc, PluginError) and _strict():
+                raise  # a bundle member's strict-mode failure, already naming that member
+            self._statuses[source.label] = status
+            self._fail(status, exc)
+        if members is None:  # a bundle's time is its members', each checked on its own
+            warn_if_slow(source, time.perf_counter() - t0)
 
     def _register_checked(self, plugin: object, label: str) -> None:
         self._pm.register(plugin, name=label)

@@ -32,10 +32,10 @@ from .layers import LayerSelector, LayerSpec
 from .objectives import BatchStats, SelectivityObjective, batch_selectivity
 from .selectivity import assign_bins
 
-__all__ = ["SelectivityRegularizer", "PRESETS"]
+__all__ = ["SelectivityRegularizer", "REGULARIZER_PRESETS"]
 
 #: Named bundles of options. ``reference`` reproduces the published training code.
-PRESETS: dict[str, dict[str, Any]] = {
+REGULARIZER_PRESETS: dict[str, dict[str, Any]] = {
     "default": {"absent": "exclude", "layer_reduction": "mean"},
     "reference": {"absent": "zero", "layer_reduction": "sum"},
 }
@@ -110,9 +110,9 @@ class SelectivityRegularizer:
         adapters: Mapping[str, Adapter] | None = None,
         objective_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if preset not in PRESETS:
-            raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        opts = dict(PRESETS[preset])
+        if preset not in REGULARIZER_PRESETS:
+            raise ConfigError(f"preset must be one of {sorted(REGULARIZER_PRESETS)}, got {preset!r}")
+        opts = dict(REGULARIZER_PRESETS[preset])
         if absent is not None:
             opts["absent"] = absent
         if layer_reduction is not None:

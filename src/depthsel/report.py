@@ -142,12 +142,12 @@ def _json_tables(rel: str, payload: Any, report: Report) -> None:
     if isinstance(payload, Mapping) and isinstance(payload.get("table"), list) and payload["table"]:
         # An experiment summary: its comparison table is the headline of the report.
         if isinstance(payload.get("arms"), list):
-            from .experiment_table import format_table
+            from .stats import format_comparison_table
 
             n = int(payload.get("num_seeds", 1))
             spread = ("mean ± 95% CI half-width over seeds; difference paired by seed, [95% CI], paired t-test p"
                       if n > 1 else "ONE seed: no seed spread; bracketed intervals resample test images")
-            rows = format_table(payload)
+            rows = format_comparison_table(payload)
             report.tables.insert(0, Table(f"{rel}: comparison, {n} seed{'s' if n != 1 else ''} "
                                           f"{payload.get('seeds', '')}", list(rows[0]), [list(r.values()) for r in rows],
                                           spread, headline=True))

@@ -5,6 +5,19 @@ A result directory holds ``result.safetensors`` (tensors), ``result.json``
 optionally ``result.csv`` (a flat table for spreadsheets). Every file is
 written atomically; on load, the JSON is validated and every tensor's shape
 and dtype is checked against the specs recorded at save time.
+
+Which class a loaded result gets: the JSON names its ``kind``, and
+:func:`load_result` maps it to a class *without importing or loading
+anything*: the ``expected`` class the caller passed, then the ``types`` mapping
+the caller passed, then a :class:`Result` subclass already defined in this
+process (defining a subclass with a ``kind`` records it), else the plain
+:class:`Result`, which still holds every tensor and value. Loading a result
+therefore never runs plugin code: a file cannot make depthsel import a module
+it names (which is why the JSON does not carry an importable class path), and
+reading results never depends on which plugins are installed or broken. A
+caller that wants the plugins' classes asks for them explicitly:
+``load_result(path, types=depthsel.api.result_types())``, which consults the
+``register_results`` hook through the plugin registry.
 """
 
 from __future__ import annotations
@@ -229,7 +242,8 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def load_result(directory: str | Path, expected: type[Result] | None = None) -> Result:
+def load_result(directory: str | Path, expected: type[Result] | None = None, *,
+                types: Mapping[str, type[Result]] | None = None) -> Result:
     """Load any saved result, validating its JSON and tensor specs.
 
     Parameters
@@ -238,6 +252,9 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
         A directory written by :meth:`Result.save`.
     expected
         When given, the stored kind must be this class's kind (or a subclass's).
+    types
+        ``{kind: Result subclass}`` to choose the class from, e.g.
+        :func:`depthsel.api.result_types`; see the module docstring for the order.
     """
     d = Path(directory)
     jpath, tpath = d / _JSON, d / _TENSORS
@@ -265,14 +282,20 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
         if not isinstance(payload.get(key), typ):
             raise ResultFormatError(f"{str(jpath)!r}: field {key!r} must be a {typ.__name__}")
     kind = payload["kind"]
-    cls = _REGISTRY.get(kind)
-    if cls is None:
-        _load_analyzer_plugins()
-        cls = _REGISTRY.get(kind, Result)
+    cls = _result_class(kind, expected, types)
     if expected is not None and expected is not Result and not issubclass(cls, expected):
         raise ResultFormatError(f"{str(d)!r} holds a {kind!r} result, not {expected.kind!r}")
-    tensors: dict[str, torch.Tensor] = {}
     specs = payload["tensor_specs"]
+    tensors = _load_tensors(specs, d, jpath, tpath)
+    _verify_hashes(payload, jpath, tpath if specs else None)
+    obj = cls(tensors=tensors, data=dict(payload["data"]), config=dict(payload["config"]),
+              meta=dict(payload["meta"]))
+    return obj
+
+
+def _load_tensors(specs: Mapping[str, Any], d: Path, jpath: Path, tpath: Path) -> dict[str, torch.Tensor]:
+    """The tensors file, checked against the specs the JSON recorded at save time."""
+    tensors: dict[str, torch.Tensor] = {}
     for name, spec in specs.items():
         if (not isinstance(spec, Mapping) or not isinstance(spec.get("shape"), list)
                 or not all(isinstance(s, int) and s >= 0 for s in spec["shape"])
@@ -303,10 +326,20 @@ def load_result(directory: str | Path, expected: type[Result] | None = None) -> 
     extra = set(tensors) - set(specs)
     if extra:
         raise ResultFormatError(f"{_TENSORS} holds tensors not listed in {_JSON}: {sorted(extra)}")
-    _verify_hashes(payload, jpath, tpath if specs else None)
-    obj = cls(tensors=tensors, data=dict(payload["data"]), config=dict(payload["config"]),
-              meta=dict(payload["meta"]))
-    return obj
+    return tensors
+
+
+def _result_class(kind: str, expected: type[Result] | None,
+                  types: Mapping[str, type[Result]] | None) -> type[Result]:
+    """The class for a stored ``kind``; imports and loads nothing (see the module docstring)."""
+    if expected is not None and expected.kind == kind:
+        return expected
+    chosen = (types or {}).get(kind)
+    if chosen is not None:
+        if not (isinstance(chosen, type) and issubclass(chosen, Result) and chosen.kind == kind):
+            raise ResultFormatError(f"types[{kind!r}] must be a Result subclass with kind {kind!r}, got {chosen!r}")
+        return chosen
+    return _REGISTRY.get(kind, Result)
 
 
 def _verify_hashes(payload: Mapping[str, Any], jpath: Path, tpath: Path | None) -> None:
@@ -331,13 +364,3 @@ def _verify_hashes(payload: Mapping[str, Any], jpath: Path, tpath: Path | None) 
             f"{str(jpath)!r} was edited after it was saved (its content no longer matches its "
             "content_sha256); re-run the analysis instead of editing results"
         )
-
-
-def _load_analyzer_plugins() -> None:
-    # Result classes of plugin analyzers register when their module is imported.
-    from .registry import get_plugin_manager
-
-    try:
-        get_plugin_manager().entries("analyzers")
-    except Exception:  # noqa: BLE001 - loading is best effort; the caller falls back to Result
-        pass

@@ -20,7 +20,7 @@ gets anything else, because a silently dropped seed would be a wrong interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 from .errors import DepthselError
 
 __all__ = ["SeedSummary", "PairedDifference", "seed_summary", "paired_difference", "bootstrap_ci",
-           "benjamini_hochberg", "t_quantile"]
+           "benjamini_hochberg", "t_quantile", "format_seed_cell", "format_comparison_table"]
 
 
 def t_quantile(confidence: float, dof: int) -> float:
@@ -216,3 +216,41 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def format_seed_cell(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``"0.512 ± 0.034"`` (mean ± CI half-width), ``"0.512 (1 seed)"`` or ``"–"``."""
+    if not stat:
+        return "–"
+    mean = stat["mean"]
+    if stat.get("n", 1) < 2 or stat.get("half_width") is None:
+        ci = stat.get("image_ci")
+        if ci and ci[0] is not None and ci[1] is not None:
+            return f"{mean:.{digits}g} (1 seed; images [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}])"
+        return f"{mean:.{digits}g} (1 seed)"
+    return f"{mean:.{digits}g} ± {stat['half_width']:.2g}"
+
+
+def format_comparison_table(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Printable rows of a comparison over seeds: metric, each arm as mean ± CI, paired difference, p.
+
+    ``summary`` holds ``arms`` (``[{"label": ...}]``, the first the reference)
+    and ``table`` rows (``metric``, ``better``, ``arms`` of :meth:`SeedSummary.to_dict`
+    views and ``difference`` of :meth:`PairedDifference.to_dict` views), as an
+    experiment summary does; ``depthsel report`` prints such tables.
+    """
+    rows = []
+    labels = [a["label"] for a in summary["arms"]]
+    for r in summary["table"]:
+        out = {"metric": r["metric"] + (" ↑" if r["better"] == "higher" else " ↓")}
+        out.update({lb: format_seed_cell(r["arms"].get(lb)) for lb in labels})
+        if len(labels) == 2:
+            d = r["difference"].get(labels[1])
+            if d:
+                ci = (f" [{d['ci_low']:.2g}, {d['ci_high']:.2g}]" if d.get("ci_low") is not None else "")
+                out["difference"] = f"{d['mean']:+.3g}{ci}"
+                out["p"] = "–" if d.get("pvalue") is None else f"{d['pvalue']:.2g}"
+            else:
+                out["difference"], out["p"] = "–", "–"
+        rows.append(out)
+    return rows

@@ -98,7 +98,7 @@ class BatchView:
     def prediction(self) -> torch.Tensor:
         """The model's depth map (:func:`~depthsel.modelinfo.select_prediction`), selected once."""
         if self._prediction is None:
-            from .zoo import select_prediction
+            from .modelinfo import select_prediction
 
             self._prediction = select_prediction(self.output, self.output_key)
         return self._prediction

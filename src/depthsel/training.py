@@ -40,8 +40,8 @@ from .errors import DepthselError, ResultFormatError
 from .metrics import DepthMetrics
 from .progress import get_console, progress_enabled
 from .regularizer import SelectivityRegularizer
+from .modelinfo import ModelInfo
 from .stream import stream
-from .zoo import ModelInfo
 
 __all__ = ["SelectivityConfig", "TrainConfig", "Trainer", "evaluate"]
 
@@ -71,7 +71,7 @@ class SelectivityConfig:
     """
 
     layers: list[str] = field(default_factory=list)
-    binner: dict[str, Any] = field(default_factory=lambda: {"name": "sid", "num_bins": 64})
+    binner: dict[str, Any] = field(default_factory=dict)  # required: the core names no binner
     objective: str = "assign"
     weight: float = 0.1
     fit_bins_to_units: bool = True

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from depthsel.experiment import ExperimentConfig, run_experiment
+from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experiment
 from depthsel.stats import benjamini_hochberg, paired_difference, seed_summary
 
 ROOT = Path(__file__).resolve().parents[2]

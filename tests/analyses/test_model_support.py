@@ -15,7 +15,7 @@ from depthsel import ModelInfo, TokenGridAdapter, get_analyzer
 from depthsel.analysis import AnalysisContext
 from depthsel.errors import ActivationShapeError
 from depthsel.testing import ToyDepthDataset, ToyDepthNet, assert_no_hooks
-from depthsel.zoo import select_prediction
+from depthsel.modelinfo import select_prediction
 
 UNIT = ModelInfo(input_size=(32, 32), normalization="unit", suggested_layers=("dec3",))
 FAST = {

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import depthsel
 from depthsel.analysis import AnalysisContext
 from depthsel.results import load_result
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 from depthsel_plugins.analyses.probe import ProbeAnalyzer, ProbeResult, plot_probe_curves
 from depthsel_plugins.analyses.probe_stats import ProbeStatistics
 
@@ -240,7 +240,9 @@ def test_bad_config_is_one_clear_error(cfg: dict[str, Any], needle: str) -> None
 
 
 def test_cli_runs_the_probe_on_a_registered_model(tmp_path: Path) -> None:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     runner = CliRunner(env={"DEPTHSEL_NO_PROGRESS": "1", "COLUMNS": "120", "NO_COLOR": "1"})
     args = ["analyze", "probe", "--model", "fastdepth", "--model-config", '{"tiny": true}',

@@ -21,7 +21,7 @@ from depthsel.consumer import BatchCallback
 from depthsel.analysis import AnalysisContext, Analyzer
 from depthsel.results import Result
 from depthsel.testing import ToyDepthDataset, ToyDepthNet
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_ENV = {"COLUMNS": "120", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", "NO_COLOR": "1"}
@@ -88,7 +88,9 @@ def toy_plugin() -> Iterator[str]:
 
 
 def invoke(runner: CliRunner, args: list[str], **kwargs: Any) -> Any:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return runner.invoke(app, [str(a) for a in args], **kwargs)
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from cli_support import ROOT, assert_one_line_error, invoke, invoke_json
 
 import depthsel
-from depthsel import zoo
+from depthsel import modelinfo
 from depthsel.testing import ToyDepthDataset
 
 UNET = str(ROOT / "examples" / "my_unet.py") + ":UNet"
@@ -116,13 +116,13 @@ def test_normalization_is_recorded_or_warned_once(runner, tmp_path: Path) -> Non
     meta = json.loads((tmp_path / "d" / "result.json").read_text())["meta"]["cli"]["model"]
     assert meta["normalization"] == "unit"
     assert "not stated" not in res.stderr
-    zoo._WARNED_UNSTATED.clear()
+    modelinfo._WARNED_UNSTATED.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         info = depthsel.ModelInfo(input_size=(8, 8), normalization=None)
         for _ in range(3):
             info.normalize(ToyDepthDataset(1)[0]["image"][None])
-    unstated = [w for w in caught if issubclass(w.category, zoo.UnstatedNormalizationWarning)]
+    unstated = [w for w in caught if issubclass(w.category, modelinfo.UnstatedNormalizationWarning)]
     assert len(unstated) == 1 and "normalization=" in str(unstated[0].message)
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from depthsel.data import validate_sample
 from depthsel.errors import DatasetError
 from depthsel_plugins.datasets.splits import contiguous_block_split, parse_frame_ranges, select_indices
-from depthsel_plugins.datasets.transforms import (
+from depthsel.transforms import (
     CenterCrop,
     ColorJitter,
     Compose,

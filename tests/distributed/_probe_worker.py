@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from depthsel.analysis import AnalysisContext
 from depthsel.testing import ToyDepthDataset, ToyDepthNet
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 from depthsel_plugins.analyses.probe import ProbeAnalyzer
 
 LAYERS = ["dec2", "dec3"]

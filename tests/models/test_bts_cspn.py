@@ -388,7 +388,6 @@ def test_register_models_contract() -> None:
     for factory, _ in calls.values():  # typos must fail loudly (the CLI reports TypeError)
         with pytest.raises(TypeError):
             factory(tiny=True, widht=0.5)
-    assert bts_mod.INFO.depth_presets["kitti"] == 80.0 and bts_mod.INFO.depth_presets["nyu"] == 10.0
 
 
 def test_cspn_loads_an_upstream_trained_checkpoint_with_sum_conv(tmp_path: Path) -> None:

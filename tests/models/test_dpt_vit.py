@@ -63,7 +63,9 @@ def test_width_scales_the_token_channels() -> None:
 
 
 def _invoke(args: list[str]) -> dict:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     out = CliRunner(env=ENV).invoke(app, [*args, "--format", "json"])
     assert out.exit_code == 0, (out.stdout, out.stderr)

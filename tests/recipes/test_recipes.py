@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from depthsel import get_binner, get_model, get_model_info
 from depthsel.errors import CheckpointError
-from depthsel.regularizer import PRESETS
+from depthsel.regularizer import REGULARIZER_PRESETS
 from depthsel.results import load_result
 from depthsel_plugins.recipes import FASTDEPTH2021, HU2019, RECIPES, YOU2021, get_recipe
 from depthsel_plugins.recipes.run import (
@@ -84,7 +84,7 @@ def test_you2021_has_the_papers_values() -> None:
     assert r.model == "hu_mff_resnet50" and r.layers == ("D", "MFF")
     assert r.model_config["align_corners"] is False  # InterpretableMDE's MFF
     assert r.weight == 0.1 and r.objective == "assign"
-    assert PRESETS[r.preset]["layer_reduction"] == "sum"  # D + MFF summed, as in the code
+    assert REGULARIZER_PRESETS[r.preset]["layer_reduction"] == "sum"  # D + MFF summed, as in the code
     binner = get_binner(r.binner["name"], **{k: v for k, v in r.binner.items() if k != "name"})
     edges = binner.edges.tolist()
     assert r.num_bins == binner.num_bins == 64 and len(edges) == 65
@@ -127,7 +127,7 @@ def test_align_corners_option_of_the_two_hu_recipes_changes_the_forward() -> Non
 # ------------------------------------------------------- schedule, pipeline
 def test_recipe_trainer_uses_the_papers_optimizer_and_step_schedule(tmp_path: Path) -> None:
     from depthsel.testing import ToyDepthDataset, ToyDepthNet
-    from depthsel.zoo import ModelInfo
+    from depthsel.modelinfo import ModelInfo
 
     info = ModelInfo(input_size=(32, 32), normalization="unit")
     for recipe, cls in ((YOU2021, torch.optim.Adam), (FASTDEPTH2021, torch.optim.SGD)):
@@ -272,7 +272,7 @@ def test_eval_only_evaluates_and_dissects_the_given_weights_untouched(nyu_root: 
 def test_recipe_trainer_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     # SGD momentum buffers and the epoch-stepped lr must survive a checkpoint.
     from depthsel.testing import ToyDepthDataset, ToyDepthNet
-    from depthsel.zoo import ModelInfo
+    from depthsel.modelinfo import ModelInfo
 
     info = ModelInfo(input_size=(32, 32), normalization="unit")
 

@@ -301,7 +301,10 @@ CLI_ENV = {"COLUMNS": "200", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", 
 def invoke(args: list[Any]) -> Any:
     from typer.testing import CliRunner
 
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return CliRunner(env=CLI_ENV).invoke(app, [str(a) for a in args])
 

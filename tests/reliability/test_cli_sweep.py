@@ -28,7 +28,7 @@ JSONISH = {"model_config", "binner", "settings", "data_settings", "data_set"}
 PATH_IN = {"weights", "checkpoint", "run_dir"}
 PATH_OUT = {"out"}
 # `demo` is one fixed experiment whose own option checks are being rewritten with it
-# (src/depthsel/experiment.py); it is swept with the values its parser must refuse.
+# (plugins/depthsel_plugins/experiments/experiment.py); it is swept with the values its parser must refuse.
 PARSE_ONLY = {"demo", "sweep", "reproduce"}
 
 
@@ -108,7 +108,9 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_every_command_refuses_bad_options_in_one_line(sandbox: Path) -> None:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     runner = CliRunner(env=ENV)
     cases = _cases(sandbox)

@@ -48,7 +48,9 @@ def verify_manifest(path: Path) -> list[str]:
 
 
 def invoke(args: list[Any]) -> Any:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return CliRunner(env=ENV).invoke(app, [str(a) for a in args])
 
@@ -210,7 +212,7 @@ def test_f15_hand_edited_config_is_not_trusted_on_resume(tmp_path: Path) -> None
 def test_f15_api_resume_mismatch_names_keys_before_writing(tmp_path: Path) -> None:
     from depthsel.testing import ToyDepthDataset, ToyDepthNet
     from depthsel.training import TrainConfig, Trainer
-    from depthsel.zoo import ModelInfo
+    from depthsel.modelinfo import ModelInfo
 
     info = ModelInfo(input_size=(32, 32), normalization="unit", suggested_layers=("dec3",))
     data = ToyDepthDataset(num_samples=8, seed=1)

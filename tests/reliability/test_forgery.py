@@ -24,7 +24,9 @@ SECRET = "s3cr3t-api-key-0123456789"
 
 
 def invoke(args: list[Any]) -> Any:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return CliRunner(env=ENV).invoke(app, [str(a) for a in args])
 

@@ -302,7 +302,7 @@ class _RelToyPlugin:
 
     @depthsel.hookimpl
     def register_models(self, register: Any) -> None:
-        from depthsel.zoo import ModelInfo
+        from depthsel.modelinfo import ModelInfo
 
         register("rel-toy", lambda width=4: ToyDepthNet(width=int(width)), description="tests",
                  info=ModelInfo(input_size=(16, 16), normalization="unit", suggested_layers=("dec3",)))
@@ -373,7 +373,10 @@ def command_lines(draw: Any, tmp: Path) -> list[str]:
 def test_random_command_lines(rel_plugin: None, tmp_path_factory: pytest.TempPathFactory, data: Any) -> None:
     from typer.testing import CliRunner
 
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "garbage.pth").write_bytes(b"\x80\x02\x7dgarbage")

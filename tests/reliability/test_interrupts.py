@@ -282,7 +282,7 @@ def test_corrupt_dissection_checkpoint_is_refused(tmp_path: Path) -> None:
 
 TRAIN = '''
 from depthsel.training import SelectivityConfig, TrainConfig, Trainer
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
 INFO = ModelInfo(input_size=(24, 24), normalization="unit", suggested_layers=("dec3",))
 

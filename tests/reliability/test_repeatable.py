@@ -22,7 +22,9 @@ ENV = {"COLUMNS": "200", "DEPTHSEL_NO_PROGRESS": "1", "DEPTHSEL_DEBUG": "", "NO_
 
 
 def invoke(args: list[Any]) -> Any:
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return CliRunner(env=ENV).invoke(app, [str(a) for a in args])
 

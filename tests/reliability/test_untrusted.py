@@ -124,7 +124,10 @@ def test_result_and_checkpoint_files_are_never_unpickled(tmp_path: Path, marker:
 def invoke(args: list[Any]) -> Any:
     from typer.testing import CliRunner
 
-    from depthsel.cli import app
+    from depthsel.cli import add_plugin_commands, app
+
+
+    add_plugin_commands(app)  # demo, train, ... are plugin commands
 
     return CliRunner(env=CLI_ENV).invoke(app, [str(a) for a in args])
 

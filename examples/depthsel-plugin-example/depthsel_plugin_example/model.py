@@ -14,7 +14,6 @@ INFO = ModelInfo(
     normalization="unit",
     suggested_layers=("features", "decoder"),
     layer_units={"features": 16, "decoder": 8},
-    depth_presets={"nyu": 10.0},
     input_multiple=4,
     reference="depthsel-plugin-example",
 )

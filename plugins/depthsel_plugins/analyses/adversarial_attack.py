@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
 __all__ = ["attack_images", "error_pixels", "mask_iou", "predict_depth", "threshold_maps", "to_depth_size"]
 

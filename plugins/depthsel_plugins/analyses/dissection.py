@@ -43,7 +43,7 @@ from depthsel.results import provenance
 from depthsel.safeio import read_json_bounded
 from safetensors import SafetensorError
 from depthsel.selectivity import assign_bins, depth_selectivity, matched_assignment, summarize_layer
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
 from .dissection_result import DissectionResult
 from .dissection_diagnostics import PredictionDiagnostics, bootstrap_layer, near_target_fraction

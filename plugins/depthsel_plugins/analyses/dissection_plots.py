@@ -22,8 +22,8 @@ from depthsel.binning import Binner, EdgesBinner
 from depthsel.consumer import Consumer
 from depthsel.errors import ShapeMismatchError
 from depthsel.selectivity import assign_bins
+from depthsel.modelinfo import ModelInfo
 from depthsel.stream import stream
-from depthsel.zoo import ModelInfo
 
 from .figures import pyplot, save_figure
 

@@ -22,8 +22,8 @@ from depthsel.errors import BinCountError
 from depthsel.hooks import TensorFn
 from depthsel.metrics import DepthMetrics
 from depthsel.results import load_result
+from depthsel.modelinfo import ModelInfo, select_prediction
 from depthsel.stream import stream
-from depthsel.zoo import ModelInfo, select_prediction
 
 from .dissection import DissectionAnalyzer
 from .dissection_result import DissectionResult
@@ -36,7 +36,7 @@ class OracleWarning(UserWarning):
 
 
 def prediction(output: Any) -> torch.Tensor:
-    """The depth map of a model output (:func:`depthsel.zoo.select_prediction`, the one rule)."""
+    """The depth map of a model output (:func:`depthsel.modelinfo.select_prediction`, the one rule)."""
     return select_prediction(output)
 
 

@@ -39,8 +39,8 @@ from depthsel.losses import hu_depth_loss
 from depthsel.metrics import DepthMetrics
 from depthsel.progress import track
 from depthsel.results import Result, provenance
+from depthsel.modelinfo import ModelInfo, select_prediction
 from depthsel.stream import stream
-from depthsel.zoo import ModelInfo, select_prediction
 
 __all__ = ["MaskNet", "MaskAnalyzer", "MaskResult", "MaskConfigError", "binarize", "sparseness",
            "edge_mask", "load_mask_net", "register_analyzers"]

@@ -192,7 +192,7 @@ class ProbeAnalyzer(Analyzer):
         if not self.c["compare"]:
             return None
         try:
-            other = load_result(self.c["compare"])
+            other = load_result(self.c["compare"], types={ProbeResult.kind: ProbeResult})
         except DepthselError as exc:
             raise ProbeConfigError(f"compare={self.c['compare']!r} is not a saved probe result: {exc}") from exc
         if not isinstance(other, ProbeResult):

@@ -93,7 +93,7 @@ class ProbeResult(Result):
 
 def _as_curves(run: "ProbeResult | Mapping[str, Any] | str | Path") -> dict[str, Any]:
     if isinstance(run, (str, Path)):
-        run = load_result(run)
+        run = load_result(run, types={ProbeResult.kind: ProbeResult})
     if isinstance(run, ProbeResult):
         return run.curves()
     if isinstance(run, Mapping) and "layers" in run and "metrics" in run:

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from depthsel.datasets import PairedDepthDataset, Transform, decode_depth_png, decode_rgb, safe_join, to_tensors
 from depthsel.errors import DatasetError
 
-from .base import PairedDepthDataset, Transform, decode_depth_png, decode_rgb, safe_join, to_tensors
 from .splits import Range, select_indices
 
 __all__ = ["FolderDataset", "read_index"]
@@ -83,7 +83,7 @@ class FolderDataset(PairedDepthDataset):
         ``split`` (``"train"``/``"test"`` by contiguous frame blocks, see
         :func:`~depthsel_plugins.datasets.splits.contiguous_block_split`).
     size, transforms, sparse_samples, max_depth, seed
-        See :class:`~depthsel_plugins.datasets.base.PairedDepthDataset`.
+        See :class:`~depthsel.datasets.PairedDepthDataset`.
     """
 
     def __init__(

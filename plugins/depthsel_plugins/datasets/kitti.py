@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from depthsel.metrics import eigen_crop_mask, garg_crop_mask
+from depthsel.datasets import Transform
 
-from .base import Transform
+from ..protocols import EIGEN_KITTI, GARG_KITTI
 from .lists import PairListDataset
 from .splits import Range
 
@@ -36,12 +36,12 @@ KITTI_DEPTH_SCALE = 256.0
 
 def eigen_crop(height: int, width: int) -> torch.Tensor:
     """Boolean ``[H, W]`` mask of the Eigen et al. KITTI evaluation crop."""
-    return eigen_crop_mask(height, width, "kitti")
+    return EIGEN_KITTI.mask(height, width)
 
 
 def garg_crop(height: int, width: int) -> torch.Tensor:
     """Boolean ``[H, W]`` mask of the Garg et al. KITTI evaluation crop."""
-    return garg_crop_mask(height, width)
+    return GARG_KITTI.mask(height, width)
 
 
 class KITTIDataset(PairListDataset):

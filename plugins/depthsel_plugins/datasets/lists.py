@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from depthsel.datasets import PairedDepthDataset, Transform, decode_depth_png, decode_rgb, safe_join, to_tensors
 from depthsel.errors import DatasetError
 
-from .base import PairedDepthDataset, Transform, decode_depth_png, decode_rgb, safe_join, to_tensors
 from .splits import Range, select_indices
 
 __all__ = ["read_pair_list", "PairListDataset"]
@@ -70,7 +70,7 @@ class PairListDataset(PairedDepthDataset):
     indices, frames
         Row selection (after skipping).
     size, transforms, sparse_samples, max_depth, seed
-        See :class:`~depthsel_plugins.datasets.base.PairedDepthDataset`.
+        See :class:`~depthsel.datasets.PairedDepthDataset`.
     """
 
     def __init__(

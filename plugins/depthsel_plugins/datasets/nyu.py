@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from depthsel.datasets import PairedDepthDataset, decode_depth_png, decode_rgb, safe_join, safe_relative, to_tensors
 from depthsel.errors import DatasetError
 
-from .base import PairedDepthDataset, decode_depth_png, decode_rgb, safe_join, safe_relative, to_tensors
 from .lists import PairListDataset
 from .splits import select_indices
 

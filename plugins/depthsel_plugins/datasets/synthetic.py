@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from depthsel.datasets import PairedDepthDataset, Transform
 from depthsel.errors import DatasetError
-
-from .base import PairedDepthDataset, Transform
 
 __all__ = ["SyntheticDataset", "render_scene", "MIN_DEPTH", "MAX_DEPTH"]
 
@@ -190,7 +189,7 @@ class SyntheticDataset(PairedDepthDataset):
     split
         ``"train"`` or ``"test"``: disjoint seed streams.
     sparse_samples, transforms, max_depth
-        See :class:`~depthsel_plugins.datasets.base.PairedDepthDataset`.
+        See :class:`~depthsel.datasets.PairedDepthDataset`.
     """
 
     def __init__(

@@ -371,7 +371,6 @@ INFO = ModelInfo(
     normalization="imagenet",
     suggested_layers=tuple(PAPER_LAYERS.values()),
     layer_units=layer_units(1.0),
-    depth_presets={"nyu": 10.0, "kitti": 80.0},
     input_multiple=32,
     reference="Lee et al. 2019, From Big to Small (arXiv:1907.10326); github.com/cleinc/bts",
 )

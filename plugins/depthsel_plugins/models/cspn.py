@@ -312,7 +312,6 @@ INFO = ModelInfo(
     normalization="imagenet",
     suggested_layers=("gud_up_proj_layer3", "gud_up_proj_layer4"),
     layer_units={"gud_up_proj_layer3": 256, "gud_up_proj_layer4": 64},
-    depth_presets={"nyu": 10.0, "kitti": 80.0},
     extra_inputs=("sparse_depth",),
     input_multiple=1,
     reference="Cheng et al. 2018, CSPN (ECCV); github.com/XinJCheng/CSPN",

@@ -202,7 +202,6 @@ def register_models(register: Any) -> None:
             normalization="imagenet",
             suggested_layers=STAGES,
             layer_units={s: _FULL["dim"] for s in STAGES},
-            depth_presets={"nyu": 10.0},
             input_multiple=16,
             reference="Ranftl et al., ICCV 2021 (DPT), ViT-Tiny-sized encoder, readout='ignore'; from scratch",
         ),

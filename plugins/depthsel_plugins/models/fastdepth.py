@@ -162,7 +162,6 @@ def register_models(register: Any) -> None:
             normalization="unit",
             suggested_layers=DECODER_LAYERS,
             layer_units=dict(zip(DECODER_LAYERS, DECODER_UNITS, strict=True)),
-            depth_presets={"nyu": 10.0},
             input_multiple=32,
             reference="Wofk et al., ICRA 2019, github.com/dwofk/fast-depth (MobileNetSkipAdd)",
         ),

@@ -357,7 +357,6 @@ def register_models(register: Any) -> None:
                 normalization="imagenet",
                 suggested_layers=SUGGESTED_LAYERS,
                 layer_units=dict(_UNITS[name]),
-                depth_presets={"nyu": 10.0},
                 input_multiple=4,
                 reference=(
                     "Hu et al., WACV 2019, "

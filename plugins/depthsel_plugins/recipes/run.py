@@ -23,9 +23,9 @@ from depthsel.analysis import AnalysisContext
 from depthsel.checkpoints import atomic_write_bytes
 from depthsel.errors import CheckpointError, ConfigError, DepthselError
 from depthsel.training import SelectivityConfig, TrainConfig, Trainer, evaluate
-from depthsel.zoo import ModelInfo
+from depthsel.modelinfo import ModelInfo
 
-from ..datasets.transforms import CenterCrop, ColorJitter, Compose, HFlip, Resize, Rotation
+from depthsel.transforms import CenterCrop, ColorJitter, Compose, HFlip, Resize, Rotation
 from .configs import OptimizerSpec, Recipe
 
 __all__ = ["RunOptions", "RecipeTrainer", "build_splits", "train_config", "run_recipe"]

@@ -3,15 +3,13 @@
 Built-in commands live in one module each and add themselves to :data:`app`
 through a ``register(app)`` function. Plugins add commands through the
 ``register_commands`` hook; a plugin command that cannot be added is reported
-by ``depthsel plugins`` and skipped, never breaking the rest. The lead's
-training commands (``train``, ``demo``) live in ``depthsel.cli.train_cmds``
-and are added when that module exists.
+by ``depthsel plugins`` and skipped, never breaking the rest. Training and
+experiment commands (``train``, ``demo``, ``sweep``, ``combine``) are such
+plugin commands: the core CLI knows no recipe.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 import warnings
 from typing import Annotated, Any
@@ -58,24 +56,6 @@ def _root(
 for _module in (listing, inspect, analyze, convert, report):
     _module.register(app)
 
-
-def _add_train_commands(target: typer.Typer) -> None:
-    # The lead's module is optional: a checkout without it still has every other command.
-    name = f"{__name__}.train_cmds"
-    try:
-        found = importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        return
-    try:
-        importlib.import_module(name).register(target)
-    except Exception as exc:  # noqa: BLE001 - one module must not take the CLI down
-        listing.CLI_FAILURES["depthsel.cli.train_cmds"] = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"the train/demo commands could not be added: {exc}", RuntimeWarning, stacklevel=2)
-
-
-_add_train_commands(app)
 
 BUILTIN_COMMANDS: frozenset[str] = frozenset(
     (info.name or getattr(info.callback, "__name__", "")) for info in app.registered_commands

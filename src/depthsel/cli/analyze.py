@@ -42,7 +42,7 @@ TokensOpt = Annotated[list[str] | None, typer.Option("--tokens", metavar="LAYER[
                       help="Token layer [B, N, C] read as a grid, e.g. blocks.11:grid=14x14:skip=1; "
                       "repeatable.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d",
-                    help="DATASPEC: NAME or NAME:PATH, e.g. synthetic or folder:../shared/data/nyu2_mini_test.")]
+                    help="DATASPEC: NAME or NAME:PATH, a registered dataset (`depthsel datasets`) and its root.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Directory the result is saved to.")]
 LayersOpt = Annotated[list[str] | None, typer.Option("--layers", "-l", metavar="LAYER",
                       help="Layer names or globs; repeat or comma-separate. Default: the model's suggested layers.")]

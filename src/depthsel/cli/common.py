@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import DepthselError
-from ..zoo import ModelInfo
+from ..modelinfo import ModelInfo
 from .errors import CliError
 from .output import message
 
@@ -54,14 +54,14 @@ class DataSpec:
 
 
 def parse_dataspec(spec: str) -> DataSpec:
-    """Parse ``name`` or ``name:PATH`` (``folder:../shared/data/nyu2_mini_test``).
+    """Parse ``name`` or ``name:PATH`` (a registered dataset name and its root folder).
 
     Only the first colon separates, so Windows drive letters and colons in
     paths survive (``folder:C:/data``).
     """
     text = spec.strip()
     if not text:
-        raise CliError("the data spec is empty; pass NAME or NAME:PATH, e.g. synthetic or folder:DIR")
+        raise CliError("the data spec is empty; pass NAME or NAME:PATH (`depthsel datasets` lists the names)")
     name, sep, root = text.partition(":")
     name = name.strip()
     if not name:
@@ -269,7 +269,7 @@ def build_model(
     from ..checkpoints import load_weights
     from ..modelspec import build_import_model, is_import_spec
     from ..trained import saved_normalization
-    from ..zoo import NORMALIZATIONS
+    from ..modelinfo import NORMALIZATIONS
 
     if normalization is not None and normalization not in NORMALIZATIONS:
         raise CliError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")

@@ -1,4 +1,4 @@
-"""Listing commands: ``binners``, ``objectives``, ``models``, ``analyzers``, ``datasets``, ``plugins``.
+"""Listing commands: ``binners``, ``objectives``, ``models``, ``analyzers``, ``datasets``, ``protocols``, ``plugins``.
 
 Each shows what the installed plugins registered, as a table or, with
 ``--format json``, as a JSON list on stdout. Listings never fail because one
@@ -26,7 +26,14 @@ def entry_rows(kind: str) -> list[dict[str, Any]]:
     from ..registry import get_plugin_manager
 
     rows: list[dict[str, Any]] = []
+    if kind == "protocols":  # the core's own preset is no plugin's entry
+        from ..protocols import DEFAULT_PROTOCOL
+
+        rows.append({"name": DEFAULT_PROTOCOL.name, "description": DEFAULT_PROTOCOL.description,
+                     "plugin": "depthsel (core)"})
     for name, entry in get_plugin_manager().entries(kind).items():
+        if kind == "protocols" and name == "default":
+            continue  # never used: get_protocol("default") is the core's
         row: dict[str, Any] = {"name": name, "description": entry.description, "plugin": entry.source}
         if kind == "models":
             info = entry.info
@@ -86,6 +93,7 @@ def register(app: typer.Typer) -> None:
         ("models", ["name", "input_size", "suggested_layers", "description", "plugin"]),
         ("analyzers", ["name", "description", "plugin"]),
         ("datasets", ["name", "description", "plugin"]),
+        ("protocols", ["name", "description", "plugin"]),
     ):
         app.command(kind, help=f"List the registered {kind}.")(handle_errors(_lister(kind, columns)))
     app.command("plugins")(plugins)

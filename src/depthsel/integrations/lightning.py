@@ -69,7 +69,7 @@ class SelectivityCallback:
         Layer specification, relative to the LightningModule (or to its
         ``model_attr`` submodule): names, globs, types or predicates.
     binner
-        A :class:`~depthsel.Binner`, a registry name (``"sid"``) or a config dict.
+        A :class:`~depthsel.Binner`, a registry name (``depthsel binners``) or a config dict.
     objective
         ``"assign"`` (Eq. 5, default) or ``"regularize"`` (Eq. 4), or an instance.
     weight
@@ -100,7 +100,7 @@ class SelectivityCallback:
     def __init__(
         self,
         layers: Any,
-        binner: Any = "sid",
+        binner: Any,
         objective: Any = "assign",
         weight: float = 0.1,
         *,

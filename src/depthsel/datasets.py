@@ -1,17 +1,19 @@
-"""Shared machinery of the file-backed and synthetic depth datasets.
+"""Building blocks for dataset plugins: safe paths, checked image decoding, a paired base class.
 
-Three things live here because every dataset of this package needs them:
+Public API, so a third-party dataset is built the way the first-party ones are:
 
-* :func:`safe_join`: resolves a path read from an index or list file and
-  refuses anything that leaves the dataset root (``..``, absolute paths, or a
-  symlink pointing outside). Index files are user-supplied data; a dataset must
-  never become a way to read arbitrary files.
+* :func:`safe_join` / :func:`safe_relative`: resolve a path read from an index
+  or list file and refuse anything that leaves the dataset root (``..``,
+  absolute paths, or a symlink pointing outside). Index files are
+  user-supplied data; a dataset must never become a way to read arbitrary files.
 * :func:`decode_rgb` / :func:`decode_depth_png`: decode and *check* image
   files, turning Pillow's heterogeneous exceptions into :class:`DatasetError`
   messages that say what to do.
 * :class:`PairedDepthDataset`: the common ``__getitem__`` (invalid-pixel
-  handling, ``max_depth``, resize, transforms, sparse sampling) so every
-  dataset produces items that follow :mod:`depthsel.data` in the same way.
+  handling, ``max_depth``, resize, transforms, sparse sampling), so every
+  dataset produces items that follow :mod:`depthsel.data` in the same way. A
+  subclass implements ``_load``, ``__len__`` and ``names``; :func:`to_tensors`
+  turns decoded arrays into contract tensors.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from depthsel.data import DepthSample
-from depthsel.errors import DatasetError
-
+from .data import DepthSample
+from .errors import DatasetError
 from .transforms import Resize, sample_sparse_depth
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "safe_join",
@@ -60,8 +63,8 @@ def safe_relative(rel: str, what: str = "path", *, strip_leading_slash: bool = F
     what
         Where it came from, for the error message.
     strip_leading_slash
-        BTS list files write paths as ``/kitchen_0028b/rgb_00045.jpg`` and mean
-        "relative to data_path"; with this flag such a leading slash is dropped.
+        Some list files write paths as ``/scene/rgb_00045.jpg`` and mean
+        "relative to the data path"; with this flag such a leading slash is dropped.
     """
     text = rel.strip().replace("\\", "/")
     if strip_leading_slash:
@@ -104,7 +107,10 @@ def safe_join(root: Path, rel: str, what: str = "path", *, strip_leading_slash: 
     return path
 
 
-def _open_image(src: Source, name: str) -> Image.Image:
+def _open_image(src: Source, name: str) -> PILImage:
+    # Pillow is imported here, not at ``import depthsel``: only file-backed datasets need it.
+    from PIL import Image, UnidentifiedImageError
+
     try:
         img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
         img.load()  # decode now: a truncated file raises here, not later in numpy
@@ -151,10 +157,10 @@ def decode_depth_png(
     name
         For error messages.
     scale
-        Units per metre of 16-bit files (1000 for millimetres, 256 for KITTI).
+        Units per metre of 16-bit files (e.g. 1000 for millimetres).
     allow_8bit_scale
         When set, 8-bit files are accepted and mean ``value / 255 * allow_8bit_scale``
-        metres (DenseDepth's NYU training PNGs). Otherwise 8-bit files are refused:
+        metres (some datasets ship 8-bit training PNGs). Otherwise 8-bit files are refused:
         they hold only 256 levels and are usually a visualisation, not depth.
     """
     img = _open_image(src, name)
@@ -190,7 +196,7 @@ class PairedDepthDataset(Dataset[DepthSample]):
         ``(H, W)`` to resize every sample to (image bilinear, depth nearest), or ``None``.
     transforms
         A callable ``transform(sample, generator)``, e.g. a
-        :class:`~depthsel_plugins.datasets.transforms.Compose`.
+        :class:`~depthsel.transforms.Compose`.
     sparse_samples
         When set, add ``sparse_depth`` with this many valid pixels drawn with a
         generator seeded by ``(seed, index)`` (the same pixels every epoch).

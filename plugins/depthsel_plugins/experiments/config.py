@@ -1,7 +1,7 @@
 """What a baseline-vs-interpretable comparison runs: :class:`ExperimentConfig`.
 
-Its own module so that the measuring code (:mod:`depthsel.experiment_measure`)
-can name it without importing the experiment runner that imports it.
+Its own module so that the measuring code (:mod:`.measure`) can name it without
+importing the experiment runner that imports it.
 """
 
 from __future__ import annotations

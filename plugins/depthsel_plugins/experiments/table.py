@@ -6,13 +6,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import DepthselError
-from .stats import paired_difference, seed_summary
+from depthsel.errors import DepthselError
+from depthsel.stats import paired_difference, seed_summary
 
 if TYPE_CHECKING:
-    from .experiment_measure import Measurement
+    from .measure import Measurement
 
-__all__ = ["METRICS", "aggregate", "format_table", "format_cell"]
+__all__ = ["METRICS", "aggregate"]
 
 #: (key, label, better) of every row, in table order. "train" rows are on the training split.
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -69,35 +69,3 @@ def aggregate(per_seed: Mapping[str, Mapping[str, Measurement]], labels: Sequenc
         if any(v is not None for v in row["arms"].values()):
             table.append(row)
     return {"table": table, "num_seeds": len(per_seed), "reference_arm": ref}
-
-
-def format_cell(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``"0.512 ± 0.034"`` (mean ± CI half-width), ``"0.512 (1 seed)"`` or ``"–"``."""
-    if not stat:
-        return "–"
-    mean = stat["mean"]
-    if stat.get("n", 1) < 2 or stat.get("half_width") is None:
-        ci = stat.get("image_ci")
-        if ci and ci[0] is not None and ci[1] is not None:
-            return f"{mean:.{digits}g} (1 seed; images [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}])"
-        return f"{mean:.{digits}g} (1 seed)"
-    return f"{mean:.{digits}g} ± {stat['half_width']:.2g}"
-
-
-def format_table(summary: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Printable rows: metric, each arm as mean ± CI, and the paired difference with its p-value."""
-    rows = []
-    labels = [a["label"] for a in summary["arms"]]
-    for r in summary["table"]:
-        out = {"metric": r["metric"] + (" ↑" if r["better"] == "higher" else " ↓")}
-        out.update({lb: format_cell(r["arms"].get(lb)) for lb in labels})
-        if len(labels) == 2:
-            d = r["difference"].get(labels[1])
-            if d:
-                ci = (f" [{d['ci_low']:.2g}, {d['ci_high']:.2g}]" if d.get("ci_low") is not None else "")
-                out["difference"] = f"{d['mean']:+.3g}{ci}"
-                out["p"] = "–" if d.get("pvalue") is None else f"{d['pvalue']:.2g}"
-            else:
-                out["difference"], out["p"] = "–", "–"
-        rows.append(out)
-    return rows

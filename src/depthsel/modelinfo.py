@@ -73,8 +73,6 @@ class ModelInfo:
         Layers the papers hooked, by module name.
     layer_units
         Channel count of each suggested layer at full width.
-    depth_presets
-        Maximum depth in metres per dataset preset, e.g. ``{"nyu": 10.0}``.
     extra_inputs
         Names of extra forward inputs beyond the image, e.g. ``("sparse_depth",)``.
         The model is called as ``model(image, **{name: tensor})``.
@@ -91,9 +89,6 @@ class ModelInfo:
     normalization: str | None = None
     suggested_layers: tuple[str, ...] = ()
     layer_units: Mapping[str, int] = field(default_factory=dict)
-    depth_presets: Mapping[str, float] = field(
-        default_factory=lambda: {"nyu": 10.0, "kitti": 80.0}
-    )
     extra_inputs: tuple[str, ...] = ()
     input_multiple: int = 1
     reference: str = ""
@@ -163,5 +158,4 @@ class ModelInfo:
         """Return a JSON-serialisable view."""
         data = asdict(self)
         data["layer_units"] = dict(self.layer_units)
-        data["depth_presets"] = dict(self.depth_presets)
         return data

@@ -22,18 +22,20 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .api import get_binner, get_dataset, get_model, get_model_info
-from .binning import Binner
-from .checkpoints import atomic_write_bytes
-from .data import CachedDataset
-from .errors import DepthselError
-from .experiment_config import ExperimentConfig
-from .experiment_measure import Measurement, measure_model
-from .experiment_table import aggregate, format_table
-from .progress import get_console
-from .stream import probe_units
+from depthsel.api import get_binner, get_dataset, get_model, get_model_info
+from depthsel.binning import Binner
+from depthsel.checkpoints import atomic_write_bytes
+from depthsel.data import CachedDataset
+from depthsel.errors import DepthselError
+from depthsel.progress import get_console
+from depthsel.stream import probe_units
 
-__all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "format_table", "parse_seeds"]
+from .config import ExperimentConfig
+
+from .measure import Measurement, measure_model
+from .table import aggregate
+
+__all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "parse_seeds"]
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
@@ -103,7 +105,7 @@ def environment() -> dict[str, Any]:
 
     import numpy
 
-    from . import __version__
+    from depthsel import __version__
 
     return {"depthsel": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(),
@@ -161,7 +163,7 @@ def _compare_arms(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], prog
     }
     summary.update(aggregate(per_seed, [lb for lb, _ in arms]))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    from .experiment_plots import plot_experiment
+    from .plots import plot_experiment
 
     summary["plots"] = [str(p) for p in plot_experiment(summary, run / "plots")]
     atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=2, default=str).encode())

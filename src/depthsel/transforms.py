@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from depthsel.data import DepthSample
-from depthsel.errors import DatasetError
+from .data import DepthSample
+from .errors import DatasetError
 
 __all__ = [
     "Compose",

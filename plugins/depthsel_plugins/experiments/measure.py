@@ -9,17 +9,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .analysis import AnalysisContext
-from .api import get_analyzer, get_model
-from .binning import Binner
-from .consumer import BatchCallback
-from .metrics import DepthMetrics
-from .stats import bootstrap_ci
-from .stream import stream
-from .training import SelectivityConfig, TrainConfig, Trainer
+from depthsel.analysis import AnalysisContext
+from depthsel.api import get_analyzer, get_model
+from depthsel.binning import Binner
+from depthsel.consumer import BatchCallback
+from depthsel.metrics import DepthMetrics
+from depthsel.stats import bootstrap_ci
+from depthsel.stream import stream
+from depthsel.training import SelectivityConfig, TrainConfig, Trainer
 
 if TYPE_CHECKING:
-    from .experiment_config import ExperimentConfig
+    from .config import ExperimentConfig
 
 __all__ = ["Measurement", "measure_model", "per_image_metrics", "layer_mean", "brief_layers",
            "dissection_scalars", "dissection_intervals"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .figures import pyplot, save_figure
-from .stats import seed_summary
+from depthsel.figures import pyplot, save_figure
+from depthsel.stats import seed_summary
 
 __all__ = ["plot_experiment"]
 

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import atomic_write_bytes
-from .errors import DepthselError
-from .experiment_measure import Measurement
-from .experiment_table import aggregate
+from depthsel.checkpoints import atomic_write_bytes
+from depthsel.errors import DepthselError
+
+from .measure import Measurement
+from .table import aggregate
 
 __all__ = ["combine_runs"]
 
@@ -76,7 +77,7 @@ def combine_runs(runs: Sequence[str | Path], out_dir: str | Path) -> dict[str, A
     summary["seconds"] = round(sum(float(d.get("seconds", 0.0)) for d in loaded), 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from .experiment_plots import plot_experiment
+    from .plots import plot_experiment
 
     summary["plots"] = [str(p) for p in plot_experiment(summary, out / "plots")]
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
