@@ -52,7 +52,7 @@ from .dissection_stats import ImageReservoir, image_permutation_test, significan
 __all__ = ["DissectionAnalyzer", "DissectionResult", "DissectionConfigError", "dissect_splits",
            "make_binner", "register_analyzers"]
 
-PRESETS = ("default", "reference")
+DISSECTION_PRESETS = ("default", "reference")
 
 
 class DissectionConfigError(DepthselError):
@@ -158,8 +158,8 @@ class DissectionAnalyzer(Analyzer):
                  split: str = "test", splits: Mapping[str, Mapping[str, Any]] | None = None,
                  align_corners: bool = False, max_batches: int | None = None,
                  checkpoint: str | None = None) -> None:
-        if preset not in PRESETS:
-            raise DissectionConfigError(f"preset must be one of {PRESETS}, got {preset!r}")
+        if preset not in DISSECTION_PRESETS:
+            raise DissectionConfigError(f"preset must be one of {DISSECTION_PRESETS}, got {preset!r}")
         if int(permutations) < 0:
             raise DissectionConfigError(
                 f"permutations must be >= 0 (0 disables the test), got {permutations}")
