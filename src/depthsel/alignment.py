@@ -66,12 +66,11 @@ def interp_weights(out_size: int, in_size: int, align_corners: bool = False) -> 
 def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Valid-pixel count per image and bin: ``int64 [B, Nb]`` from ``bins [B, H, W]``."""
     b = bins.shape[0]
-    flat = bins.reshape(b, -1).long()
-    size = b * num_bins
-    # One integer histogram over (image, bin); invalid pixels go to a last, dropped slot.
-    idx = torch.where(flat >= 0, flat + torch.arange(b, device=bins.device).unsqueeze(1) * num_bins,
-                      torch.full_like(flat, size))
-    return torch.bincount(idx.reshape(-1), minlength=size + 1)[:size].view(b, num_bins)
+    # One integer histogram over (image, bin + 1): every negative bin is invalid and
+    # lands in its image's column 0, which is dropped.
+    offsets = (torch.arange(b, device=bins.device) * (num_bins + 1) + 1).unsqueeze(1)
+    idx = bins.reshape(b, -1).long().clamp(min=-1) + offsets
+    return torch.bincount(idx.reshape(-1), minlength=b * (num_bins + 1)).view(b, num_bins + 1)[:, 1:]
 
 
 @lru_cache(maxsize=16)
@@ -125,10 +124,12 @@ def bin_weight_maps(
     flat = bins.reshape(bsz, height * width).long()
     out = torch.empty(bsz, hw, row, dtype=dtype, device=dev)
     if dev.type == "cpu":
-        # One image at a time: its [h*w, Nb+1] table (a few MB) stays in cache
-        # while the taps land, and the tap weights need no batch-sized copy.
+        # One image at a time: its [h*w, Nb+1] float64 table (a few MB) stays in
+        # cache while the taps land, and the tap weights need no batch-sized copy.
+        table = torch.empty(hw * row, dtype=torch.float64)
         for b in range(bsz):
-            out[b].view(-1).copy_(_scatter_image(flat[b], slots, wt, hw * row))
+            _scatter_image(table, flat[b], slots, wt)
+            out[b].view(-1).copy_(table)
     else:  # index_add_ keeps torch's deterministic-algorithms guarantees off the CPU
         idx = (flat.unsqueeze(1) + slots.unsqueeze(0)
                + (torch.arange(bsz, device=dev) * (hw * row)).view(bsz, 1, 1)).reshape(-1)
@@ -138,15 +139,17 @@ def bin_weight_maps(
     return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
 
 
-def _scatter_image(bins: torch.Tensor, slots: torch.Tensor, wt: torch.Tensor, size: int) -> torch.Tensor:
-    """One image's float64 ``[h*w * (Nb+1)]`` table: all 4 taps of every pixel in one bincount."""
+def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor, wt: torch.Tensor) -> None:
+    """Fill one image's float64 ``[h*w * (Nb+1)]`` table: all 4 taps of every pixel in one scatter."""
+    table.zero_()
     valid = bins >= 0
     if 2 * int(valid.sum()) >= bins.numel():
         # Mostly valid (dense ground truth): invalid pixels (bin -1) land in column 0.
-        return torch.bincount((slots + bins).reshape(-1), weights=wt.reshape(-1), minlength=size)
-    # Mostly invalid (sparse ground truth): scatter only the valid pixels.
-    p = valid.nonzero().squeeze(1)
-    return torch.bincount((slots[:, p] + bins[p]).reshape(-1), weights=wt[:, p].reshape(-1), minlength=size)
+        table.scatter_add_(0, (slots + bins).reshape(-1), wt.reshape(-1))
+    else:
+        # Mostly invalid (sparse ground truth): scatter only the valid pixels.
+        p = valid.nonzero().squeeze(1)
+        table.scatter_add_(0, (slots[:, p] + bins[p]).reshape(-1), wt[:, p].reshape(-1))
 
 
 class _BinnedSum(torch.autograd.Function):
