@@ -174,7 +174,7 @@ class _BinnedSum(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_act = torch.bmm(grad, weights)
             if ctx.use_abs:
-                grad_act = grad_act * act.sign()
+                grad_act.mul_(act.sign())  # in place: one activation-sized buffer fewer
         return grad_act, None, None
 
 
