@@ -63,6 +63,10 @@ SETUPS: dict[str, dict[str, Any]] = {
     "hu_mff_resnet50": {"model": "hu_mff_resnet50", "batch": 2, "size": (228, 304),
                         "layers": ["D", "MFF"]},
 }
+# A smoke run (benchmarks/gpu/run.py --dry-run) shrinks the setups through this variable,
+# which the memory children inherit: {"fastdepth": {"batch": 2, "size": [64, 64]}, ...}.
+for _name, _over in json.loads(os.environ.get("DEPTHSEL_BENCH_SETUPS", "{}")).items():
+    SETUPS[_name].update({k: tuple(v) if k == "size" else v for k, v in _over.items()})
 NUM_BINS = 64
 ALPHA, BETA = 0.75, 10.0
 TARGETS = {"train_time": 1.05, "train_mem": 1.10, "dissect": 0.95, "speedup": 20.0}
