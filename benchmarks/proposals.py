@@ -9,7 +9,9 @@ thread (``time.thread_time``) of:
 * the dissection statistics of one batch, as ``collect_responses`` runs them
   today (float64 products, weight maps per call), with float32 products and
   :class:`~depthsel.binned.BinnedDepth` (proposal 1), and additionally with
-  the faster binner below (proposal 2);
+  the faster binner below (proposal 2), and additionally with an accumulator
+  update that checks its inputs once and reads the image and validity counts
+  off the per-image histogram (proposal 3, checked bit-equal to ``update``);
 * the regularizer's term (loss + backward to the activations) with today's
   binner and with the faster one;
 * one plain ``no_grad`` forward pass, so each statistics time converts to the
@@ -43,7 +45,7 @@ sys.path.insert(0, str(HERE))
 
 import depthsel  # noqa: E402
 from depthsel.accumulator import ResponseAccumulator  # noqa: E402
-from depthsel.alignment import bin_weight_maps  # noqa: E402
+from depthsel.alignment import bin_counts, bin_weight_maps, check_inputs  # noqa: E402
 from depthsel.binned import BinnedDepth  # noqa: E402
 from depthsel.binning import Binner, prepare_depth  # noqa: E402
 
@@ -87,6 +89,22 @@ def check_lut(binner: Binner, depth: torch.Tensor) -> bool:
                 and torch.equal(fast(near), binner(near)))
 
 
+def check_lean(acts: list[torch.Tensor], depth: torch.Tensor, binners: dict[str, Binner]) -> bool:
+    """The lean update leaves exactly the state of ``update`` (float64 products, so bit-equal)."""
+    ok = True
+    for l, a in zip(LAYERS, acts):
+        b = binners[l]
+        bins = b(depth, depth > 0)
+        w = bin_weight_maps(bins, b.num_bins, tuple(a.shape[-2:]), dtype=torch.float64)
+        ref, lean = ResponseAccumulator(b.num_bins), ResponseAccumulator(b.num_bins)
+        ref.update(a, bins, weights=w)
+        lean_update(lean, a, bins, w)
+        sa, sb = ref.state_dict(), lean.state_dict()
+        ok &= all(torch.equal(sa[k], sb[k]) for k in ("sums", "abs_sums", "counts"))
+        ok &= sa["num_images"] == sb["num_images"]
+    return ok
+
+
 def timed(fn: Callable[[], Any], repeats: int) -> float:
     fn()
     xs = []
@@ -95,6 +113,26 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         xs.append(time.thread_time() - t)
     return statistics.median(xs)
+
+
+def lean_update(acc: ResponseAccumulator, act: torch.Tensor, bins: torch.Tensor, weights: torch.Tensor) -> None:
+    """``acc.update`` with one input check and the image/validity counts read off the per-image
+    histogram, instead of three checks and two more passes over the bins (proposal 3)."""
+    check_inputs(act, bins, acc.num_bins)
+    counts = bin_counts(bins, acc.num_bins)  # [B, Nb]
+    per_image = counts.sum(1)
+    if not bool((per_image > 0).any()):
+        acc.skipped_batches += 1
+        return
+    b, k = act.shape[:2]
+    a = act.reshape(b, k, -1).to(acc.compute_dtype)
+    wt = weights.reshape(b, acc.num_bins, -1).to(acc.compute_dtype).transpose(1, 2)
+    if acc._sums is None:
+        acc._alloc(k, act.device)
+    acc._sums += torch.bmm(a, wt).sum(0).to(torch.float64)
+    acc._abs_sums += torch.bmm(a.abs(), wt).sum(0).to(torch.float64)
+    acc._counts += counts.sum(0).to(torch.float64)
+    acc.num_images += int((per_image > 0).sum())
 
 
 def dissect_stats(acts: list[torch.Tensor], depth: torch.Tensor, binners: dict[str, Binner],
@@ -110,8 +148,12 @@ def dissect_stats(acts: list[torch.Tensor], depth: torch.Tensor, binners: dict[s
     binned = BinnedDepth(depth, depth > 0)
     for l, a in zip(LAYERS, acts):
         b = binners[l]
-        ResponseAccumulator(b.num_bins, compute_dtype=torch.float32).update(
-            a, binned.bins(b), weights=binned.weights(b, tuple(a.shape[-2:]), torch.float32))
+        acc = ResponseAccumulator(b.num_bins, compute_dtype=torch.float32)
+        w = binned.weights(b, tuple(a.shape[-2:]), torch.float32)
+        if mode == "lean":
+            lean_update(acc, a, binned.bins(b), w)
+        else:
+            acc.update(a, binned.bins(b), weights=w)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,14 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     fast = {l: LutBinner(b) for l, b in binners.items()}
     res: dict[str, Any] = {"command": " ".join(["python", "benchmarks/proposals.py"] + (argv or sys.argv[1:])),
                            "threads": args.threads, "repeats": args.repeats, "timer": "thread_time",
-                           "lut_binner_identical": all(check_lut(b, depth) for b in binners.values())}
+                           "lut_binner_identical": all(check_lut(b, depth) for b in binners.values()),
+                           "lean_update_identical": check_lean(acts, depth, binners)}
     with torch.no_grad():
         res["forward_ms"] = 1e3 * timed(lambda: model(x), args.repeats)
     ms: dict[str, float] = {}
     ms["binner_ms"] = 1e3 * timed(lambda: binners["decode_conv4"](depth, depth > 0), args.repeats)
     ms["lut_binner_ms"] = 1e3 * timed(lambda: fast["decode_conv4"](depth, depth > 0), args.repeats)
     for name, mode, bs in (("stats_today", "today", binners), ("stats_float32_binned", "new", binners),
-                           ("stats_float32_binned_lut", "new", fast)):
+                           ("stats_float32_binned_lut", "new", fast),
+                           ("stats_float32_binned_lut_lean", "lean", fast)):
         ms[name] = 1e3 * timed(lambda mode=mode, bs=bs: dissect_stats(acts, depth, bs, mode), args.repeats)
         res[f"implied_ratio_{name}"] = res["forward_ms"] / (res["forward_ms"] + ms[name])
     feed = run.Feed(LAYERS)

@@ -11,14 +11,22 @@ a. regularizer overhead: time of one training step (forward, loss, backward,
    per-repeat ratios; peak memory with / without (fresh child process per
    configuration: peak RSS on CPU, ``max_memory_allocated`` on CUDA); the same
    for ``method="upsample"``;
-b. dissection throughput: images/s of ``collect_responses`` / images/s of plain
-   ``no_grad`` inference over the same data loader;
+b. dissection throughput: images/s of each statistics configuration / images/s
+   of plain ``no_grad`` inference over the same data loader, interleaved with
+   rotating order: ``collect_responses`` as shipped, and the loop the issue's
+   ``stream`` is to run (capture, one ``BinnedDepth`` per batch, accumulators
+   with float32 or float64 per-batch products);
 c. speed-up over a re-implementation of the published reference loops
    (``benchmarks/reference_impl.py``) on identical activations, for the
    training term (loss + backward) and for dissection statistics, with a
-   numerical agreement check.
+   numerical agreement check in float64; for dissection also the time of one
+   read of the activations (the memory-bound floor) and of the reference's
+   upsampling alone.
 
-Prints a rich table and writes ``benchmarks/results.json``.
+``--threads 1 --timer cpu`` is what docs/performance.md uses on the shared
+2-core machine: one intra-op thread, timed by this thread's CPU time.
+
+Prints a rich table and writes ``--out`` (default ``benchmarks/results.json``).
 """
 
 from __future__ import annotations
