@@ -27,187 +27,36 @@ c. speed-up over a re-implementation of the published reference loops
 2-core machine: one intra-op thread, timed by this thread's CPU time.
 
 Prints a rich table and writes ``--out`` (default ``benchmarks/results.json``).
+The setups and shared helpers live in ``common.py`` (re-exported here), the
+dissection parts in ``dissect_bench.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import math
 import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import depthsel  # noqa: E402
-import depthsel.testing  # noqa: E402
-from depthsel.accumulator import ResponseAccumulator  # noqa: E402
 from depthsel.alignment import bin_counts, binned_sums  # noqa: E402
-from depthsel.binned import BinnedDepth  # noqa: E402
-from depthsel.capture import Capture  # noqa: E402
-from depthsel.data import collate  # noqa: E402
-from depthsel.dissect import collect_responses  # noqa: E402
-from depthsel.selectivity import depth_selectivity  # noqa: E402
 
 import reference_impl as ref  # noqa: E402
+from common import *  # noqa: E402,F401,F403  (re-exported: scripts use run.make_batch etc.)
+from common import (ALPHA, BETA, REPEATS, SETUPS, TARGETS, TIMER, Feed, build_model, capture,  # noqa: E402
+                    layer_binners, machine, make_batch, make_regularizer, median,
+                    peak_rss_mb, prime_adam, rel_err, sync, timed, train_step)
+from dissect_bench import bench_dissect, bench_reference_dissect, stream_stats  # noqa: E402,F401
 
-SETUPS: dict[str, dict[str, Any]] = {
-    "fastdepth": {"model": "fastdepth", "batch": 8, "size": (224, 224),
-                  "layers": ["decode_conv4", "decode_conv5"]},
-    "hu_mff_resnet50": {"model": "hu_mff_resnet50", "batch": 2, "size": (228, 304),
-                        "layers": ["D", "MFF"]},
-}
-# A smoke run (benchmarks/gpu/run.py --dry-run) shrinks the setups through this variable,
-# which the memory children inherit: {"fastdepth": {"batch": 2, "size": [64, 64]}, ...}.
-for _name, _over in json.loads(os.environ.get("DEPTHSEL_BENCH_SETUPS", "{}")).items():
-    SETUPS[_name].update({k: tuple(v) if k == "size" else v for k, v in _over.items()})
-NUM_BINS = 64
-ALPHA, BETA = 0.75, 10.0
-TARGETS = {"train_time": 1.05, "train_mem": 1.10, "dissect": 0.95, "speedup": 20.0}
-
-# Repeats per mode. Full-size setups are kept in --quick; only repeats shrink.
-REPEATS = {
-    "quick": {"train": {"fastdepth": 3, "hu_mff_resnet50": 2}, "dissect": 2, "ref_train": 1,
-              "ref_dissect": 2, "dissect_images": {"fastdepth": 16, "hu_mff_resnet50": 4}},
-    "full": {"train": {"fastdepth": 7, "hu_mff_resnet50": 5}, "dissect": 5, "ref_train": 3,
-             "ref_dissect": 5, "dissect_images": {"fastdepth": 32, "hu_mff_resnet50": 8}},
-}
-
-
-# ------------------------------------------------------------------ helpers
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-#: "cpu": CPU seconds of this thread (``time.thread_time``), robust to other
-#: processes on a shared machine when torch runs one intra-op thread; "wall":
-#: ``time.perf_counter``. CUDA always uses wall time (kernels run off-thread).
-TIMER = {"kind": "wall"}
-
-
-def timed(fn: Callable[[], Any], device: str) -> float:
-    clock = time.thread_time if TIMER["kind"] == "cpu" and device != "cuda" else time.perf_counter
-    sync(device)
-    t = clock()
-    fn()
-    sync(device)
-    return clock() - t
-
-
-def make_batch(batch: int, size: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded ``(image [B,3,H,W], depth [B,1,H,W])`` spanning the SID range.
-
-    About 5% of pixels are invalid (0) and about 1% lie above 10 m, so both
-    reference quirks (invalid pixels, depth above beta) are exercised.
-    """
-    image, depth = depthsel.testing.toy_batch(batch, size, seed=seed, min_depth=0.3, max_depth=10.5)
-    g = torch.Generator().manual_seed(seed + 1)
-    hole = torch.rand(depth.shape, generator=g) < 0.05
-    depth = torch.where(hole, torch.zeros_like(depth), depth)
-    return image, depth
-
-
-def build_model(name: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return depthsel.get_model(SETUPS[name]["model"])
-
-
-def sid(nb: int, **kw: Any) -> Any:
-    return depthsel.get_binner("sid", num_bins=nb, min_depth=ALPHA, max_depth=BETA, **kw)
-
-
-def make_regularizer(model: nn.Module, name: str, method: str) -> depthsel.SelectivityRegularizer:
-    # 64 SID bins; the 32-unit decode_conv5 gets N_b = K = 32 (paper rule).
-    return depthsel.SelectivityRegularizer(
-        model, SETUPS[name]["layers"], sid(NUM_BINS), objective="assign", weight=0.1,
-        fit_bins_to_units=True, method=method,
-    )
-
-
-def criterion(pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-    if pred.shape[-2:] != depth.shape[-2:]:
-        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
-    valid = depth > 0
-    return (pred - depth).abs()[valid].mean()
-
-
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, depth: torch.Tensor,
-               reg: depthsel.SelectivityRegularizer | None) -> None:
-    opt.zero_grad(set_to_none=True)
-    if reg is None:
-        loss = criterion(model(x), depth)
-    else:
-        with reg.attach():
-            pred = model(x)
-            loss = criterion(pred, depth) + reg.loss(depth)
-    loss.backward()
-    opt.step()
-
-
-def prime_adam(model: nn.Module, opt: torch.optim.Optimizer) -> None:
-    """Allocate Adam's state with a zero-gradient step (a no-op update), so that
-    the first measured step already has the steady-state memory footprint."""
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB.
-
-    Linux: ``VmHWM`` of the current address space. ``ru_maxrss`` is not used
-    there because the kernel carries the pre-exec (forked) address space's
-    peak into it, so a child of a large parent would report the parent's RSS.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def machine(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        info["cpu_model"] = platform.processor()
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def median(xs: list[float]) -> float:
-    return float(statistics.median(xs))
 
 
 # ------------------------------------------------------- a. training overhead
@@ -288,145 +137,7 @@ def bench_train_mem(name: str, device: str) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------- b. dissection throughput
-class ListDataset(torch.utils.data.Dataset):
-    """An in-memory depthsel dataset (same tensors for every pass)."""
-
-    def __init__(self, n: int, size: tuple[int, int], seed: int = 0) -> None:
-        image, depth = make_batch(n, size, seed)
-        self.items = [{"image": image[i], "depth": depth[i], "valid": depth[i] > 0, "name": f"s{i}"}
-                      for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items[i]
-
-
-def layer_binners(model: nn.Module, name: str, **kw: Any) -> dict[str, Any]:
-    """Per-layer SID binners with ``N_b = min(64, K)``."""
-    units = {}
-    mods = dict(model.named_modules())
-    x, _ = make_batch(1, SETUPS[name]["size"])
-    hooks = [mods[l].register_forward_hook(lambda m, i, o, l=l: units.__setitem__(l, o.shape[1]))
-             for l in SETUPS[name]["layers"]]
-    try:
-        with torch.no_grad():
-            model.eval()(x.to(next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {l: sid(min(NUM_BINS, units[l]), **kw) for l in SETUPS[name]["layers"]}
-
-
-def stream_stats(model: nn.Module, data: Any, layers: list[str], binners: dict[str, Any], batch: int,
-                 device: str, compute_dtype: torch.dtype) -> dict[str, ResponseAccumulator]:
-    """The dissection statistics loop the issue's ``stream`` is to run, built from public pieces.
-
-    Capture hooks, one :class:`~depthsel.binned.BinnedDepth` per batch (each
-    binner bins once, each (binner, size) builds its weight maps once, in
-    ``compute_dtype``), and one accumulator per layer whose per-batch products
-    are in ``compute_dtype`` and whose sums across batches are float64.
-    """
-    accs = {l: ResponseAccumulator(binners[l].num_bins, compute_dtype=compute_dtype) for l in layers}
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, collate_fn=collate)
-    with torch.no_grad(), Capture(model, layers, detach=True) as cap:
-        for b in loader:
-            model(b["image"].to(device))
-            binned = BinnedDepth(b["depth"].to(device), b["valid"].to(device))
-            for l in layers:
-                act = cap.outputs[l]
-                accs[l].update(act, binned.bins(binners[l]),
-                               weights=binned.weights(binners[l], tuple(act.shape[-2:]), compute_dtype))
-            cap.clear()
-    return accs
-
-
-def shared_binners(binners: dict[str, Any]) -> dict[str, Any]:
-    """One binner object per distinct configuration, so that layers with equal bins bin once."""
-    seen: dict[str, Any] = {}
-    return {l: seen.setdefault(json.dumps(b.config(), sort_keys=True), b) for l, b in binners.items()}
-
-
-def bench_dissect(name: str, n_images: int, repeats: int, device: str) -> dict[str, Any]:
-    """Throughput of each dissection configuration over plain no_grad inference, interleaved."""
-    s = SETUPS[name]
-    model = build_model(name).to(device).eval()
-    binners = shared_binners(layer_binners(model, name))
-    data = ListDataset(n_images, s["size"], seed=1)
-    collect_kw: dict[str, Any] = {}
-    if "compute_dtype" in inspect.signature(collect_responses).parameters:
-        collect_kw["compute_dtype"] = torch.float32
-
-    def plain() -> None:
-        loader = torch.utils.data.DataLoader(data, batch_size=s["batch"], shuffle=False, collate_fn=collate)
-        with torch.no_grad():
-            for batch in loader:
-                model(batch["image"].to(device))
-
-    configs: dict[str, Callable[[], Any]] = {
-        "plain": plain,
-        # What ships: collect_responses (float64 products unless it accepts compute_dtype).
-        "collect_responses": lambda: collect_responses(
-            model, data, s["layers"], binners, batch_size=s["batch"], device=device, progress=False,
-            **collect_kw),
-        "stream_float32": lambda: stream_stats(model, data, s["layers"], binners, s["batch"], device,
-                                               torch.float32),
-        "stream_float64": lambda: stream_stats(model, data, s["layers"], binners, s["batch"], device,
-                                               torch.float64),
-    }
-    names = list(configs)
-    for fn in configs.values():
-        fn()
-    times: dict[str, list[float]] = {c: [] for c in names}
-    for r in range(repeats):
-        for c in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
-            times[c].append(timed(configs[c], device))
-    out: dict[str, Any] = {"images": n_images, "batch": s["batch"], "repeats": repeats,
-                           "timer": TIMER["kind"], "collect_kwargs": {k: str(v) for k, v in collect_kw.items()},
-                           "seconds_all": times, "plain_img_s": n_images / median(times["plain"])}
-    for c in names[1:]:
-        ratios = [p / d for p, d in zip(times["plain"], times[c])]  # throughput ratio
-        out[c] = {"img_s": n_images / median(times[c]), "ratio": median(ratios), "ratio_all": ratios,
-                  "ratio_min": min(ratios), "ratio_max": max(ratios),
-                  # statistics cost per batch, from the medians
-                  "stats_ms_per_batch": 1e3 * (median(times[c]) - median(times["plain"]))
-                  / math.ceil(n_images / s["batch"])}
-    out["ratio"] = out["collect_responses"]["ratio"]
-    return out
-
-
 # ------------------------------------------------------- c. reference comparison
-class Feed(nn.Module):
-    """Replays fixed activations through identity layers named like the hooked ones,
-    so the public regularizer API runs on exactly the reference's inputs."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__()
-        self.names = names
-        for n in names:
-            self.add_module(n, nn.Identity())
-        self.acts: list[torch.Tensor] = []
-
-    def forward(self, _x: Any = None) -> list[torch.Tensor]:
-        return [getattr(self, n)(a) for n, a in zip(self.names, self.acts)]
-
-
-def capture(model: nn.Module, layers: list[str], x: torch.Tensor) -> list[torch.Tensor]:
-    mods = dict(model.named_modules())
-    got: dict[str, torch.Tensor] = {}
-    hooks = [mods[l].register_forward_hook(lambda m, i, o, l=l: got.__setitem__(l, o.detach()))
-             for l in layers]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [got[l] for l in layers]
-
-
 def ds_train_term(feed: Feed, reg: depthsel.SelectivityRegularizer, acts: list[torch.Tensor],
                   depth: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     feed.acts = acts
@@ -441,11 +152,6 @@ def ref_train_term(acts: list[torch.Tensor], depth: torch.Tensor,
     sel, sums, counts = ref.training_selectivity(acts, depth, edges)
     loss = -0.1 * sel
     return loss, list(torch.autograd.grad(loss, acts)), (sums, counts)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
 
 
 def bench_reference_train(name: str, repeats: int, device: str) -> dict[str, Any]:
@@ -501,93 +207,6 @@ def bench_reference_train(name: str, repeats: int, device: str) -> dict[str, Any
     return {"check": check, "depthsel_s": median(td), "reference_s": median(tr),
             "speedup": median(tr) / median(td), "repeats": repeats, "bins": nbs}
 
-
-def bench_reference_dissect(name: str, n_images: int, repeats: int, device: str) -> dict[str, Any]:
-    s = SETUPS[name]
-    model = build_model(name).to(device).eval()
-    binners = shared_binners(layer_binners(model, name, above_range="first_bin"))
-    data = ListDataset(n_images, s["size"], seed=1)
-    batches = []
-    for i in range(0, n_images, s["batch"]):
-        b = collate([data[j] for j in range(i, min(n_images, i + s["batch"]))])
-        depth = b["depth"].to(device)
-        batches.append((capture(model, s["layers"], b["image"].to(device)), depth))
-    edges = {l: ref.sid_thresholds(binners[l].num_bins, ALPHA, BETA) for l in s["layers"]}
-
-    def run_ds(batches: list[Any] = batches, dtype: torch.dtype = torch.float32) -> dict[str, ResponseAccumulator]:
-        # The per-batch work of the statistics: bin once per binner, weight maps once
-        # per (binner, size), update; products in `dtype`, sums across batches float64.
-        accs = {l: ResponseAccumulator(binners[l].num_bins, compute_dtype=dtype) for l in s["layers"]}
-        for acts, depth in batches:
-            binned = BinnedDepth(depth)
-            for l, a in zip(s["layers"], acts):
-                accs[l].update(a, binned.bins(binners[l]),
-                               weights=binned.weights(binners[l], tuple(a.shape[-2:]), dtype))
-        return accs
-
-    def run_floor(batches: list[Any] = batches) -> None:
-        # One read of every activation: the memory-bound floor of any statistic of them.
-        for acts, _ in batches:
-            for a in acts:
-                a.sum()
-
-    def run_ref_upsample(batches: list[Any] = batches) -> None:
-        # The reference's own unavoidable part: one bilinear upsampling per image and layer.
-        for acts, depth in batches:
-            for a in acts:
-                for i in range(a.shape[0]):
-                    F.interpolate(a[i:i + 1], depth.shape[-2:], mode="bilinear", align_corners=False)
-
-    def run_ref(batches: list[Any] = batches) -> dict[str, ref.ReferenceDissector]:
-        dis = {l: ref.ReferenceDissector(edges[l], a.shape[1], device)
-               for l, a in zip(s["layers"], batches[0][0])}
-        for acts, depth in batches:
-            for l, a in zip(s["layers"], acts):
-                dis[l].update(a, depth)
-        return dis
-
-    # Agreement on float64 copies of the activations (the reference sums each
-    # image and bin in the activation dtype before adding into float64).
-    b64 = [([a.double() for a in acts], depth.double()) for acts, depth in batches]
-    accs, dis = run_ds(b64, torch.float64), run_ref(b64)
-    del b64
-    check: dict[str, Any] = {"sums_rel_err": 0.0, "counts_equal": True, "ds_max_abs_err": 0.0}
-    for l in s["layers"]:
-        check["sums_rel_err"] = max(check["sums_rel_err"], rel_err(accs[l].sums, dis[l].sums))
-        check["counts_equal"] &= bool(torch.equal(accs[l].counts.cpu(), dis[l].counts.cpu()))
-        ds = depth_selectivity(accs[l].responses("signed"), absent="zero").cpu()
-        ds_ref = dis[l].selectivity().cpu()
-        err = (ds - ds_ref).abs()
-        # The two DS formulas differ only in the epsilon of the denominator
-        # (1e-12 vs 1e-15): allow for it where responses are tiny.
-        avg = (dis[l].sums / (dis[l].counts + 1e-15)).abs().cpu()
-        r_max = avg.max(1).values
-        denom = r_max + (avg.sum(1) - r_max) / (avg.shape[1] - 1)
-        tol = 1e-9 + 2e-12 / denom.clamp(min=1e-300)
-        check["ds_max_abs_err"] = max(check["ds_max_abs_err"], float(err.max()))
-        check["ds_within_eps_tolerance"] = check.get("ds_within_eps_tolerance", True) and bool((err <= tol).all())
-    check["ok"] = (check["sums_rel_err"] < 1e-10 and check["counts_equal"]
-                   and check["ds_within_eps_tolerance"])
-    runs = {"reference": run_ref, "depthsel_float32": run_ds,
-            "depthsel_float64": lambda: run_ds(batches, torch.float64),
-            "activation_read_floor": run_floor, "reference_upsample_only": run_ref_upsample}
-    for fn in runs.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(repeats):
-        for k, fn in runs.items():
-            times[k].append(timed(fn, device))
-    med = {k: median(v) for k, v in times.items()}
-    check["sums_rel_err_float32"] = max(rel_err(run_ds()[l].sums, run_ref()[l].sums) for l in s["layers"])
-    speedups = [r / d for r, d in zip(times["reference"], times["depthsel_float32"])]
-    return {"check": check, "images": n_images, "seconds_median": med, "seconds_all": times,
-            "depthsel_s": med["depthsel_float32"], "reference_s": med["reference"],
-            "speedup": median(speedups), "speedup_all": speedups,
-            "speedup_float64": med["reference"] / med["depthsel_float64"],
-            # the best any implementation reading the activations once could do
-            "speedup_bound_activation_read": med["reference"] / med["activation_read_floor"],
-            "reference_upsample_fraction": med["reference_upsample_only"] / med["reference"],
-            "repeats": repeats}
 
 
 # ------------------------------------------------------------------ profile
@@ -656,6 +275,33 @@ def report(results: dict[str, Any]) -> None:
     Console().print(t)
 
 
+def run_setup(name: str, parts: set[str], rep: dict[str, Any], device: str, quick: bool,
+              profile: bool) -> dict[str, Any]:
+    """Every requested part for one setup, printing each result as it comes."""
+    r: dict[str, Any] = {"setup": SETUPS[name]}
+    if "time" in parts:
+        r["train_time"] = bench_train_time(name, rep["train"][name], device, quick)
+        print(f"  train time {r['train_time']['step_s']}", flush=True)
+    if "mem" in parts:
+        r["train_mem"] = bench_train_mem(name, device)
+        print(f"  train mem ratios {r['train_mem']['ratio_adjoint']:.3f} "
+              f"{r['train_mem']['ratio_upsample']:.3f}", flush=True)
+    if "dissect" in parts:
+        r["dissect"] = bench_dissect(name, rep["dissect_images"][name], rep["dissect"], device)
+        print("  dissect ratios " + ", ".join(f"{c} {r['dissect'][c]['ratio']:.3f}" for c in
+              ("collect_responses", "stream_float32", "stream_float64")), flush=True)
+    if "ref_train" in parts:
+        r["ref_train"] = bench_reference_train(name, rep["ref_train"], device)
+        print(f"  reference train {r['ref_train']['speedup']:.1f}x {r['ref_train']['check']}", flush=True)
+    if "ref_dissect" in parts:
+        r["ref_dissect"] = bench_reference_dissect(name, rep["dissect_images"][name], rep["ref_dissect"], device)
+        print(f"  reference dissect {r['ref_dissect']['speedup']:.1f}x {r['ref_dissect']['check']}", flush=True)
+    if profile:
+        r["profile"] = profile_step(name, device)
+        print(r["profile"], flush=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats (same setups)")
@@ -697,31 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start": os.getloadavg(), "setups": {},
     }
     for name in args.setups.split(","):
-        r: dict[str, Any] = {"setup": SETUPS[name]}
-        results["setups"][name] = r
         print(f"[{time.time() - started:6.0f}s] {name}", flush=True)
-        if "time" in parts:
-            r["train_time"] = bench_train_time(name, rep["train"][name], args.device, args.quick)
-            print(f"  train time {r['train_time']['step_s']}", flush=True)
-        if "mem" in parts:
-            r["train_mem"] = bench_train_mem(name, args.device)
-            print(f"  train mem ratios {r['train_mem']['ratio_adjoint']:.3f} "
-                  f"{r['train_mem']['ratio_upsample']:.3f}", flush=True)
-        if "dissect" in parts:
-            r["dissect"] = bench_dissect(name, rep["dissect_images"][name], rep["dissect"], args.device)
-            print("  dissect ratios " + ", ".join(f"{c} {r['dissect'][c]['ratio']:.3f}" for c in
-                  ("collect_responses", "stream_float32", "stream_float64")), flush=True)
-        if "ref_train" in parts:
-            r["ref_train"] = bench_reference_train(name, rep["ref_train"], args.device)
-            print(f"  reference train {r['ref_train']['speedup']:.1f}x {r['ref_train']['check']}", flush=True)
-        if "ref_dissect" in parts:
-            r["ref_dissect"] = bench_reference_dissect(name, rep["dissect_images"][name],
-                                                       rep["ref_dissect"], args.device)
-            print(f"  reference dissect {r['ref_dissect']['speedup']:.1f}x {r['ref_dissect']['check']}",
-                  flush=True)
-        if args.profile:
-            r["profile"] = profile_step(name, args.device)
-            print(r["profile"], flush=True)
+        results["setups"][name] = run_setup(name, parts, rep, args.device, args.quick, args.profile)
     results["load_average_end"] = os.getloadavg()
     results["wall_s"] = time.time() - started
     Path(args.out).write_text(json.dumps(results, indent=2, default=str))

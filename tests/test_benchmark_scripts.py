@@ -67,7 +67,7 @@ def test_lut_binner_equals_binner(proposals: ModuleType, kind: str, nb: int, see
 def test_gpu_script_amp_part_runs_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEPTHSEL_BENCH_SETUPS", json.dumps({"fastdepth": {"batch": 2, "size": [32, 32]}}))
     # benchmarks/run.py reads the variable at import: load a fresh copy.
-    for mod in ("run", "reference_impl"):
+    for mod in ("run", "common", "dissect_bench", "reference_impl"):
         monkeypatch.delitem(sys.modules, mod, raising=False)
     gpu = _load(ROOT / "benchmarks" / "gpu" / "run.py", "depthsel_bench_gpu")
     run = _load(ROOT / "benchmarks" / "run.py", "depthsel_bench_run")
