@@ -11,14 +11,24 @@ a. regularizer overhead: time of one training step (forward, loss, backward,
    per-repeat ratios; peak memory with / without (fresh child process per
    configuration: peak RSS on CPU, ``max_memory_allocated`` on CUDA); the same
    for ``method="upsample"``;
-b. dissection throughput: images/s of ``collect_responses`` / images/s of plain
-   ``no_grad`` inference over the same data loader;
+b. dissection throughput: images/s of each statistics configuration / images/s
+   of plain ``no_grad`` inference over the same data loader, interleaved with
+   rotating order: ``collect_responses`` as shipped, and the loop the issue's
+   ``stream`` is to run (capture, one ``BinnedDepth`` per batch, accumulators
+   with float32 or float64 per-batch products);
 c. speed-up over a re-implementation of the published reference loops
    (``benchmarks/reference_impl.py``) on identical activations, for the
    training term (loss + backward) and for dissection statistics, with a
-   numerical agreement check.
+   numerical agreement check in float64; for dissection also the time of one
+   read of the activations (the memory-bound floor) and of the reference's
+   upsampling alone.
 
-Prints a rich table and writes ``benchmarks/results.json``.
+``--threads 1 --timer cpu`` is what docs/performance.md uses on the shared
+2-core machine: one intra-op thread, timed by this thread's CPU time.
+
+Prints a rich table and writes ``--out`` (default ``benchmarks/results.json``).
+The setups and shared helpers live in ``common.py`` (re-exported here), the
+dissection parts in ``dissect_bench.py``.
 """
 
 from __future__ import annotations
@@ -26,199 +36,56 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import depthsel  # noqa: E402
-import depthsel.testing  # noqa: E402
-from depthsel.accumulator import ResponseAccumulator  # noqa: E402
 from depthsel.alignment import bin_counts, binned_sums  # noqa: E402
-from depthsel.data import collate  # noqa: E402
-from depthsel.responses import collect_responses  # noqa: E402
-from depthsel.selectivity import depth_selectivity  # noqa: E402
 
 import reference_impl as ref  # noqa: E402
+from common import *  # noqa: E402,F401,F403  (re-exported: scripts use run.make_batch etc.)
+from common import (ALPHA, BETA, REPEATS, SETUPS, TARGETS, TIMER, Feed, build_model, capture,  # noqa: E402
+                    layer_binners, machine, make_batch, make_regularizer, median,
+                    peak_rss_mb, prime_adam, rel_err, sync, timed, train_step)
+from dissect_bench import bench_dissect, bench_reference_dissect, stream_stats  # noqa: E402,F401
 
-SETUPS: dict[str, dict[str, Any]] = {
-    "fastdepth": {"model": "fastdepth", "batch": 8, "size": (224, 224),
-                  "layers": ["decode_conv4", "decode_conv5"]},
-    "hu_mff_resnet50": {"model": "hu_mff_resnet50", "batch": 2, "size": (228, 304),
-                        "layers": ["D", "MFF"]},
-}
-NUM_BINS = 64
-ALPHA, BETA = 0.75, 10.0
-TARGETS = {"train_time": 1.05, "train_mem": 1.10, "dissect": 0.9, "speedup": 20.0}
-
-# Repeats per mode. Full-size setups are kept in --quick; only repeats shrink.
-REPEATS = {
-    "quick": {"train": {"fastdepth": 3, "hu_mff_resnet50": 2}, "dissect": 2, "ref_train": 1,
-              "ref_dissect": 2, "dissect_images": {"fastdepth": 16, "hu_mff_resnet50": 4}},
-    "full": {"train": {"fastdepth": 7, "hu_mff_resnet50": 5}, "dissect": 5, "ref_train": 3,
-             "ref_dissect": 5, "dissect_images": {"fastdepth": 32, "hu_mff_resnet50": 8}},
-}
-
-
-# ------------------------------------------------------------------ helpers
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], Any], device: str) -> float:
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
-
-
-def make_batch(batch: int, size: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded ``(image [B,3,H,W], depth [B,1,H,W])`` spanning the SID range.
-
-    About 5% of pixels are invalid (0) and about 1% lie above 10 m, so both
-    reference quirks (invalid pixels, depth above beta) are exercised.
-    """
-    image, depth = depthsel.testing.toy_batch(batch, size, seed=seed, min_depth=0.3, max_depth=10.5)
-    g = torch.Generator().manual_seed(seed + 1)
-    hole = torch.rand(depth.shape, generator=g) < 0.05
-    depth = torch.where(hole, torch.zeros_like(depth), depth)
-    return image, depth
-
-
-def build_model(name: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return depthsel.get_model(SETUPS[name]["model"])
-
-
-def sid(nb: int, **kw: Any) -> Any:
-    return depthsel.get_binner("sid", num_bins=nb, min_depth=ALPHA, max_depth=BETA, **kw)
-
-
-def make_regularizer(model: nn.Module, name: str, method: str) -> depthsel.SelectivityRegularizer:
-    # 64 SID bins; the 32-unit decode_conv5 gets N_b = K = 32 (paper rule).
-    return depthsel.SelectivityRegularizer(
-        model, SETUPS[name]["layers"], sid(NUM_BINS), objective="assign", weight=0.1,
-        fit_bins_to_units=True, method=method,
-    )
-
-
-def criterion(pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-    if pred.shape[-2:] != depth.shape[-2:]:
-        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
-    valid = depth > 0
-    return (pred - depth).abs()[valid].mean()
-
-
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, depth: torch.Tensor,
-               reg: depthsel.SelectivityRegularizer | None) -> None:
-    opt.zero_grad(set_to_none=True)
-    if reg is None:
-        loss = criterion(model(x), depth)
-    else:
-        with reg.attach():
-            pred = model(x)
-            loss = criterion(pred, depth) + reg.loss(depth)
-    loss.backward()
-    opt.step()
-
-
-def prime_adam(model: nn.Module, opt: torch.optim.Optimizer) -> None:
-    """Allocate Adam's state with a zero-gradient step (a no-op update), so that
-    the first measured step already has the steady-state memory footprint."""
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB.
-
-    Linux: ``VmHWM`` of the current address space. ``ru_maxrss`` is not used
-    there because the kernel carries the pre-exec (forked) address space's
-    peak into it, so a child of a large parent would report the parent's RSS.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def machine(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        info["cpu_model"] = platform.processor()
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def median(xs: list[float]) -> float:
-    return float(statistics.median(xs))
 
 
 # ------------------------------------------------------- a. training overhead
 CONFIGS = ("none", "adjoint", "upsample")
 
 
-def bench_train_time(name: str, repeats: int, device: str, quick: bool = False) -> dict[str, Any]:
+def bench_train_time(name: str, repeats: int, device: str, quick: bool = False,
+                     configs: tuple[str, ...] = CONFIGS) -> dict[str, Any]:
     s = SETUPS[name]
     model = build_model(name).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     x, depth = make_batch(s["batch"], s["size"])
     x, depth = x.to(device), depth.to(device)
-    regs = {"none": None, "adjoint": make_regularizer(model, name, "adjoint"),
-            "upsample": make_regularizer(model, name, "upsample")}
+    regs = {c: None if c == "none" else make_regularizer(model, name, c) for c in configs}
     # Warm-up (allocator, kernels, Adam state, caches): one step per configuration,
     # or a single step with the regularizer in --quick.
-    for c in (("adjoint",) if quick else CONFIGS):
+    for c in (("adjoint",) if quick else configs):
         train_step(model, opt, x, depth, regs[c])
-    times: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    times: dict[str, list[float]] = {c: [] for c in configs}
+    n = len(configs)
     for r in range(repeats):
-        order = CONFIGS[r % 3:] + CONFIGS[: r % 3]  # rotate, so no config always runs first
-        for c in order:
+        for c in configs[r % n:] + configs[: r % n]:  # rotate, so no config always runs first
             times[c].append(timed(lambda c=c: train_step(model, opt, x, depth, regs[c]), device))
-    ratio_adj = [a / n for a, n in zip(times["adjoint"], times["none"])]
-    ratio_up = [u / n for u, n in zip(times["upsample"], times["none"])]
-    return {
-        "repeats": repeats,
-        "step_s": {c: median(v) for c, v in times.items()},
-        "step_s_all": times,
-        "ratio_adjoint": median(ratio_adj),
-        "ratio_upsample": median(ratio_up),
-        "ratio_adjoint_all": ratio_adj,
-        "ratio_upsample_all": ratio_up,
-    }
+    out: dict[str, Any] = {"repeats": repeats, "step_s": {c: median(v) for c, v in times.items()},
+                           "step_s_all": times}
+    for c in configs[1:]:
+        ratios = [a / b for a, b in zip(times[c], times["none"])]
+        out[f"ratio_{c}"], out[f"ratio_{c}_all"] = median(ratios), ratios
+    return out
 
 
 def mem_child(name: str, config: str, device: str) -> dict[str, Any]:
@@ -265,99 +132,7 @@ def bench_train_mem(name: str, device: str) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------- b. dissection throughput
-class ListDataset(torch.utils.data.Dataset):
-    """An in-memory depthsel dataset (same tensors for every pass)."""
-
-    def __init__(self, n: int, size: tuple[int, int], seed: int = 0) -> None:
-        image, depth = make_batch(n, size, seed)
-        self.items = [{"image": image[i], "depth": depth[i], "valid": depth[i] > 0, "name": f"s{i}"}
-                      for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items[i]
-
-
-def layer_binners(model: nn.Module, name: str, **kw: Any) -> dict[str, Any]:
-    """Per-layer SID binners with ``N_b = min(64, K)``."""
-    units = {}
-    mods = dict(model.named_modules())
-    x, _ = make_batch(1, SETUPS[name]["size"])
-    hooks = [mods[l].register_forward_hook(lambda m, i, o, l=l: units.__setitem__(l, o.shape[1]))
-             for l in SETUPS[name]["layers"]]
-    try:
-        with torch.no_grad():
-            model.eval()(x.to(next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {l: sid(min(NUM_BINS, units[l]), **kw) for l in SETUPS[name]["layers"]}
-
-
-def bench_dissect(name: str, n_images: int, repeats: int, device: str) -> dict[str, Any]:
-    s = SETUPS[name]
-    model = build_model(name).to(device).eval()
-    binners = layer_binners(model, name)
-    data = ListDataset(n_images, s["size"], seed=1)
-
-    def plain() -> None:
-        loader = torch.utils.data.DataLoader(data, batch_size=s["batch"], shuffle=False, collate_fn=collate)
-        with torch.no_grad():
-            for batch in loader:
-                model(batch["image"].to(device))
-
-    def dissect() -> None:
-        collect_responses(model, data, s["layers"], binners, batch_size=s["batch"], device=device,
-                          progress=False)
-
-    plain()
-    dissect()
-    tp, td = [], []
-    for r in range(repeats):
-        pair = [("p", plain), ("d", dissect)] if r % 2 == 0 else [("d", dissect), ("p", plain)]
-        for k, fn in pair:
-            (tp if k == "p" else td).append(timed(fn, device))
-    ratios = [p / d for p, d in zip(tp, td)]  # throughput ratio = t_plain / t_dissect
-    return {
-        "images": n_images, "batch": s["batch"], "repeats": repeats,
-        "plain_img_s": n_images / median(tp), "dissect_img_s": n_images / median(td),
-        "ratio": median(ratios), "ratio_all": ratios,
-    }
-
-
 # ------------------------------------------------------- c. reference comparison
-class Feed(nn.Module):
-    """Replays fixed activations through identity layers named like the hooked ones,
-    so the public regularizer API runs on exactly the reference's inputs."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__()
-        self.names = names
-        for n in names:
-            self.add_module(n, nn.Identity())
-        self.acts: list[torch.Tensor] = []
-
-    def forward(self, _x: Any = None) -> list[torch.Tensor]:
-        return [getattr(self, n)(a) for n, a in zip(self.names, self.acts)]
-
-
-def capture(model: nn.Module, layers: list[str], x: torch.Tensor) -> list[torch.Tensor]:
-    mods = dict(model.named_modules())
-    got: dict[str, torch.Tensor] = {}
-    hooks = [mods[l].register_forward_hook(lambda m, i, o, l=l: got.__setitem__(l, o.detach()))
-             for l in layers]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [got[l] for l in layers]
-
-
 def ds_train_term(feed: Feed, reg: depthsel.SelectivityRegularizer, acts: list[torch.Tensor],
                   depth: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     feed.acts = acts
@@ -372,11 +147,6 @@ def ref_train_term(acts: list[torch.Tensor], depth: torch.Tensor,
     sel, sums, counts = ref.training_selectivity(acts, depth, edges)
     loss = -0.1 * sel
     return loss, list(torch.autograd.grad(loss, acts)), (sums, counts)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
 
 
 def bench_reference_train(name: str, repeats: int, device: str) -> dict[str, Any]:
@@ -433,64 +203,6 @@ def bench_reference_train(name: str, repeats: int, device: str) -> dict[str, Any
             "speedup": median(tr) / median(td), "repeats": repeats, "bins": nbs}
 
 
-def bench_reference_dissect(name: str, n_images: int, repeats: int, device: str) -> dict[str, Any]:
-    s = SETUPS[name]
-    model = build_model(name).to(device).eval()
-    binners = layer_binners(model, name, above_range="first_bin")
-    data = ListDataset(n_images, s["size"], seed=1)
-    batches = []
-    for i in range(0, n_images, s["batch"]):
-        b = collate([data[j] for j in range(i, min(n_images, i + s["batch"]))])
-        depth = b["depth"].to(device)
-        batches.append((capture(model, s["layers"], b["image"].to(device)), depth))
-    edges = {l: ref.sid_thresholds(binners[l].num_bins, ALPHA, BETA) for l in s["layers"]}
-
-    def run_ds(batches: list[Any] = batches) -> dict[str, ResponseAccumulator]:
-        # The per-batch work of collect_responses (binning, weight maps, update).
-        accs = {l: ResponseAccumulator(binners[l].num_bins) for l in s["layers"]}
-        for acts, depth in batches:
-            for l, a in zip(s["layers"], acts):
-                accs[l].update(a, binners[l](depth))
-        return accs
-
-    def run_ref(batches: list[Any] = batches) -> dict[str, ref.ReferenceDissector]:
-        dis = {l: ref.ReferenceDissector(edges[l], a.shape[1], device)
-               for l, a in zip(s["layers"], batches[0][0])}
-        for acts, depth in batches:
-            for l, a in zip(s["layers"], acts):
-                dis[l].update(a, depth)
-        return dis
-
-    # Agreement on float64 copies of the activations (the reference sums each
-    # image and bin in the activation dtype before adding into float64).
-    b64 = [([a.double() for a in acts], depth.double()) for acts, depth in batches]
-    accs, dis = run_ds(b64), run_ref(b64)
-    del b64
-    check: dict[str, Any] = {"sums_rel_err": 0.0, "counts_equal": True, "ds_max_abs_err": 0.0}
-    for l in s["layers"]:
-        check["sums_rel_err"] = max(check["sums_rel_err"], rel_err(accs[l].sums, dis[l].sums))
-        check["counts_equal"] &= bool(torch.equal(accs[l].counts.cpu(), dis[l].counts.cpu()))
-        ds = depth_selectivity(accs[l].responses("signed"), absent="zero").cpu()
-        ds_ref = dis[l].selectivity().cpu()
-        err = (ds - ds_ref).abs()
-        # The two DS formulas differ only in the epsilon of the denominator
-        # (1e-12 vs 1e-15): allow for it where responses are tiny.
-        avg = (dis[l].sums / (dis[l].counts + 1e-15)).abs().cpu()
-        r_max = avg.max(1).values
-        denom = r_max + (avg.sum(1) - r_max) / (avg.shape[1] - 1)
-        tol = 1e-9 + 2e-12 / denom.clamp(min=1e-300)
-        check["ds_max_abs_err"] = max(check["ds_max_abs_err"], float(err.max()))
-        check["ds_within_eps_tolerance"] = check.get("ds_within_eps_tolerance", True) and bool((err <= tol).all())
-    check["ok"] = (check["sums_rel_err"] < 1e-10 and check["counts_equal"]
-                   and check["ds_within_eps_tolerance"])
-    td, tr = [], []
-    for r in range(repeats):
-        tr.append(timed(run_ref, device))
-        td.append(timed(run_ds, device))
-    check["sums_rel_err_float32"] = max(rel_err(run_ds()[l].sums, run_ref()[l].sums) for l in s["layers"])
-    return {"check": check, "images": n_images, "depthsel_s": median(td), "reference_s": median(tr),
-            "speedup": median(tr) / median(td), "repeats": repeats}
-
 
 # ------------------------------------------------------------------ profile
 def profile_step(name: str, device: str, method: str = "adjoint") -> str:
@@ -530,9 +242,10 @@ def report(results: dict[str, Any]) -> None:
             t.add_row(name, "train step time, adjoint / none", f"{tt['ratio_adjoint']:.3f}x",
                       f"<= {TARGETS['train_time']}x",
                       fmt_status(tt["ratio_adjoint"], TARGETS["train_time"], False))
-            t.add_row(name, "train step time, upsample / none", f"{tt['ratio_upsample']:.3f}x", "", "")
-            t.add_row(name, "train step (s): none / adjoint / upsample",
-                      " / ".join(f"{tt['step_s'][c]:.2f}" for c in CONFIGS), "", "")
+            if "ratio_upsample" in tt:
+                t.add_row(name, "train step time, upsample / none", f"{tt['ratio_upsample']:.3f}x", "", "")
+            t.add_row(name, "train step (s): " + " / ".join(tt["step_s"]),
+                      " / ".join(f"{v:.2f}" for v in tt["step_s"].values()), "", "")
         if mm:
             t.add_row(name, f"peak memory ({mm['measure']}), adjoint / none", f"{mm['ratio_adjoint']:.3f}x",
                       f"<= {TARGETS['train_mem']}x",
@@ -542,8 +255,12 @@ def report(results: dict[str, Any]) -> None:
                       f"{mm['extra_mb_adjoint']:.0f} / {mm['extra_mb_upsample']:.0f}", "", "")
         d = r.get("dissect")
         if d:
-            t.add_row(name, "dissection img/s / inference img/s", f"{d['ratio']:.3f}x",
-                      f">= {TARGETS['dissect']}x", fmt_status(d["ratio"], TARGETS["dissect"], True))
+            for c in ("collect_responses", "stream_float32", "stream_float64"):
+                if c in d:
+                    v = d[c]["ratio"]
+                    t.add_row(name, f"dissection img/s / inference img/s ({c})",
+                              f"{v:.3f}x [{d[c]['ratio_min']:.3f}, {d[c]['ratio_max']:.3f}]",
+                              f">= {TARGETS['dissect']}x", fmt_status(v, TARGETS["dissect"], True))
         for key, label in (("ref_train", "speed-up vs reference, training term"),
                            ("ref_dissect", "speed-up vs reference, dissection stats")):
             c = r.get(key)
@@ -554,21 +271,54 @@ def report(results: dict[str, Any]) -> None:
     Console().print(t)
 
 
+def run_setup(name: str, parts: set[str], rep: dict[str, Any], device: str, quick: bool,
+              profile: bool) -> dict[str, Any]:
+    """Every requested part for one setup, printing each result as it comes."""
+    r: dict[str, Any] = {"setup": SETUPS[name]}
+    if "time" in parts:
+        r["train_time"] = bench_train_time(name, rep["train"][name], device, quick,
+                                           CONFIGS if "upsample" in parts else CONFIGS[:2])
+        print(f"  train time {r['train_time']['step_s']}", flush=True)
+    if "mem" in parts:
+        r["train_mem"] = bench_train_mem(name, device)
+        print(f"  train mem ratios {r['train_mem']['ratio_adjoint']:.3f} "
+              f"{r['train_mem']['ratio_upsample']:.3f}", flush=True)
+    if "dissect" in parts:
+        r["dissect"] = bench_dissect(name, rep["dissect_images"][name], rep["dissect"], device)
+        print("  dissect ratios " + ", ".join(f"{c} {r['dissect'][c]['ratio']:.3f}" for c in
+              ("collect_responses", "stream_float32", "stream_float64")), flush=True)
+    if "ref_train" in parts:
+        r["ref_train"] = bench_reference_train(name, rep["ref_train"], device)
+        print(f"  reference train {r['ref_train']['speedup']:.1f}x {r['ref_train']['check']}", flush=True)
+    if "ref_dissect" in parts:
+        r["ref_dissect"] = bench_reference_dissect(name, rep["dissect_images"][name], rep["ref_dissect"], device)
+        print(f"  reference dissect {r['ref_dissect']['speedup']:.1f}x {r['ref_dissect']['check']}", flush=True)
+    if profile:
+        r["profile"] = profile_step(name, device)
+        print(r["profile"], flush=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats (same setups)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--setups", default=",".join(SETUPS), help="comma-separated subset of setups")
-    p.add_argument("--parts", default="time,mem,dissect,ref_train,ref_dissect",
-                   help="comma-separated subset of parts")
+    p.add_argument("--parts", default="time,upsample,mem,dissect,ref_train,ref_dissect",
+                   help="comma-separated subset of parts (upsample: time method='upsample' steps too)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per setup")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice); children inherit it")
+    p.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                   help="wall: perf_counter; cpu: this thread's CPU time (use with --threads 1 on a "
+                        "shared machine)")
+    p.add_argument("--repeats", type=int, default=None, help="override every repeat count")
     p.add_argument("--out", default=str(HERE / "results.json"))
     p.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    TIMER["kind"] = args.timer
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
     if args.mem_child:
@@ -576,39 +326,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(mem_child(name, config, args.device)))
         return 0
     mode = "quick" if args.quick else "full"
-    rep = REPEATS[mode]
+    rep = json.loads(json.dumps(REPEATS[mode]))
+    if args.repeats:
+        rep["train"] = {k: args.repeats for k in rep["train"]}
+        for k in ("dissect", "ref_train", "ref_dissect"):
+            rep[k] = args.repeats
     parts = set(args.parts.split(","))
     started = time.time()
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, "benchmarks/run.py"] + (argv or sys.argv[1:])),
-        "mode": mode, "machine": machine(args.device), "targets": TARGETS,
+        "mode": mode, "machine": machine(args.device), "targets": TARGETS, "timer": args.timer,
+        "repeats": rep,
         "load_average_start": os.getloadavg(), "setups": {},
     }
     for name in args.setups.split(","):
-        r: dict[str, Any] = {"setup": SETUPS[name]}
-        results["setups"][name] = r
         print(f"[{time.time() - started:6.0f}s] {name}", flush=True)
-        if "time" in parts:
-            r["train_time"] = bench_train_time(name, rep["train"][name], args.device, args.quick)
-            print(f"  train time {r['train_time']['step_s']}", flush=True)
-        if "mem" in parts:
-            r["train_mem"] = bench_train_mem(name, args.device)
-            print(f"  train mem ratios {r['train_mem']['ratio_adjoint']:.3f} "
-                  f"{r['train_mem']['ratio_upsample']:.3f}", flush=True)
-        if "dissect" in parts:
-            r["dissect"] = bench_dissect(name, rep["dissect_images"][name], rep["dissect"], args.device)
-            print(f"  dissect ratio {r['dissect']['ratio']:.3f}", flush=True)
-        if "ref_train" in parts:
-            r["ref_train"] = bench_reference_train(name, rep["ref_train"], args.device)
-            print(f"  reference train {r['ref_train']['speedup']:.1f}x {r['ref_train']['check']}", flush=True)
-        if "ref_dissect" in parts:
-            r["ref_dissect"] = bench_reference_dissect(name, rep["dissect_images"][name],
-                                                       rep["ref_dissect"], args.device)
-            print(f"  reference dissect {r['ref_dissect']['speedup']:.1f}x {r['ref_dissect']['check']}",
-                  flush=True)
-        if args.profile:
-            r["profile"] = profile_step(name, args.device)
-            print(r["profile"], flush=True)
+        results["setups"][name] = run_setup(name, parts, rep, args.device, args.quick, args.profile)
     results["load_average_end"] = os.getloadavg()
     results["wall_s"] = time.time() - started
     Path(args.out).write_text(json.dumps(results, indent=2, default=str))

@@ -95,7 +95,9 @@ def test_stream_accumulators_equal_a_plain_loop() -> None:
     """collect_responses (stream, cached bins and weights) == update() per batch by hand."""
     data = ToyDepthDataset(7, seed=2, dtype=torch.float64)
     model, binner = _model(), _binner()
-    got = depthsel.collect_responses(model, data, LAYERS, binner, batch_size=3, progress=False)
+    got = depthsel.collect_responses(model, data, LAYERS, binner, batch_size=3, progress=False,
+                                     compute_dtype=torch.float64)
+    fast = depthsel.collect_responses(model, data, LAYERS, binner, batch_size=3, progress=False)
     ref = {n: ResponseAccumulator(binner.num_bins, method="upsample") for n in LAYERS}
     with torch.no_grad(), depthsel.Capture(model, LAYERS) as cap:
         for start in range(0, len(data), 3):
@@ -109,6 +111,8 @@ def test_stream_accumulators_equal_a_plain_loop() -> None:
         torch.testing.assert_close(got.accumulators[n].sums, ref[n].sums, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(got.accumulators[n].counts, ref[n].counts, rtol=0, atol=0)
         assert got.accumulators[n].num_images == ref[n].num_images == 7
+        # The default float32 products, accumulated in float64, agree to float32 rounding.
+        torch.testing.assert_close(fast.accumulators[n].sums, ref[n].sums, rtol=1e-5, atol=1e-6)
     assert_no_hooks(model)
 
 

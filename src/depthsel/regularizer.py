@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .api import binner_from_config
-from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums
+from .alignment import METHODS, bin_counts, binned_sums
+from .binned import BinnedDepth
 from .binning import Binner
 from .capture import Adapter, Capture
 from .errors import BinCountError, CaptureError, ConfigError, InvalidDepthError, ShapeMismatchError
@@ -240,51 +241,16 @@ class SelectivityRegularizer:
             raise CaptureError(f"layers {missing} did not run in the last forward pass")
         scores: list[torch.Tensor] = []
         stats_log: dict[str, dict[str, float]] = {}
-        bins_cache: dict[int, torch.Tensor] = {}
-        weights_cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        # Each binner bins this batch once, and each (binner, feature size) gets one
+        # set of weight maps, shared by every layer that needs it.
+        binned = BinnedDepth(depth, valid, align_corners=self.align_corners)
         first = next(iter(outputs.values()))
-        device_type = first.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=first.device.type, enabled=False):
             for name in self.layers:
-                act = outputs[name]
-                if act.shape[0] != depth.shape[0]:
-                    raise ShapeMismatchError(
-                        f"layer {name!r} saw a batch of {act.shape[0]} but depth has {depth.shape[0]}; "
-                        "pass the depth of the batch the model just ran on"
-                    )
-                assigned = self.assignment(name, act.shape[1]).to(act.device)
-                binner = self._binners[name]
-                key = id(binner)
-                if key not in bins_cache:
-                    d = depth.to(act.device)
-                    v = None if valid is None else valid.to(act.device)
-                    bins_cache[key] = binner(d, v)
-                bins = bins_cache[key]
-                nb = binner.num_bins
-                act = act.to(self.stats_dtype)
-                w = None
-                if self.method == "adjoint":
-                    wkey = (key, act.shape[2], act.shape[3])
-                    if wkey not in weights_cache:
-                        weights_cache[wkey] = bin_weight_maps(
-                            bins, nb, (act.shape[2], act.shape[3]), self.align_corners, self.stats_dtype
-                        )
-                    w = weights_cache[wkey]
-                sums = binned_sums(act, bins, nb, use_abs=self.objective.uses_abs,
-                                   align_corners=self.align_corners, method=self.method,
-                                   weights=w).sum(0)
-                counts = bin_counts(bins, nb).sum(0)
-                sums, counts = self._maybe_sync(sums, counts)
-                if int(counts.sum()) == 0:
-                    self.skipped_batches += 1
-                    stats_log[name] = {"score": float("nan"), "target_ds": float("nan"),
-                                       "argmax_ds": float("nan"), "peak_on_target": float("nan"),
-                                       "units_counted": 0.0}
-                    continue
-                batch_stats = BatchStats(sums, counts, assigned)
-                out = self.objective.layer_score(batch_stats)
-                scores.append(out.score)
-                stats_log[name] = {**out.stats(), **batch_selectivity(batch_stats, self.objective.absent)}
+                score, stats = self._layer_score(name, outputs[name], binned, depth.shape[0])
+                stats_log[name] = stats
+                if score is not None:
+                    scores.append(score)
         if not scores:
             # No valid pixel anywhere: a zero that stays in the autograd graph, so that
             # reg.loss(depth).backward() works on its own (and DDP sees every rank's graph).
@@ -296,6 +262,35 @@ class SelectivityRegularizer:
         stats_log["_total"] = {"score": float(total.detach()), "loss": float(loss.detach())}
         self._last = stats_log
         return loss
+
+    def _layer_score(self, name: str, act: torch.Tensor, binned: BinnedDepth,
+                     batch: int) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The objective's score of one layer on this batch (``None`` without valid pixels)."""
+        if act.shape[0] != batch:
+            raise ShapeMismatchError(
+                f"layer {name!r} saw a batch of {act.shape[0]} but depth has {batch}; "
+                "pass the depth of the batch the model just ran on"
+            )
+        assigned = self.assignment(name, act.shape[1]).to(act.device)
+        binner = self._binners[name]
+        nb = binner.num_bins
+        bins = binned.bins(binner, act.device)
+        act = act.to(self.stats_dtype)
+        w = None
+        if self.method == "adjoint":
+            w = binned.weights(binner, (act.shape[2], act.shape[3]), self.stats_dtype, act.device)
+        sums = binned_sums(act, bins, nb, use_abs=self.objective.uses_abs,
+                           align_corners=self.align_corners, method=self.method, weights=w).sum(0)
+        counts = bin_counts(bins, nb).sum(0)
+        sums, counts = self._maybe_sync(sums, counts)
+        if int(counts.sum()) == 0:
+            self.skipped_batches += 1
+            nan = float("nan")
+            return None, {"score": nan, "target_ds": nan, "argmax_ds": nan,
+                          "peak_on_target": nan, "units_counted": 0.0}
+        batch_stats = BatchStats(sums, counts, assigned)
+        out = self.objective.layer_score(batch_stats)
+        return out.score, {**out.stats(), **batch_selectivity(batch_stats, self.objective.absent)}
 
     def _maybe_sync(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.sync_stats:

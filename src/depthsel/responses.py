@@ -65,7 +65,7 @@ def collect_responses(
     device: str | torch.device = "cpu",
     align_corners: bool = False,
     method: str = "adjoint",
-    compute_dtype: torch.dtype = torch.float64,
+    compute_dtype: torch.dtype = torch.float32,
     adapters: Mapping[str, Adapter] | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
@@ -91,7 +91,11 @@ def collect_responses(
         Model metadata for input normalisation and extra inputs; ``None``
         feeds ``batch["image"]`` as is.
     compute_dtype
-        Dtype of each batch's product (sums are accumulated in float64 either way).
+        Dtype of each batch's product; the sums across batches are float64 either
+        way. float32 (default) is about a third faster on a CPU and agrees with the
+        float64 sums to ~5e-6 relative (docs/performance.md); float64 gives sums
+        that are exact to rounding and identical whatever the batch split or the
+        number of processes.
     checkpoint
         Path stem for resumable checkpoints; under torch.distributed each rank
         appends ``.rankN``.

@@ -98,7 +98,9 @@ def run(rank: int, world: int) -> dict[str, Any]:
 
     # (ii) collect_responses: sharded by rank and all-reduced inside.
     model = toy_model()
-    res = collect_responses(model, ToyDepthDataset(5, seed=3, dtype=torch.float64), LAYERS, binner(), batch_size=2, progress=False)
+    # float64 products: the exact path, identical whatever the number of ranks.
+    res = collect_responses(model, ToyDepthDataset(5, seed=3, dtype=torch.float64), LAYERS, binner(), batch_size=2,
+                            progress=False, compute_dtype=torch.float64)
     out["collect"] = {n: a.state_dict() for n, a in res.accumulators.items()}
 
     # (iii) the regularizer under DDP, each rank on its half of the global batch.

@@ -108,7 +108,8 @@ def test_accumulator_sync_equals_single_process(ranks: list[dict[str, Any]]) -> 
 
 def test_collect_responses_is_world_size_invariant(ranks: list[dict[str, Any]]) -> None:
     data = ToyDepthDataset(5, seed=3, dtype=torch.float64)
-    single = collect_responses(W.toy_model(), data, W.LAYERS, W.binner(), batch_size=2, progress=False)
+    single = collect_responses(W.toy_model(), data, W.LAYERS, W.binner(), batch_size=2, progress=False,
+                               compute_dtype=torch.float64)
     for r in ranks:
         assert set(r["collect"]) == set(W.LAYERS)
         for name in W.LAYERS:

@@ -1,0 +1,82 @@
+"""The benchmark helpers that stand for proposed code, and the GPU script's CPU mode, work.
+
+* ``benchmarks/proposals.py``'s lookup-table binner (proposed for
+  ``Binner.__call__``) gives exactly the bins of the binner it wraps, on random
+  depth and on the float32 neighbours of every edge;
+* ``benchmarks/gpu/run.py``'s AMP training part runs on the CPU (bfloat16
+  autocast) at a tiny size and reports finite losses and float32 statistics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import depthsel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(path.parent))
+
+
+@pytest.fixture(scope="module")
+def proposals() -> ModuleType:
+    return _load(ROOT / "benchmarks" / "proposals.py", "depthsel_bench_proposals")
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["sid", "uniform"]), nb=st.integers(2, 70), seed=st.integers(0, 2**31 - 1),
+       float64=st.booleans(), hi=st.floats(0.5, 90.0))
+def test_lut_binner_equals_binner(proposals: ModuleType, kind: str, nb: int, seed: int, float64: bool,
+                                  hi: float) -> None:
+    binner = depthsel.get_binner(kind, num_bins=nb, min_depth=hi / 10, max_depth=hi)
+    fast = proposals.LutBinner(binner)
+    g = torch.Generator().manual_seed(seed)
+    depth = torch.rand(2, 1, 9, 11, generator=g) * hi * 1.2
+    depth[torch.rand(depth.shape, generator=g) < 0.1] = 0.0
+    if float64:
+        depth = depth.double()
+    valid = torch.rand(depth.shape, generator=g) > 0.1
+    assert torch.equal(fast(depth, valid), binner(depth, valid))
+    e = binner.edges.float()
+    near = torch.stack([torch.nextafter(e, torch.tensor(-1.0)), e, torch.nextafter(e, torch.tensor(1e4))])
+    near = near.clamp(min=0).reshape(1, 3, -1)
+    assert torch.equal(fast(near), binner(near))
+    assert torch.equal(fast(near.double()), binner(near.double()))
+
+
+def test_gpu_script_amp_part_runs_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPTHSEL_BENCH_SETUPS", json.dumps({"fastdepth": {"batch": 2, "size": [32, 32]}}))
+    # benchmarks/run.py reads the variable at import: load a fresh copy.
+    for mod in ("run", "common", "dissect_bench", "reference_impl"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    gpu = _load(ROOT / "benchmarks" / "gpu" / "run.py", "depthsel_bench_gpu")
+    run = _load(ROOT / "benchmarks" / "run.py", "depthsel_bench_run")
+    assert run.SETUPS["fastdepth"]["size"] == (32, 32)
+    threads = torch.get_num_threads()
+    try:
+        out = gpu.amp_training(run, "fastdepth", "cpu", repeats=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert out["all_losses_finite"] and out["regularizer_dtypes"] == ["torch.float32"], out
+    assert out["ok"] and out["autocast_dtype"] == "torch.bfloat16" and out["ratio"] > 0
+    assert os.environ["DEPTHSEL_BENCH_SETUPS"]
