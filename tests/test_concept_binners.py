@@ -278,7 +278,8 @@ def test_stratified_ds_separates_a_depth_detector_from_a_floor_detector() -> Non
     assert out["strata_used"] >= 3
     pooled, within = out["pooled"], out["within"]
     # Pooled over depth, the depth detector looks concept-selective; at equal depth it is not at all.
-    assert float(pooled[0]) > 0.2 and float(within[0]) == pytest.approx(0.0, abs=1e-9)
+    # Exactly 0 up to the float32 rounding of the per-batch products (sums are float64).
+    assert float(pooled[0]) > 0.2 and float(within[0]) == pytest.approx(0.0, abs=1e-6)
     assert float(within[1]) > 0.99 and float(pooled[1]) > 0.99
     again = depthsel.api.binner_from_config(res.data["binners"]["0"])
     assert again.config() == res.data["binners"]["0"] and again.num_bins == 5 * 8

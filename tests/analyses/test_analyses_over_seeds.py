@@ -202,7 +202,9 @@ def test_retrain_at_layer_copies_baselines_and_regularises_the_new_layer(analyse
     assert (new / "seed0" / "baseline" / "model.safetensors").read_bytes() == \
         (run / "seed0" / "baseline" / "model.safetensors").read_bytes()
     sel = json.loads((new / "seed0" / "interpretable" / "config.json").read_text())["selectivity"]
-    assert sel["layers"] == ["decode_conv4"] and len(sel["binner"]["edges"]) == 16 + 1  # 16 units at width 0.25
+    # The retrained run keeps the source recipe's number of bins (4 by default; 16 units at width 0.25).
+    src_bins = json.loads((run / "summary.json").read_text())["config"]["num_bins"]
+    assert sel["layers"] == ["decode_conv4"] and len(sel["binner"]["edges"]) == min(src_bins or 16, 16) + 1
     summary = json.loads((new / "summary.json").read_text())
     assert summary["config"]["layers"] == ["decode_conv4"] and summary["seeds"] == [0]
     # The copy is sound only if a baseline does not depend on the regularised layer: train one to check.
