@@ -139,7 +139,10 @@ class ResponseAccumulator(Consumer):
                 f"this accumulator holds {self.num_units} units but the batch has {act.shape[1]}; "
                 "use one accumulator per layer"
             )
-        if not bool((bins >= 0).any()):
+        # One histogram gives the pixel counts, "any valid pixel" and the image count.
+        per_image = bin_counts(bins, self.num_bins)
+        valid_images = per_image.sum(1) > 0
+        if not bool(valid_images.any()):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
             self.skipped += 1
             return
@@ -148,20 +151,19 @@ class ResponseAccumulator(Consumer):
             # Build the bin weight maps once for both the signed and the |A| sums.
             weights = bin_weight_maps(bins.long(), self.num_bins, tuple(act.shape[-2:]),
                                       self.align_corners, dtype=self.compute_dtype)
-        sums = binned_sums(act, bins, self.num_bins,
-                           align_corners=self.align_corners, method=self.method, weights=weights)
-        abs_sums = binned_sums(act, bins, self.num_bins, use_abs=True,
-                               align_corners=self.align_corners, method=self.method, weights=weights)
+        sums, abs_sums = (binned_sums(act, bins, self.num_bins, use_abs=use_abs, align_corners=self.align_corners,
+                                      method=self.method, weights=weights, check=False)
+                          for use_abs in (False, True))
         if self.num_units is None:
             self._alloc(act.shape[1], act.device)
         if self.sums.device != act.device:
             self._alloc_device(act.device)
         self.sums += sums.sum(0).to(torch.float64)
         self.abs_sums += abs_sums.sum(0).to(torch.float64)
-        self.counts += bin_counts(bins, self.num_bins).sum(0).to(torch.float64)
+        self.counts += per_image.sum(0).to(self.counts.device, torch.float64)
         # Only images with a valid pixel count: an all-invalid frame adds nothing, and
         # counting it would make num_images depend on which batch it shared.
-        self.images += int((bins >= 0).flatten(1).any(1).sum())
+        self.images += int(valid_images.sum())
 
     def _from_view(self, view: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if self.layer is None or self.binner is None:

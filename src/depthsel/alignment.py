@@ -237,6 +237,7 @@ def binned_sums(
     align_corners: bool = False,
     method: str = "adjoint",
     weights: torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Per-image, per-unit, per-bin sums of the bilinearly aligned activations.
 
@@ -258,13 +259,17 @@ def binned_sums(
     weights
         Precomputed :func:`bin_weight_maps` for this batch and feature size
         (shared between layers of equal resolution).
+    check
+        Validate the inputs (default); ``False`` for a caller that has just
+        checked them itself (the accumulator checks once for both of its sums).
 
     Returns
     -------
     torch.Tensor
         ``[B, K, Nb]`` sums in ``act``'s dtype.
     """
-    check_inputs(act, bins, num_bins)
+    if check:
+        check_inputs(act, bins, num_bins)
     bins = bins.long()
     bsz, k, h, w = act.shape
     if method == "adjoint":
