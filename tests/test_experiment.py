@@ -124,7 +124,7 @@ def test_cli_demo_json_holds_per_seed_values_cis_and_differences(tmp_path: Path)
     # The recipe chosen on validation blocks: four bins by default (8 units at width 0.25).
     assert data["binner"]["num_bins"] == 4
     one_per_unit = CliRunner().invoke(app, ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25",
-                                            "--train-samples", "4", "--test-samples", "2", "--out", str(tmp_path),
+                                            "--train-samples", "8", "--test-samples", "2", "--out", str(tmp_path),
                                             "--name", "per_unit", "--bins", "0", "--seeds", "1",
                                             "--curve-every", "0", "--permutations", "0", "--format", "json"],
                                       env={"COLUMNS": "120"})

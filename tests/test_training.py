@@ -86,3 +86,14 @@ def test_config_round_trip_and_errors(tmp_path: Path) -> None:
         TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(DepthselError, match="loss"):
         Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "y", loss="l3"))
+
+
+def test_a_set_smaller_than_one_batch_is_refused_not_trained_forever(tmp_path: Path) -> None:
+    """Full batches only: 3 samples with batch size 4 would give epochs without a step."""
+    from depthsel.errors import DepthselError
+
+    with pytest.raises(DepthselError, match="fewer than the batch size 4"):
+        Trainer(ToyDepthNet(width=4), INFO, ToySet(3), config(tmp_path, "small"))
+    # Exactly one batch trains: one step per epoch.
+    trainer = Trainer(ToyDepthNet(width=4), INFO, ToySet(4), config(tmp_path, "one", epochs=2))
+    assert trainer.steps_per_epoch == 1 and trainer.total_steps == 2

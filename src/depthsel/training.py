@@ -185,7 +185,12 @@ class Trainer:
         n = len(train_set)  # type: ignore[arg-type]
         if n == 0:
             raise DepthselError("the training set is empty; check the dataset path and split")
-        self.steps_per_epoch = max(1, n // config.batch_size)
+        if n < config.batch_size:
+            # Full batches only (drop_last), so a smaller set would give epochs without a
+            # single step: refuse instead of training nothing (or looping forever).
+            raise DepthselError(f"the training set has {n} samples, fewer than the batch size "
+                                f"{config.batch_size}; give more samples or a smaller batch size")
+        self.steps_per_epoch = n // config.batch_size
         total = self.steps_per_epoch * config.epochs
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         self.reg: SelectivityRegularizer | None = None
