@@ -17,9 +17,7 @@ Alternate the two trees a few times to compare them on a shared machine.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,18 +31,14 @@ from depthsel.accumulator import ResponseAccumulator  # noqa: E402
 from depthsel.alignment import bin_weight_maps  # noqa: E402
 
 import run  # noqa: E402
+from common import cpu_median  # noqa: E402
 
 LAYERS = ["decode_conv4", "decode_conv5"]
 
 
 def cpu_ms(fn: Callable[[], Any], repeats: int = 11) -> float:
-    fn()
-    xs = []
-    for _ in range(repeats):
-        t = time.thread_time()
-        fn()
-        xs.append(time.thread_time() - t)
-    return 1e3 * statistics.median(xs)
+    """Median CPU milliseconds of ``fn`` (:func:`common.cpu_median`)."""
+    return 1e3 * cpu_median(fn, repeats)
 
 
 def main() -> int:

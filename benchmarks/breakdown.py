@@ -14,9 +14,7 @@ regularizer term (loss + backward to the activations).
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,18 +29,14 @@ from depthsel.alignment import bin_counts, bin_weight_maps, binned_sums, check_i
 from depthsel.objectives import BatchStats  # noqa: E402
 
 import run  # noqa: E402
+from common import cpu_median  # noqa: E402
 
 LAYERS = ["decode_conv4", "decode_conv5"]
 
 
 def cpu_ms(fn: Callable[[], Any], repeats: int = 15) -> float:
-    fn()
-    xs = []
-    for _ in range(repeats):
-        t = time.thread_time()
-        fn()
-        xs.append(time.thread_time() - t)
-    return round(1e3 * statistics.median(xs), 2)
+    """Median CPU milliseconds of ``fn`` (:func:`common.cpu_median`)."""
+    return 1e3 * cpu_median(fn, repeats)
 
 
 def main() -> int:

@@ -67,6 +67,17 @@ def timed(fn: Callable[[], Any], device: str) -> float:
     return clock() - t
 
 
+def cpu_median(fn: Callable[[], Any], repeats: int) -> float:
+    """Median CPU seconds of this thread over ``repeats`` calls of ``fn`` (after one warm-up call)."""
+    fn()
+    xs = []
+    for _ in range(repeats):
+        t = time.thread_time()
+        fn()
+        xs.append(time.thread_time() - t)
+    return median(xs)
+
+
 def make_batch(batch: int, size: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded ``(image [B,3,H,W], depth [B,1,H,W])`` spanning the SID range.
 

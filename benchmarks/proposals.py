@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ from depthsel.binned import BinnedDepth  # noqa: E402
 from depthsel.binning import Binner, prepare_depth  # noqa: E402
 
 import run  # noqa: E402
+from common import cpu_median  # noqa: E402
 
 LAYERS = ["decode_conv4", "decode_conv5"]
 
@@ -106,13 +105,8 @@ def check_lean(acts: list[torch.Tensor], depth: torch.Tensor, binners: dict[str,
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    xs = []
-    for _ in range(repeats):
-        t = time.thread_time()
-        fn()
-        xs.append(time.thread_time() - t)
-    return statistics.median(xs)
+    """Median CPU seconds of ``fn`` (:func:`common.cpu_median`)."""
+    return cpu_median(fn, repeats)
 
 
 def lean_update(acc: ResponseAccumulator, act: torch.Tensor, bins: torch.Tensor, weights: torch.Tensor) -> None:

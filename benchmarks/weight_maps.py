@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ sys.path.insert(0, str(HERE))
 from depthsel.alignment import _interp_taps, bin_weight_maps, interp_weights  # noqa: E402
 
 import run  # noqa: E402
+from common import cpu_median  # noqa: E402
 
 
 def scatter_bin_first(bins: torch.Tensor, nb: int, feat: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
@@ -78,13 +77,8 @@ def separable_matmul(bins: torch.Tensor, nb: int, feat: tuple[int, int], align_c
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    xs = []
-    for _ in range(repeats):
-        t = time.thread_time()
-        fn()
-        xs.append(time.thread_time() - t)
-    return statistics.median(xs)
+    """Median CPU seconds of ``fn`` (:func:`common.cpu_median`)."""
+    return cpu_median(fn, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
