@@ -43,3 +43,25 @@ def test_bins_and_weights_computed_once() -> None:
     other = Counting([0.0, 1.0, 2.0])
     binned.bins(other)
     assert len(calls) == 2
+
+
+def _reference_bins(binner: EdgesBinner, depth: torch.Tensor) -> torch.Tensor:
+    """The plain rule in float64: bin i holds edges[i] < d <= edges[i+1]; others (and d <= 0) are -1."""
+    d = depth.reshape(depth.shape[0], *depth.shape[-2:]).to(torch.float64)
+    e = binner.edges
+    out = torch.full(d.shape, -1, dtype=torch.long)
+    for i in range(binner.num_bins):
+        out[(d > e[i]) & (d <= e[i + 1]) & (d > 0)] = i
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0.05, 9.0, allow_nan=False), min_size=2, max_size=9, unique=True), st.booleans())
+def test_binner_equals_the_plain_rule_at_every_float32_neighbour_of_its_edges(edges: list[float], f32: bool) -> None:
+    b = EdgesBinner([0.0, *sorted(edges)])
+    e = b.edges.to(torch.float32)
+    near = torch.cat([torch.nextafter(e, torch.full_like(e, -1.0)), e, torch.nextafter(e, torch.full_like(e, 99.0)),
+                      torch.tensor([0.0, 9.5, 1e-7])]).clamp(min=0)
+    depth = near.reshape(1, 1, 1, -1)
+    depth = depth if f32 else depth.to(torch.float64)
+    assert torch.equal(b(depth), _reference_bins(b, depth))

@@ -151,12 +151,21 @@ class Binner(ABC):
         """
         d = prepare_depth(depth, valid)
         edges = self.edges.to(device=d.device)
-        # Compare in float64 so edges such as 0.75 are exact.
-        d64 = d.to(torch.float64)
-        inner = edges[1:-1].contiguous()
-        bins = torch.bucketize(d64, inner, right=False)
-        ok = (d64 > edges[0]) & (d64 <= edges[-1]) & (d64 > 0)
-        return torch.where(ok, bins, torch.full_like(bins, -1))
+        # One bucketize over all N_b + 1 edges, then a lookup: index 0 (depth <= edges[0],
+        # which covers invalid zeros since edges[0] >= 0) and N_b + 1 (beyond the range, or
+        # NaN) map to -1, index i to bin i - 1.
+        if d.dtype == torch.float32:
+            # Exact without a float64 copy: for float32 d, d <= e holds iff d <= the largest
+            # float32 not above e, so compare against the edges rounded down to float32.
+            e32 = edges.to(torch.float32)
+            e32 = torch.where(e32.to(torch.float64) > edges, torch.nextafter(e32, torch.full_like(e32, -1.0)), e32)
+            index = torch.bucketize(d, e32, right=False)
+        else:
+            # Compare in float64 so edges such as 0.75 are exact.
+            index = torch.bucketize(d.to(torch.float64), edges, right=False)
+        lut = torch.arange(-1, self.num_bins + 1, device=d.device)
+        lut[-1] = -1
+        return lut[index]
 
     def centers(self) -> torch.Tensor:
         """Bin centres in metres (``float64 [num_bins]``)."""
