@@ -198,3 +198,18 @@ def test_stream_is_the_only_loop_over_a_dataset() -> None:
             hooks.append(rel)
     assert offenders == [], f"loops over a dataset outside stream(): {offenders}"
     assert hooks == [], f"forward hooks not owned by HookHandles: {hooks}"
+
+
+def test_worker_processes_give_the_same_pass() -> None:
+    """Items carry their dataset index through worker processes (the indexed subset pickles)."""
+    data = ToyDepthDataset(5, seed=6, dtype=torch.float64)
+    model, binner = _model(), _binner()
+    states = []
+    for workers in (0, 1):
+        seen: list[int] = []
+        acc = ResponseAccumulator(5, layer="dec3", binner=binner, compute_dtype=torch.float64)
+        stream(model, data, {"acc": acc, "ids": BatchCallback(lambda v: seen.extend(v.indices.tolist()))},
+               layers=["dec3"], batch_size=2, num_workers=workers, progress=False)
+        states.append((acc.state_dict(), seen))
+    assert states[0][1] == states[1][1] == [0, 1, 2, 3, 4]
+    assert all(torch.equal(states[0][0][k], states[1][0][k]) for k in states[0][0])
