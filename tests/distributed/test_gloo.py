@@ -27,15 +27,12 @@ in float64 so that the comparison can be tight.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from gloo_launch import load_worker, requires_gloo, run_ranks
 
 from depthsel.accumulator import ResponseAccumulator
 from depthsel.testing import ToyDepthDataset
@@ -44,44 +41,16 @@ from depthsel.responses import collect_responses
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_gloo_worker.py"
 WORLD = 2
-TIMEOUT_S = 90
 
-_spec = importlib.util.spec_from_file_location("depthsel_gloo_worker", WORKER)
-assert _spec is not None and _spec.loader is not None
-W = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(W)
+W = load_worker(WORKER, "depthsel_gloo_worker")
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="torch.distributed with gloo is not available",
-)
+pytestmark = requires_gloo
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """Launch both ranks once (file store: no port to race for) and load their outputs."""
-    tmp = tmp_path_factory.mktemp("gloo")
-    store = tmp / "store"
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(WORLD), str(store), str(tmp)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-             for r in range(WORLD)]
-    logs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=TIMEOUT_S)
-            logs.append(out)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"gloo ranks did not finish within {TIMEOUT_S}s")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} failed:\n{log[-4000:]}"
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    """Launch both ranks once and load their outputs."""
+    return run_ranks(WORKER, tmp_path_factory.mktemp("gloo"), WORLD)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> None:

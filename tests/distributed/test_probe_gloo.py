@@ -6,53 +6,27 @@ summed with exactly one all-reduce, the held-out sums with one more.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from gloo_launch import load_worker, requires_gloo, run_ranks
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_probe_worker.py"
 WORLD = 2
-TIMEOUT_S = 90
 
-_spec = importlib.util.spec_from_file_location("depthsel_probe_worker", WORKER)
-assert _spec is not None and _spec.loader is not None
-W = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(W)
+W = load_worker(WORKER, "depthsel_probe_worker")
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="torch.distributed with gloo is not available",
-)
+pytestmark = requires_gloo
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("probe_gloo")
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(WORLD), str(tmp / "store"), str(tmp)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-             for r in range(WORLD)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"gloo ranks did not finish within {TIMEOUT_S}s")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} failed:\n{log[-4000:]}"
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    """Launch both ranks once and load their outputs."""
+    return run_ranks(WORKER, tmp_path_factory.mktemp("probe_gloo"), WORLD)
 
 
 def test_two_ranks_equal_one_process_with_one_all_reduce_per_pass(ranks: list[dict[str, Any]]) -> None:
