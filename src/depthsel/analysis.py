@@ -107,17 +107,18 @@ class AnalysisContext:
 
         The context's model, info, batch size, device, adapters, workers and
         progress setting are passed on; ``layers`` defaults to :attr:`layers`
-        (``None`` captures nothing); ``options`` override or add stream options.
+        (``None`` captures nothing); ``options`` override or add stream options,
+        ``dataset=`` streams another dataset than :attr:`dataset`.
         """
         from .stream import stream
 
+        dataset = options.pop("dataset", self.dataset)
         kwargs: dict[str, Any] = dict(layers=self.layers if layers == "context" else layers, info=self.info,
                                       batch_size=self.batch_size, device=self.device,
                                       adapters=self.adapters or None, num_workers=self.num_workers,
                                       progress=self.progress)
         kwargs.update(options)
-        return stream(self.model, options.pop("dataset", self.dataset), consumers,
-                      **{k: v for k, v in kwargs.items() if k != "dataset"})
+        return stream(self.model, dataset, consumers, **kwargs)
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Move a batch's tensors to :attr:`device`."""

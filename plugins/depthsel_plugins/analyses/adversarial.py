@@ -48,7 +48,6 @@ from depthsel.stream import stream
 
 from .adversarial_attack import (
     attack_images,
-    b1hw,
     error_pixels,
     mask_iou,
     predict_depth,
@@ -207,7 +206,7 @@ class AdversarialAnalyzer(Analyzer):
 
         def each(view: Any) -> None:
             batch, gt, valid = view.batch, view.depth, view.valid
-            pred_c, acts_c = b1hw(view.prediction()), dict(view.activations)
+            pred_c, acts_c = view.prediction(), dict(view.activations)
             x_adv = attack_images(model, ctx.info, batch, attack=c["attack"], epsilon=c["epsilon"],
                                   steps=c["steps"], step_size=c["step_size"],
                                   random_start=c["random_start"], generator=gen)

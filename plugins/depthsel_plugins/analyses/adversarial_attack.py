@@ -23,14 +23,14 @@ __all__ = ["attack_images", "error_pixels", "mask_iou", "predict_depth", "thresh
 _CHUNK = 64  # units upsampled at once: bounds memory for layers with thousands of units
 
 
-def b1hw(t: torch.Tensor) -> torch.Tensor:
+def _b1hw(t: torch.Tensor) -> torch.Tensor:
     """A depth map as ``[B, 1, H, W]`` (a ``[B, H, W]`` one gains the channel axis)."""
     return t[:, None] if t.ndim == 3 else t
 
 
 def to_depth_size(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """``pred`` as ``[B, 1, H, W]`` at the spatial size of ``gt`` (bilinear when it differs)."""
-    pred = b1hw(pred)
+    pred = _b1hw(pred)
     if pred.shape[-2:] != gt.shape[-2:]:
         pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)
     return pred
@@ -39,7 +39,7 @@ def to_depth_size(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 def predict_depth(model: nn.Module, info: ModelInfo, batch: Mapping[str, Any],
                   image: torch.Tensor) -> torch.Tensor:
     """The model's ``[B, 1, h, w]`` depth for ``image`` in place of the batch's (``[0, 1]`` space)."""
-    return b1hw(info.predict(model, {**batch, "image": image}))
+    return _b1hw(info.predict(model, {**batch, "image": image}))
 
 
 def attack_images(
@@ -91,7 +91,7 @@ def error_pixels(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
     ``pred`` is upsampled to the ground-truth size; predictions <= 0 count as errors.
     """
     pred = to_depth_size(pred, gt)
-    valid = b1hw(valid).bool() & (gt > 0)
+    valid = _b1hw(valid).bool() & (gt > 0)
     p = pred.clamp_min(1e-12)
     g = torch.where(valid, gt, torch.ones_like(gt))
     ratio = torch.maximum(p / g, g / p)

@@ -292,8 +292,7 @@ class MaskAnalyzer(Analyzer):
             binary = binarize(mask, c["threshold"])
             edges = edge_mask(batch["image"], binary.flatten(1).sum(1).round().long())
             gt, valid = batch["depth"], batch["valid"]
-            full = view.prediction()
-            m["full"].update(full[:, None] if full.ndim == 3 else full, gt, valid)
+            m["full"].update(view.prediction(), gt, valid)  # [B,H,W] or [B,1,H,W] both accepted
             for key, inp in (("mask", x * mask), ("binary", x * binary), ("edge", x * edges)):
                 m[key].update(_run_net(ctx.model, ctx.info, inp, batch), gt, valid)
             totals["kept"] += float(binary.sum())
