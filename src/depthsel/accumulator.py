@@ -14,7 +14,7 @@ import torch
 
 from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs
 from .binning import Binner
-from .consumer import Consumer
+from .consumer import Consumer, distributed_ready
 from .errors import ConfigError, ShapeMismatchError
 
 __all__ = ["ResponseAccumulator"]
@@ -223,9 +223,7 @@ class ResponseAccumulator(Consumer):
         it, and every rank must have seen at least one batch (or been given
         ``num_units``), so that the tensors agree in shape.
         """
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and self.num_units is None:
+        if distributed_ready() and self.num_units is None:
             raise ShapeMismatchError(
                 "sync() needs num_units on ranks that saw no data; pass num_units= to the accumulator"
             )

@@ -30,14 +30,15 @@ import torch
 
 from .errors import ResultFormatError, ShapeMismatchError
 
-__all__ = ["BatchCallback", "Consumer", "Reduction"]
+__all__ = ["BatchCallback", "Consumer", "Reduction", "distributed_ready"]
 
 Reduction = Literal["sum", "max", "min", "cat"]
 _REDUCTIONS = ("sum", "max", "min", "cat")
 Self = TypeVar("Self", bound="Consumer")
 
 
-def _dist_ready() -> bool:
+def distributed_ready() -> bool:
+    """Whether ``torch.distributed`` is available and initialised (the one check for every consumer)."""
     import torch.distributed as dist
 
     return bool(dist.is_available() and dist.is_initialized())
@@ -144,7 +145,7 @@ class Consumer:
         Every rank must call it. Tensor states must agree in shape across ranks
         (a rank that saw no batch of a lazily sized state gets an error naming it).
         """
-        if not _dist_ready():
+        if not distributed_ready():
             return self
         import torch.distributed as dist
 

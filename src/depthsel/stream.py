@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from .binned import BinnedDepth
 from .capture import Adapter, Capture
 from .checkpoints import read_checkpoint_pair, write_checkpoint_pair
-from .consumer import Consumer
+from .consumer import Consumer, distributed_ready
 from .data import collate, dataset_fingerprint
 from .errors import ResultFormatError, ShapeMismatchError
 from .hooks import replace_outputs
@@ -44,9 +44,9 @@ __all__ = ["BatchView", "StreamReport", "stream", "distributed_rank", "move_batc
 
 def distributed_rank() -> tuple[int, int]:
     """``(rank, world_size)`` under ``torch.distributed``, ``(0, 1)`` without it."""
-    import torch.distributed as dist
+    if distributed_ready():
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
