@@ -31,18 +31,25 @@ def plain_loop(acts: torch.Tensor, bins: torch.Tensor, nb: int, align_corners: b
     return sums, abs_sums, counts
 
 
-def random_case(seed: int, b: int, k: int, h: int, w: int, hh: int, ww: int, nb: int):
+def random_case(seed: int, b: int, k: int, h: int, w: int, hh: int, ww: int, nb: int, sign: str = "signed"):
     g = torch.Generator().manual_seed(seed)
     acts = torch.randn(b, k, h, w, generator=g, dtype=torch.float64)
+    if sign != "signed":
+        # After a ReLU the accumulator computes one product for both sums; a single
+        # negative value anywhere must send it back to two.
+        acts = acts.relu()
+        if sign == "one_negative":
+            acts.view(-1)[int(torch.randint(acts.numel(), (1,), generator=g))] = -0.5
     bins = torch.randint(-1, nb, (b, hh, ww), generator=g)
     return acts, bins
 
 
 @given(seed=st.integers(0, 10_000), b=st.integers(1, 4), k=st.integers(1, 6),
        h=st.integers(1, 9), w=st.integers(1, 9), hh=st.integers(1, 17), ww=st.integers(1, 17),
-       nb=st.integers(1, 12), ac=st.booleans(), method=st.sampled_from(["adjoint", "upsample"]))
-def test_vectorised_equals_plain_loop(seed, b, k, h, w, hh, ww, nb, ac, method) -> None:
-    acts, bins = random_case(seed, b, k, h, w, hh, ww, nb)
+       nb=st.integers(1, 12), ac=st.booleans(), method=st.sampled_from(["adjoint", "upsample"]),
+       sign=st.sampled_from(["signed", "nonnegative", "one_negative"]))
+def test_vectorised_equals_plain_loop(seed, b, k, h, w, hh, ww, nb, ac, method, sign) -> None:
+    acts, bins = random_case(seed, b, k, h, w, hh, ww, nb, sign)
     acc = ResponseAccumulator(nb, align_corners=ac, method=method)
     acc.update(acts, bins)
     sums, abs_sums, counts = plain_loop(acts, bins, nb, ac)

@@ -1,7 +1,7 @@
 """BinnedDepth bins once per binner and matches the direct computation."""
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from depthsel.alignment import bin_weight_maps
 from depthsel.binned import BinnedDepth
@@ -65,3 +65,48 @@ def test_binner_equals_the_plain_rule_at_every_float32_neighbour_of_its_edges(ed
     depth = near.reshape(1, 1, 1, -1)
     depth = depth if f32 else depth.to(torch.float64)
     assert torch.equal(b(depth), _reference_bins(b, depth))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.0, 50.0), st.lists(st.floats(1e-7, 0.5), min_size=1, max_size=40), st.integers(0, 2**31 - 1))
+def test_bit_table_lookup_equals_bucketize_near_every_edge_and_on_random_depth(
+        first: float, gaps: list[float], seed: int) -> None:
+    """The float32 bit-pattern lookup is bucketize exactly, including edges closer than a table cell."""
+    from depthsel.bitbins import build_bit_table, edges_rounded_down, lookup_index
+
+    e64 = torch.tensor([first], dtype=torch.float64)
+    e64 = torch.cat([e64, first + torch.tensor(gaps, dtype=torch.float64).mul(first + 1.0).cumsum(0)])
+    e32 = edges_rounded_down(e64)
+    assume(bool((e32[1:] > e32[:-1]).all()))
+    table = build_bit_table(e32)
+    assume(table is not None)
+    g = torch.Generator().manual_seed(seed)
+    probes = [e32, torch.nextafter(e32, torch.full_like(e32, -1.0)), torch.nextafter(e32, torch.full_like(e32, 1e9)),
+              torch.rand(2000, generator=g) * float(e32[-1]) * 1.2, torch.tensor([0.0, -0.0, 1e-40])]
+    d = torch.cat(probes).to(torch.float32).clamp(min=0)
+    d = torch.cat([d, torch.tensor([-0.0])])
+    assert torch.equal(lookup_index(d, table), torch.bucketize(d, e32, right=False))
+
+
+def test_bit_table_gives_up_on_ranges_too_wide_for_it_and_the_binner_still_bins_exactly() -> None:
+    from depthsel.bitbins import build_bit_table, edges_rounded_down
+
+    # Two edges one float apart force cells of one float: 2**29 cells over [0, 2] is too many.
+    one = torch.tensor(1.0)
+    e = torch.tensor([0.0, 1.0, float(torch.nextafter(one, torch.tensor(2.0))), 2.0], dtype=torch.float64)
+    assert build_bit_table(edges_rounded_down(e)) is None
+    b = EdgesBinner(e.tolist())
+    depth = torch.tensor([0.0, 0.5, 1.0, float(e[2]), 1.5, 2.0, 3.0]).reshape(1, 1, -1)
+    assert b(depth).tolist() == [[[-1, 0, 0, 1, 2, 2, -1]]]
+    assert torch.equal(b(depth), _reference_bins(b, depth))
+
+
+def test_counts_are_computed_once_per_binner_and_equal_bin_counts() -> None:
+    from depthsel.alignment import bin_counts
+
+    b = EdgesBinner([0.0, 1.0, 2.0, 4.0])
+    binned = BinnedDepth(torch.rand(3, 1, 6, 5) * 5)
+    c = binned.counts(b)
+    assert c is binned.counts(b)
+    assert torch.equal(c, bin_counts(binned.bins(b), b.num_bins))
+    assert int(c.sum()) == int((binned.bins(b) >= 0).sum())

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from depthsel import Binner, hookimpl
-from depthsel.binning import check_edges, prepare_depth
+from depthsel.binning import check_edges
 from depthsel.errors import BinCountError
 
 __all__ = ["UniformBinner", "LogBinner", "SIDBinner", "QuantileBinner"]
@@ -48,6 +48,8 @@ class _RangeBinner(Binner):
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
         self.above_range = above_range
+        # "first_bin" reproduces the reference code: depth above the range stays in bin 0.
+        self.above_range_bin = 0 if above_range == "first_bin" else -1
         self._edges = check_edges(self._make_edges())
 
     def _make_edges(self) -> torch.Tensor:
@@ -69,15 +71,6 @@ class _RangeBinner(Binner):
 
     def with_num_bins(self, num_bins: int) -> Binner:
         return type(self)(num_bins, self.min_depth, self.max_depth, self.above_range)
-
-    def __call__(self, depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        bins = super().__call__(depth, valid)
-        if self.above_range == "first_bin":
-            # Reproduces the reference code: depth above the range stays in bin 0.
-            d = prepare_depth(depth, valid).to(torch.float64)
-            bins = torch.where(d > float(self._edges[-1]), torch.zeros_like(bins), bins)
-        return bins
-
 
 class UniformBinner(_RangeBinner):
     """Equal-width bins over ``(min_depth, max_depth]``.

@@ -126,8 +126,9 @@ class ResponseAccumulator(Consumer):
         weights
             Optional precomputed :func:`~depthsel.alignment.bin_weight_maps`.
         """
+        per_image = None
         if bins is None and hasattr(activations, "binned"):
-            activations, bins, weights = self._from_view(activations)
+            activations, bins, weights, per_image = self._from_view(activations)
         if isinstance(bins, torch.Tensor) and bins.ndim == 4 and bins.shape[1] == 1:
             bins = bins[:, 0]
         # Types, ranks, batch sizes, dtypes and the bin range: one check for every caller.
@@ -140,7 +141,8 @@ class ResponseAccumulator(Consumer):
                 "use one accumulator per layer"
             )
         # One histogram gives the pixel counts, "any valid pixel" and the image count.
-        per_image = bin_counts(bins, self.num_bins)
+        if per_image is None:
+            per_image = bin_counts(bins, self.num_bins)
         valid_images = per_image.sum(1) > 0
         if not bool(valid_images.any()):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
@@ -151,9 +153,14 @@ class ResponseAccumulator(Consumer):
             # Build the bin weight maps once for both the signed and the |A| sums.
             weights = bin_weight_maps(bins.long(), self.num_bins, tuple(act.shape[-2:]),
                                       self.align_corners, dtype=self.compute_dtype)
-        sums, abs_sums = (binned_sums(act, bins, self.num_bins, use_abs=use_abs, align_corners=self.align_corners,
-                                      method=self.method, weights=weights, check=False)
-                          for use_abs in (False, True))
+        sums = binned_sums(act, bins, self.num_bins, align_corners=self.align_corners,
+                           method=self.method, weights=weights, check=False)
+        # After a ReLU (most hooked layers) no activation is negative, |A| = A, and one
+        # product serves both sums: one read of A instead of a second product.
+        nonnegative = act.numel() == 0 or bool(act.amin() >= 0)
+        abs_sums = sums if nonnegative else binned_sums(
+            act, bins, self.num_bins, use_abs=True, align_corners=self.align_corners,
+            method=self.method, weights=weights, check=False)
         if self.num_units is None:
             self._alloc(act.shape[1], act.device)
         if self.sums.device != act.device:
@@ -165,15 +172,19 @@ class ResponseAccumulator(Consumer):
         # counting it would make num_images depend on which batch it shared.
         self.images += int(valid_images.sum())
 
-    def _from_view(self, view: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _from_view(self, view: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The layer's activations and the view's cached bins, weight maps and counts (shared by layers)."""
         if self.layer is None or self.binner is None:
             raise ConfigError("a ResponseAccumulator fed by a stream needs layer= and binner=")
         act = view.activations[self.layer]
         bins = view.binned.bins(self.binner, act.device)
-        weights = None
-        if self.method == "adjoint" and act.ndim == 4 and act.shape[0] == bins.shape[0]:
-            weights = view.binned.weights(self.binner, tuple(act.shape[-2:]), self.compute_dtype, act.device)
-        return act, bins, weights
+        weights = counts = None
+        if act.ndim == 4 and act.shape[0] == bins.shape[0]:
+            if self.method == "adjoint":
+                weights = view.binned.weights(self.binner, tuple(act.shape[-2:]), self.compute_dtype, act.device)
+            if bins.ndim == 3 and self.binner.num_bins == self.num_bins:
+                counts = view.binned.counts(self.binner, act.device)
+        return act, bins, weights, counts
 
     def _alloc_device(self, device: torch.device) -> None:
         for name in ("sums", "abs_sums", "counts", "images", "skipped"):

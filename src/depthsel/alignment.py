@@ -69,8 +69,13 @@ def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
     # One integer histogram over (image, bin + 1): every negative bin is invalid and
     # lands in its image's column 0, which is dropped.
     offsets = (torch.arange(b, device=bins.device) * (num_bins + 1) + 1).unsqueeze(1)
-    idx = bins.reshape(b, -1).long().clamp(min=-1) + offsets
-    return torch.bincount(idx.reshape(-1), minlength=b * (num_bins + 1)).view(b, num_bins + 1)[:, 1:]
+    idx = (bins.reshape(b, -1).long().clamp(min=-1) + offsets).reshape(-1)
+    if bins.device.type != "cpu":  # bincount keeps torch's deterministic-algorithms guarantees there
+        return torch.bincount(idx, minlength=b * (num_bins + 1)).view(b, num_bins + 1)[:, 1:]
+    # On the CPU scatter_add_ of ones, not bincount, which first scans its input for min and max.
+    counts = torch.zeros(b * (num_bins + 1), dtype=torch.int64, device=bins.device)
+    counts.scatter_add_(0, idx, torch.ones((), dtype=torch.int64, device=bins.device).expand(idx.numel()))
+    return counts.view(b, num_bins + 1)[:, 1:]
 
 
 @lru_cache(maxsize=16)
@@ -130,15 +135,17 @@ def bin_weight_maps(
     if dev.type == "cpu":
         # One image at a time: its [h*w, Nb+1] float64 table (a few MB) stays in
         # cache while the taps land, and the tap weights need no batch-sized copy.
+        # Which images are mostly valid is decided in one pass over the batch.
+        dense = ((flat >= 0).sum(1) * 2 >= height * width).tolist()
         if dtype == torch.float32:
             # float32 out: scatter straight into it (half the table, no copy).
-            wt32 = wt.to(torch.float32)
+            wt32 = _tap_weights32(wt)
             for b in range(bsz):
-                _scatter_image(out[b].view(-1), flat[b], slots, wt32)
+                _scatter_image(out[b].view(-1), flat[b], slots, wt32, dense[b])
         else:
             table = torch.empty(hw * row, dtype=torch.float64)
             for b in range(bsz):
-                _scatter_image(table, flat[b], slots, wt)
+                _scatter_image(table, flat[b], slots, wt, dense[b])
                 out[b].view(-1).copy_(table)
     else:  # index_add_ keeps torch's deterministic-algorithms guarantees off the CPU
         idx = (flat.unsqueeze(1) + slots.unsqueeze(0)
@@ -149,16 +156,31 @@ def bin_weight_maps(
     return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
 
 
-def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor, wt: torch.Tensor) -> None:
-    """Fill one image's float64 ``[h*w * (Nb+1)]`` table: all 4 taps of every pixel in one scatter."""
+def _tap_weights32(wt: torch.Tensor) -> torch.Tensor:
+    """float32 copy of the (cached) float64 tap weights, made once per tensor."""
+    key = (wt.data_ptr(), wt.numel(), str(wt.device))
+    hit = _WT32.get(key)
+    if hit is None or hit[0] is not wt:
+        if len(_WT32) >= 16:
+            _WT32.clear()
+        hit = _WT32[key] = (wt, wt.to(torch.float32))
+    return hit[1]
+
+
+#: float32 tap weights keyed by their float64 tensor (kept alive in the entry, so its id stays unique).
+_WT32: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor, wt: torch.Tensor,
+                   dense: bool) -> None:
+    """Fill one image's ``[h*w * (Nb+1)]`` table: all 4 taps of every pixel in one scatter."""
     table.zero_()
-    valid = bins >= 0
-    if 2 * int(valid.sum()) >= bins.numel():
+    if dense:
         # Mostly valid (dense ground truth): invalid pixels (bin -1) land in column 0.
         table.scatter_add_(0, (slots + bins).reshape(-1), wt.reshape(-1))
     else:
         # Mostly invalid (sparse ground truth): scatter only the valid pixels.
-        p = valid.nonzero().squeeze(1)
+        p = (bins >= 0).nonzero().squeeze(1)
         table.scatter_add_(0, (slots[:, p] + bins[p]).reshape(-1), wt[:, p].reshape(-1))
 
 

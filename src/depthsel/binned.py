@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .alignment import bin_weight_maps
-from .binning import Binner
+from .alignment import bin_counts, bin_weight_maps
+from .binning import Binner, prepare_depth
 
 __all__ = ["BinnedDepth"]
 
@@ -55,6 +55,8 @@ class BinnedDepth:
         self.align_corners = bool(align_corners)
         self._bins: dict[int, tuple[Binner, torch.Tensor]] = {}
         self._weights: dict[tuple[int, int, int, torch.dtype, str], torch.Tensor] = {}
+        self._counts: dict[tuple[int, str], torch.Tensor] = {}
+        self._prepared: dict[str, torch.Tensor] = {}
 
     def bins(self, binner: Binner, device: torch.device | str | None = None) -> torch.Tensor:
         """``int64 [B, H, W]`` bin indices under ``binner`` (``-1`` invalid), computed once."""
@@ -65,11 +67,22 @@ class BinnedDepth:
             if device is not None:
                 depth = depth.to(device)
                 valid = None if valid is None else valid.to(device)
+            if valid is not None and type(binner).__call__ is Binner.__call__:
+                # The base rule reads depth only through prepare_depth (invalid -> 0), so the
+                # masked depth is made once and shared by every such binner of the batch.
+                depth, valid = self._masked(depth, valid), None
             # The binner is kept alive with its entry so that its id cannot be reused.
             hit = (binner, binner(depth, valid))
             self._bins[key] = hit
         out = hit[1]
         return out if device is None else out.to(device)
+
+    def _masked(self, depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        key = str(depth.device)
+        hit = self._prepared.get(key)
+        if hit is None:
+            hit = self._prepared[key] = prepare_depth(depth, valid)
+        return hit
 
     def weights(self, binner: Binner, feat_size: tuple[int, int], dtype: torch.dtype = torch.float32,
                 device: torch.device | str | None = None) -> torch.Tensor:
@@ -82,3 +95,12 @@ class BinnedDepth:
                                 self.align_corners, dtype=dtype)
             self._weights[key] = w
         return w
+
+    def counts(self, binner: Binner, device: torch.device | str | None = None) -> torch.Tensor:
+        """``int64 [B, Nb]`` valid-pixel count per image and bin under ``binner``, computed once."""
+        bins = self.bins(binner, device)
+        key = (id(binner), str(bins.device))
+        c = self._counts.get(key)
+        if c is None:
+            c = self._counts[key] = bin_counts(bins, binner.num_bins)
+        return c

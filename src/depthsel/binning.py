@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .bitbins import BitTable, build_bit_table, edges_rounded_down, lookup_index
 from .errors import BinCountError, InvalidDepthError
 
 __all__ = ["Binner", "EdgesBinner", "InvalidDepthWarning", "prepare_depth"]
@@ -63,8 +64,11 @@ def prepare_depth(depth: torch.Tensor, valid: torch.Tensor | None = None) -> tor
             "convert millimetre PNGs with depth.float() / 1000"
         )
     depth = depth.detach()
-    bad = ~torch.isfinite(depth) | (depth < 0)
-    if bool(bad.any()):
+    # One pass decides the common case: min and max propagate NaN, so a batch whose
+    # minimum is >= 0 and maximum finite holds no NaN, inf or negative value.
+    lo, hi = torch.aminmax(depth) if depth.numel() else (depth.new_zeros(()), depth.new_zeros(()))
+    bad = None if bool((lo >= 0) & torch.isfinite(hi)) else ~torch.isfinite(depth) | (depth < 0)
+    if bad is not None and bool(bad.any()):
         if not _WARNED_NONFINITE:
             _WARNED_NONFINITE = True
             warnings.warn(
@@ -151,21 +155,36 @@ class Binner(ABC):
         """
         d = prepare_depth(depth, valid)
         edges = self.edges.to(device=d.device)
-        # One bucketize over all N_b + 1 edges, then a lookup: index 0 (depth <= edges[0],
-        # which covers invalid zeros since edges[0] >= 0) and N_b + 1 (beyond the range, or
-        # NaN) map to -1, index i to bin i - 1.
+        # The index counts the edges strictly below d: 0 (depth <= edges[0], which covers
+        # invalid zeros since edges[0] >= 0), i for bin i - 1, N_b + 1 beyond the range.
         if d.dtype == torch.float32:
             # Exact without a float64 copy: for float32 d, d <= e holds iff d <= the largest
             # float32 not above e, so compare against the edges rounded down to float32.
-            e32 = edges.to(torch.float32)
-            e32 = torch.where(e32.to(torch.float64) > edges, torch.nextafter(e32, torch.full_like(e32, -1.0)), e32)
-            index = torch.bucketize(d, e32, right=False)
+            table = self._bit_table(edges, d.device)
+            if table is not None:
+                index = lookup_index(d, table)
+            else:
+                index = torch.bucketize(d, edges_rounded_down(edges), right=False)
         else:
             # Compare in float64 so edges such as 0.75 are exact.
             index = torch.bucketize(d.to(torch.float64), edges, right=False)
         lut = torch.arange(-1, self.num_bins + 1, device=d.device)
-        lut[-1] = -1
-        return lut[index]
+        lut[-1] = self.above_range_bin
+        return torch.index_select(lut, 0, index.view(-1)).view(index.shape)
+
+    #: Bin of finite depth above the last edge: ``-1`` (invalid). A subclass may
+    #: set 0 to reproduce the reference code, which leaves such depth in bin 0.
+    above_range_bin: int = -1
+
+    def _bit_table(self, edges: torch.Tensor, device: torch.device) -> BitTable | None:
+        """The float32 lookup tables of these edges on ``device``, built once (:mod:`depthsel.bitbins`)."""
+        key = (str(device), tuple(edges.tolist()))
+        cache = self.__dict__.setdefault("_bit_tables", {})
+        if key not in cache:
+            if len(cache) >= 4:
+                cache.clear()  # refitted edges or many devices: keep the cache small
+            cache[key] = build_bit_table(edges_rounded_down(edges.cpu()), device)
+        return cache[key]
 
     def centers(self) -> torch.Tensor:
         """Bin centres in metres (``float64 [num_bins]``)."""
