@@ -173,3 +173,37 @@ def test_experiment_commands_are_plugin_commands_not_core_ones() -> None:
         assert name not in BUILTIN_COMMANDS
         assert commands[name].source == "depthsel:experiments"
         assert commands[name].factory.__module__ == "depthsel_plugins.experiments.commands"
+
+
+def test_init_weights_start_both_arms_from_a_checkpoint_per_seed_and_a_missing_one_fails_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from depthsel.checkpoints import load_state_dict
+    from depthsel_plugins.experiments import measure
+
+    base = dict(train_data={"split": "train", "num_samples": 8}, test_data={"split": "test", "num_samples": 4},
+                seeds=[3], **TINY)
+    run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="pre", **base), progress=False)
+    weights = str(tmp_path / "pre" / "seed{seed}" / "baseline" / "model.safetensors")
+    missing = ExperimentConfig(out_dir=str(tmp_path), name="missing", init_weights=weights,
+                               **base | {"seeds": [3, 4]})
+    with pytest.raises(DepthselError, match="seed 4"):
+        run_experiment(missing, progress=False)
+    assert not (tmp_path / "missing" / "seed3").exists()  # refused before any training
+    started: list[tuple[Path, dict]] = []
+    real = measure.load_weights
+
+    def spy(model, path, **kw):  # what each arm holds right after loading, before training
+        out = real(model, path, **kw)
+        started.append((Path(path), {k: v.clone() for k, v in model.state_dict().items()}))
+        return out
+
+    monkeypatch.setattr(measure, "load_weights", spy)
+    tuned = run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="tuned", init_weights=weights, **base),
+                           progress=False)
+    pretrained = load_state_dict(tmp_path / "pre" / "seed3" / "baseline" / "model.safetensors")
+    assert [p for p, _ in started] == [tmp_path / "pre" / "seed3" / "baseline" / "model.safetensors"] * 2
+    for _, state in started:  # both arms start from exactly the pretrained weights
+        assert all(torch.equal(state[k], pretrained[k]) for k in pretrained)
+    assert tuned["config"]["init_weights"] == weights

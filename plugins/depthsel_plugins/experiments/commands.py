@@ -142,6 +142,9 @@ def _fit(make_trainer: Callable[[], Any], resume: bool, force: bool) -> dict[str
 
 # Options shared by `demo` and `sweep`: one definition, one help text.
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")]
+InitOpt = Annotated[str | None, typer.Option(
+    "--init-weights", metavar="PATH", help="Both arms of each seed start from these weights (safetensors; "
+    "'{seed}' in PATH is replaced by the seed), e.g. after pretraining on other data. Default: random init.")]
 SizeOpt = Annotated[str, typer.Option("--size", help="Training resolution HxW (multiples of 32 for FastDepth).")]
 WidthOpt = Annotated[float, typer.Option("--width", help="FastDepth width multiplier.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="AdamW learning rate of every model.")]
@@ -177,6 +180,7 @@ def demo(
     train_samples: TrainSamplesOpt = 128,
     test_samples: TestSamplesOpt = 48,
     threads: ThreadsOpt = 1,
+    init_weights: InitOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Train a narrow FastDepth baseline and its interpretable twin over seeds, dissect both, compare."""
@@ -185,7 +189,8 @@ def demo(
     cfg = _experiment_config(name=name, out=out, data=data, train_frames=train_frames, test_frames=test_frames,
                              train_samples=train_samples, test_samples=test_samples, size=size, width=width,
                              lr=lr, liveness=liveness, epochs=epochs, binning=binning, num_bins=bins or None, seeds=seeds,
-                             permutations=permutations, threads=threads, weight=weight, curve_every=curve_every)
+                             permutations=permutations, threads=threads, weight=weight, curve_every=curve_every,
+                             init_weights=init_weights)
     _check_numbers(weight=weight, allow_zero=("weight",))
     summary = run_experiment(cfg)
     summary["run_dir"] = str(cfg.run_dir)
@@ -214,6 +219,7 @@ def sweep(
     train_samples: TrainSamplesOpt = 128,
     test_samples: TestSamplesOpt = 48,
     threads: ThreadsOpt = 1,
+    init_weights: InitOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Accuracy vs selectivity over selectivity weights x seeds: a table and a trade-off plot with CIs."""
@@ -228,7 +234,7 @@ def sweep(
     cfg = _experiment_config(name=name, out=out, data=data, train_frames=train_frames, test_frames=test_frames,
                              train_samples=train_samples, test_samples=test_samples, size=size, width=width,
                              lr=lr, liveness=liveness, epochs=epochs, binning=binning, num_bins=bins or None, seeds=seeds,
-                             permutations=permutations, threads=threads)
+                             permutations=permutations, threads=threads, init_weights=init_weights)
     summary = run_sweep(cfg, ws)
     summary["run_dir"] = str(cfg.run_dir)
     _print_table(summary, fmt, "selectivity-weight sweep (held-out split)")

@@ -49,6 +49,9 @@ class ExperimentConfig:
     lr: float = 1e-2
     loss: str = "l1"
     seeds: list[int] = field(default_factory=lambda: [0])
+    # Weights both arms of a seed start from (fine-tuning, e.g. after pretraining on other
+    # data): a safetensors path, where "{seed}" is replaced by the seed. None: random init.
+    init_weights: str | None = None
     device: str = "cpu"
     protocol: str = "default"
     permutations: int = 199

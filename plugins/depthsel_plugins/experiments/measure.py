@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +13,9 @@ from torch.utils.data import Dataset
 from depthsel.analysis import AnalysisContext
 from depthsel.api import get_analyzer, get_model
 from depthsel.binning import Binner
+from depthsel.checkpoints import load_weights
 from depthsel.consumer import BatchCallback
+from depthsel.errors import ConfigError
 from depthsel.metrics import DepthMetrics
 from depthsel.stats import bootstrap_ci
 from depthsel.stream import stream
@@ -138,11 +141,26 @@ def _curve_callback(cfg: ExperimentConfig, info: Any, binner: Binner, train_set:
     return callback
 
 
+def init_weights_path(cfg: ExperimentConfig, seed: int) -> Path:
+    """The weights file seed ``seed`` starts from; a missing one is a one-line error before any training."""
+    if cfg.init_weights is None:
+        raise ConfigError("this experiment starts from random weights (init_weights is None)")
+    try:
+        path = Path(cfg.init_weights.format(seed=seed))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"init_weights {cfg.init_weights!r}: only {{seed}} may be substituted ({exc})") from exc
+    if not path.is_file():
+        raise ConfigError(f"init_weights for seed {seed}: {str(path)!r} is not a file; train or copy it first")
+    return path
+
+
 def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, info: Any, binner: Binner,
                   train_set: Dataset[Any], test_set: Dataset[Any], progress: bool | None) -> Measurement:
     """Train one arm from the seed's initial weights, then measure it on both splits."""
     torch.manual_seed(seed)  # every arm of a seed starts from the same weights
     model = get_model(cfg.model, **cfg.model_config)
+    if cfg.init_weights:
+        load_weights(model, init_weights_path(cfg, seed))
     run = cfg.run_dir / f"seed{seed}" / label
     sel = SelectivityConfig(layers=list(cfg.layers), binner=binner.config(), objective=cfg.objective,
                             weight=weight, fit_bins_to_units=True, warmup_steps=cfg.warmup_steps,
