@@ -110,3 +110,11 @@ def test_counts_are_computed_once_per_binner_and_equal_bin_counts() -> None:
     assert c is binned.counts(b)
     assert torch.equal(c, bin_counts(binned.bins(b), b.num_bins))
     assert int(c.sum()) == int((binned.bins(b) >= 0).sum())
+
+
+def test_bit_table_refuses_edges_whose_bit_patterns_are_not_monotone() -> None:
+    from depthsel.bitbins import build_bit_table
+
+    for edges in ([-1.0, 0.5, 2.0], [-0.0, 1.0], [0.0, float("inf")], [0.0, float("nan")]):
+        assert build_bit_table(torch.tensor(edges)) is None, edges
+    assert build_bit_table(torch.tensor([0.0, 1.0, 2.0])) is not None

@@ -72,7 +72,12 @@ def build_bit_table(edges32: torch.Tensor, device: torch.device | str = "cpu") -
 
     The shift starts at 11 bits and is lowered until no cell holds two edges.
     """
-    bits = edges32.to(torch.float32).cpu().view(torch.int32).to(torch.int64)
+    e = edges32.to(torch.float32).cpu()
+    if e.numel() < 1 or not bool(torch.isfinite(e).all()) or bool(torch.signbit(e).any()):
+        # Bit patterns are monotone only over non-negative finite floats (-0.0 included
+        # in the refusal: its pattern is the most negative int32).
+        return None
+    bits = e.view(torch.int32).to(torch.int64)
     for shift in range(_FIRST_SHIFT, -1, -1):
         codes = bits >> shift
         # An edge's transition (its next float) stays inside its cell unless the
@@ -86,11 +91,11 @@ def build_bit_table(edges32: torch.Tensor, device: torch.device | str = "cpu") -
             return None
         first = ((torch.arange(lo, hi + 1, dtype=torch.int64) << shift)).to(torch.int32).view(torch.float32)
         # Index of the cell's first float: edges strictly below it.
-        base = torch.searchsorted(edges32.to(torch.float32).cpu(), first, right=False)
+        base = torch.searchsorted(e, first, right=False)
         split = torch.full((n,), float("inf"), dtype=torch.float32)
         e_in = torch.nonzero(inside).squeeze(1)
-        split[codes[e_in] - lo] = edges32.to(torch.float32).cpu()[e_in]
-        nb1 = int(edges32.numel())  # Nb + 1: the index of "above the last edge"
+        split[codes[e_in] - lo] = e[e_in]
+        nb1 = int(e.numel())  # Nb + 1: the index of "above the last edge"
         base = torch.cat([torch.zeros(1, dtype=torch.int64), base, torch.full((1,), nb1, dtype=torch.int64)])
         inf = torch.full((1,), float("inf"), dtype=torch.float32)
         split = torch.cat([inf, split, inf])
