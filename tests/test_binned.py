@@ -118,3 +118,31 @@ def test_bit_table_refuses_edges_whose_bit_patterns_are_not_monotone() -> None:
     for edges in ([-1.0, 0.5, 2.0], [-0.0, 1.0], [0.0, float("inf")], [0.0, float("nan")]):
         assert build_bit_table(torch.tensor(edges)) is None, edges
     assert build_bit_table(torch.tensor([0.0, 1.0, 2.0])) is not None
+
+
+def test_bit_table_agrees_with_bucketize_on_denormal_depth_in_flush_to_zero_mode() -> None:
+    """Denormal depth is decided by an FPU comparison, so both flush modes match bucketize."""
+    from depthsel.bitbins import edges_rounded_down
+
+    b = EdgesBinner([0.0, 0.5, 1.0, 2.0])
+    b(torch.rand(1, 2, 2))  # the table is built with flush-to-zero off
+    d = torch.tensor([1e-40, 1e-45, 0.0, 1.0, 3e-39, 0.7]).reshape(1, 1, -1)
+    for flush in (False, True):
+        if not torch.set_flush_denormal(flush):
+            continue  # this CPU cannot flush: nothing to compare
+        try:
+            want = torch.bucketize(d, edges_rounded_down(b.edges), right=False) - 1
+            want[want == b.num_bins] = -1
+            assert torch.equal(b(d), want), flush
+        finally:
+            torch.set_flush_denormal(False)
+
+
+def test_binner_with_a_zero_first_edge_keeps_a_small_table_and_drops_it_when_pickled() -> None:
+    import pickle
+
+    b = EdgesBinner(torch.linspace(0.0, 10.0, 65).tolist())
+    b(torch.rand(1, 4, 4) * 10)
+    table = b._bit_table(b.edges, torch.device("cpu"))
+    assert table is not None and table.base.numel() < 100_000  # not the ~500k cells from 0 upwards
+    assert len(pickle.dumps(b)) < 10_000

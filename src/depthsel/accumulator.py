@@ -126,14 +126,19 @@ class ResponseAccumulator(Consumer):
         weights
             Optional precomputed :func:`~depthsel.alignment.bin_weight_maps`.
         """
-        per_image = None
+        view = None
         if bins is None and hasattr(activations, "binned"):
-            activations, bins, weights, per_image = self._from_view(activations)
+            view = activations
+            activations, bins = self._from_view(view)
         if isinstance(bins, torch.Tensor) and bins.ndim == 4 and bins.shape[1] == 1:
             bins = bins[:, 0]
-        # Types, ranks, batch sizes, dtypes and the bin range: one check for every caller.
+        # Types, ranks, batch sizes, dtypes and the bin range: one check for every caller,
+        # before anything indexes with the bins (an out-of-range bin gets this error).
         check_inputs(activations, bins, self.num_bins)
         assert bins is not None
+        per_image = None
+        if view is not None:
+            weights, per_image = self._cached(view, activations, bins)
         act = activations.detach()
         if self.num_units is not None and act.shape[1] != self.num_units:
             raise ShapeMismatchError(
@@ -172,19 +177,20 @@ class ResponseAccumulator(Consumer):
         # counting it would make num_images depend on which batch it shared.
         self.images += int(valid_images.sum())
 
-    def _from_view(self, view: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The layer's activations and the view's cached bins, weight maps and counts (shared by layers)."""
+    def _from_view(self, view: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's activations and the view's cached bins."""
         if self.layer is None or self.binner is None:
             raise ConfigError("a ResponseAccumulator fed by a stream needs layer= and binner=")
         act = view.activations[self.layer]
-        bins = view.binned.bins(self.binner, act.device)
-        weights = counts = None
-        if act.ndim == 4 and act.shape[0] == bins.shape[0]:
-            if self.method == "adjoint":
-                weights = view.binned.weights(self.binner, tuple(act.shape[-2:]), self.compute_dtype, act.device)
-            if bins.ndim == 3 and self.binner.num_bins == self.num_bins:
-                counts = view.binned.counts(self.binner, act.device)
-        return act, bins, weights, counts
+        return act, view.binned.bins(self.binner, act.device)
+
+    def _cached(self, view: Any, act: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The view's weight maps and counts of this binner, built once per batch and shared by layers."""
+        assert self.binner is not None
+        weights = None
+        if self.method == "adjoint":
+            weights = view.binned.weights(self.binner, tuple(act.shape[-2:]), self.compute_dtype, act.device)
+        return weights, view.binned.counts(self.binner, act.device)
 
     def _alloc_device(self, device: torch.device) -> None:
         for name in ("sums", "abs_sums", "counts", "images", "skipped"):

@@ -180,11 +180,18 @@ class Binner(ABC):
         """The float32 lookup tables of these edges on ``device``, built once (:mod:`depthsel.bitbins`)."""
         key = (str(device), tuple(edges.tolist()))
         cache = self.__dict__.setdefault("_bit_tables", {})
+        table = cache.get(key)
         if key not in cache:
-            if len(cache) >= 4:
+            if len(cache) >= 8:
                 cache.clear()  # refitted edges or many devices: keep the cache small
-            cache[key] = build_bit_table(edges_rounded_down(edges.cpu()), device)
-        return cache[key]
+            table = cache[key] = build_bit_table(edges_rounded_down(edges.cpu()), device)
+        return table
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The lookup tables are a cache: rebuilt on first use, never pickled or copied.
+        state = self.__dict__.copy()
+        state.pop("_bit_tables", None)
+        return state
 
     def centers(self) -> torch.Tensor:
         """Bin centres in metres (``float64 [num_bins]``)."""

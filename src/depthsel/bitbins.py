@@ -19,9 +19,9 @@ with no search, and no data-dependent branch (the same on a GPU).
 ``torch.bucketize(d, edges32, right=False)`` does on the float32 edges
 rounded down (for float32 ``d``, ``d <= e`` iff ``d <= round_down(e)``).
 
-The tables cover the codes from the first edge's cell to the last edge's;
-codes below (including negative patterns: negative floats) get index 0,
-codes above get index ``Nb + 1``. NaN and infinities never arrive here:
+The tables cover the codes from the second edge's cell to the last edge's;
+codes below (including negative patterns: negative floats) share entry 0,
+which compares with the first edge, and codes above get index ``Nb + 1``. NaN and infinities never arrive here:
 :func:`~depthsel.binning.prepare_depth` sets them to 0 first.
 """
 
@@ -68,15 +68,24 @@ class BitTable:
 
 
 def build_bit_table(edges32: torch.Tensor, device: torch.device | str = "cpu") -> BitTable | None:
-    """Tables for float32 ``edges32`` (strictly increasing, ``>= 0``); ``None`` if too large.
+    """Tables for float32 ``edges32`` (strictly increasing, ``>= 0``); ``None`` when unsuitable.
 
-    The shift starts at 11 bits and is lowered until no cell holds two edges.
+    The table starts at the cell of the second edge: everything below it is decided by
+    entry 0, one comparison with the first edge. So a first edge of 0 costs no table
+    for the tiny and denormal floats, and a denormal depth is compared by the FPU as
+    bucketize compares it (flush-to-zero mode included). The shift starts at 11 bits
+    and is lowered until no cell holds two edges; ``None`` (use bucketize) for fewer
+    than two edges, edges that are negative, non-finite or denormal (other than a
+    first edge of 0), or a table over 4 M entries.
     """
     e = edges32.to(torch.float32).cpu()
-    if e.numel() < 1 or not bool(torch.isfinite(e).all()) or bool(torch.signbit(e).any()):
+    tiny = torch.finfo(torch.float32).tiny
+    if e.numel() < 2 or not bool(torch.isfinite(e).all()) or bool(torch.signbit(e).any()):
         # Bit patterns are monotone only over non-negative finite floats (-0.0 included
         # in the refusal: its pattern is the most negative int32).
         return None
+    if bool((e[1:] < tiny).any()) or 0.0 < float(e[0]) < tiny:
+        return None  # denormal edges: FPU flush-to-zero modes would disagree with the bits
     bits = e.view(torch.int32).to(torch.int64)
     for shift in range(_FIRST_SHIFT, -1, -1):
         codes = bits >> shift
@@ -85,7 +94,7 @@ def build_bit_table(edges32: torch.Tensor, device: torch.device | str = "cpu") -
         inside = ((bits + 1) >> shift) == codes
         if _two_edges_share_a_cell(codes, inside):
             continue
-        lo, hi = int(codes[0]), int(codes[-1])
+        lo, hi = int(codes[1]), int(codes[-1])
         n = hi - lo + 1
         if n + 2 > _MAX_CELLS:
             return None
@@ -93,12 +102,12 @@ def build_bit_table(edges32: torch.Tensor, device: torch.device | str = "cpu") -
         # Index of the cell's first float: edges strictly below it.
         base = torch.searchsorted(e, first, right=False)
         split = torch.full((n,), float("inf"), dtype=torch.float32)
-        e_in = torch.nonzero(inside).squeeze(1)
+        e_in = torch.nonzero(inside & (codes >= lo)).squeeze(1)
         split[codes[e_in] - lo] = e[e_in]
         nb1 = int(e.numel())  # Nb + 1: the index of "above the last edge"
+        # Entry 0, below the table (no edge there but the first): 0 + (d > edges[0]).
         base = torch.cat([torch.zeros(1, dtype=torch.int64), base, torch.full((1,), nb1, dtype=torch.int64)])
-        inf = torch.full((1,), float("inf"), dtype=torch.float32)
-        split = torch.cat([inf, split, inf])
+        split = torch.cat([e[:1], split, torch.full((1,), float("inf"), dtype=torch.float32)])
         return BitTable(shift, lo - 1, base.to(device), split.to(device))
     return None
 
