@@ -6,7 +6,8 @@ another base seed (the demo's test split is not read).
 
 ``OMP_NUM_THREADS=1 python benchmarks/lever_select.py {7s|syn} NUM_BINS SEEDS NAME [OUT]``, e.g.
 ``python benchmarks/lever_select.py 7s 8 0,1,2 sel_7s_nb8 runs``. NUM_BINS 0 keeps the recipe's
-default (one bin per unit). Pool and compare with ``benchmarks/lever_select_table.py``.
+default (one bin per unit). ``syn:N:E`` trains on N synthetic scenes for E epochs instead of the
+recipe's 192 for 12 (the data lever: ``syn:5000:2`` is 1,250 steps). Pool and compare with ``benchmarks/lever_select_table.py``.
 """
 
 import sys
@@ -21,9 +22,14 @@ if kind == "7s":
                            train_data={"root": root, "frames": "0:60"}, test_data={"root": root, "frames": "60:80"},
                            size=(64, 96), epochs=60, binning="quantile", num_bins=nb or None, seeds=seeds,
                            curve_every=0, permutations=0)
-elif kind == "syn":
+elif kind == "syn" or kind.startswith("syn:"):
+    # "syn:N:E": N training scenes for E epochs instead of ExperimentConfig's 192 x 12 (the data lever).
+    extra = {}
+    if kind != "syn":
+        n_scenes, epochs = (int(v) for v in kind.split(":")[1:])
+        extra = {"train_data": {"split": "train", "num_samples": n_scenes}, "epochs": epochs}
     cfg = ExperimentConfig(name=name, out_dir=out, num_bins=nb or None, seeds=seeds, curve_every=0, permutations=0,
-                           test_data={"split": "train", "seed": 1, "num_samples": 48})
+                           test_data={"split": "train", "seed": 1, "num_samples": 48}, **extra)
 else:
     raise SystemExit(f"unknown kind {kind!r}; use 7s or syn")
 run_experiment(cfg, progress=False)
