@@ -12,7 +12,8 @@ more *different* images, not more training. The runs (one process, one thread):
     done
 
 Then ``python benchmarks/learning_curve.py runs_lc/lc_200 runs_lc/lc_1000 runs_lc/lc_5000
---plot docs/img/results/learning_curve_scenes.png`` prints the table (mean ± 95% CI half-width
+--plot docs/img/results/learning_curve_scenes.png`` (or the committed copies,
+``benchmarks/runs_round4/lc_*.summary.json``) prints the table (mean ± 95% CI half-width
 over seeds, interpretable arm unless named) and draws the curve.
 """
 
@@ -34,7 +35,8 @@ ROWS = [("target_ds", "interpretable", "held-out target DS"),
 
 
 def load(run: Path) -> tuple[int, dict[tuple[str, str], dict[str, Any]]]:
-    summary = json.loads((run / "summary.json").read_text())
+    """A run directory (its summary.json) or a summary file itself."""
+    summary = json.loads((run if run.is_file() else run / "summary.json").read_text())
     n = int(summary["config"]["train_data"]["num_samples"])
     table = {(r["key"], arm): r["arms"][arm] for r in summary["table"] for arm in r["arms"]}
     return n, table
@@ -77,7 +79,8 @@ def plot(points: list[tuple[int, dict[tuple[str, str], dict[str, Any]]]], out: P
         ax.errorbar(ns, mean, yerr=err, marker="o", capsize=4, color=f"C{i}", label=label)
     ax.axhline(0.78, color="grey", ls="--", lw=1, label="issue target 0.78")
     ax.set_xscale("log")
-    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xticks(ns, [f"{n:,}" for n in ns])
+    ax.minorticks_off()
     ax.set_xlabel("synthetic training scenes (1,250 steps each)")
     ax.set_ylabel("target DS, interpretable model")
     ax.set_title("Selectivity against training-set size: mean ± 95% CI over seeds")
