@@ -207,3 +207,17 @@ def test_init_weights_start_both_arms_from_a_checkpoint_per_seed_and_a_missing_o
     for _, state in started:  # both arms start from exactly the pretrained weights
         assert all(torch.equal(state[k], pretrained[k]) for k in pretrained)
     assert tuned["config"]["init_weights"] == weights
+
+
+def test_cli_demo_init_weights_missing_file_is_one_line_error_before_training(tmp_path: Path) -> None:
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)
+    missing = str(tmp_path / "pre" / "seed{seed}.safetensors")
+    result = CliRunner().invoke(app, ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25",
+                                      "--train-samples", "8", "--test-samples", "4", "--out", str(tmp_path),
+                                      "--seeds", "1", "--curve-every", "0", "--permutations", "0",
+                                      "--init-weights", missing], env={"COLUMNS": "200"})
+    assert result.exit_code != 0
+    assert "seed0.safetensors" in result.output and "is not a file" in result.output
+    assert not (tmp_path / "demo" / "seed0").exists()
