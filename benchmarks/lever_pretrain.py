@@ -14,6 +14,10 @@ Three steps, each one process (``OMP_NUM_THREADS=1``):
 ``python benchmarks/lever_pretrain.py heldout {end|start} SEEDS NAME OUT``
     Only if the lever wins on validation: the held-out runs of ``benchmarks/heldout_bins.py``
     from the pretrained weights.
+
+``pretrain`` takes optional ``SCENES EPOCHS`` and ``val``/``heldout`` an optional ``SCENES``
+(default 2,000 and 5): ``pretrain 0,1,2 runs_pre 5000 2`` pretrains on 5,000 scenes for the
+same 1,250 steps into ``OUT/pre_syn5000/``.
 """
 
 from __future__ import annotations
@@ -27,42 +31,50 @@ from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experi
 
 ROOT = "../shared/data/7scenes_redkitchen"
 SIZE = (64, 96)
-PRE = "pre_syn/seed{seed}/model.safetensors"
 
 
-def pretrain(seeds: list[int], out: Path) -> None:
+def pre_path(scenes: int) -> str:
+    """Where seed {seed}'s pretrained weights live (the 2,000-scene recipe keeps its old folder)."""
+    return ("pre_syn" if scenes == 2000 else f"pre_syn{scenes}") + "/seed{seed}/model.safetensors"
+
+
+def pretrain(seeds: list[int], out: Path, scenes: int = 2000, epochs: int = 5) -> None:
     import torch
 
     torch.set_num_threads(1)
-    data = get_dataset("synthetic", size=SIZE, split="train", seed=7, num_samples=2000)
+    data = get_dataset("synthetic", size=SIZE, split="train", seed=7, num_samples=scenes)
     for seed in seeds:
-        if (out / PRE.format(seed=seed)).is_file():
+        if (out / pre_path(scenes).format(seed=seed)).is_file():
             continue
         torch.manual_seed(seed)
         model = get_model("fastdepth", width=0.5)
-        cfg = TrainConfig(name=f"seed{seed}", out_dir=str(out / "pre_syn"), epochs=5, batch_size=8, lr=1e-2,
-                          seed=seed, checkpoint_every=10_000)
+        cfg = TrainConfig(name=f"seed{seed}", out_dir=str(out / Path(pre_path(scenes)).parts[0]), epochs=epochs,
+                          batch_size=8, lr=1e-2, seed=seed, checkpoint_every=10_000)
         Trainer(model, get_model_info("fastdepth"), data, cfg).fit(resume=False)
 
 
-def config(name: str, out: Path, seeds: list[int], frames: tuple[str, str], permutations: int) -> ExperimentConfig:
+def config(name: str, out: Path, seeds: list[int], frames: tuple[str, str], permutations: int,
+           scenes: int = 2000) -> ExperimentConfig:
     return ExperimentConfig(name=name, out_dir=str(out), data="folder",
                             train_data={"root": ROOT, "frames": frames[0]}, test_data={"root": ROOT, "frames": frames[1]},
                             size=SIZE, epochs=60, binning="quantile", num_bins=4, seeds=seeds, curve_every=0,
-                            permutations=permutations, init_weights=str(out / PRE))
+                            permutations=permutations, init_weights=str(out / pre_path(scenes)))
 
 
 def main(argv: list[str]) -> None:
     step = argv[0]
-    if step == "pretrain":
-        pretrain([int(s) for s in argv[1].split(",")], Path(argv[2]))
-    elif step == "val":
+    if step == "pretrain":  # pretrain SEEDS OUT [SCENES EPOCHS]
+        extra = [int(v) for v in argv[3:5]]
+        pretrain([int(s) for s in argv[1].split(",")], Path(argv[2]), *extra)
+    elif step == "val":  # val SEEDS NAME OUT [SCENES]
         seeds, name, out = [int(s) for s in argv[1].split(",")], argv[2], Path(argv[3])
-        run_experiment(config(name, out, seeds, ("0:60", "60:80"), 0), progress=False)
-    elif step == "heldout":
+        scenes = int(argv[4]) if len(argv) > 4 else 2000
+        run_experiment(config(name, out, seeds, ("0:60", "60:80"), 0, scenes), progress=False)
+    elif step == "heldout":  # heldout {end|start} SEEDS NAME OUT [SCENES]
         frames = {"end": ("0:80", "80:100"), "start": ("20:100", "0:20")}[argv[1]]
         seeds, name, out = [int(s) for s in argv[2].split(",")], argv[3], Path(argv[4])
-        run_experiment(config(name, out, seeds, frames, 199), progress=False)
+        scenes = int(argv[5]) if len(argv) > 5 else 2000
+        run_experiment(config(name, out, seeds, frames, 199, scenes), progress=False)
     else:
         raise SystemExit(f"unknown step {step!r}: pretrain, val or heldout")
 
