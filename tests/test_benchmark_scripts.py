@@ -80,3 +80,27 @@ def test_gpu_script_amp_part_runs_on_cpu(monkeypatch: pytest.MonkeyPatch) -> Non
     assert out["all_losses_finite"] and out["regularizer_dtypes"] == ["torch.float32"], out
     assert out["ok"] and out["autocast_dtype"] == "torch.bfloat16" and out["ratio"] > 0
     assert os.environ["DEPTHSEL_BENCH_SETUPS"]
+
+
+def test_learning_curve_table_and_plot_come_from_the_committed_summaries(tmp_path: Path, capsys) -> None:
+    lc = _load(ROOT / "benchmarks" / "learning_curve.py", "learning_curve_under_test")
+    runs = [ROOT / "benchmarks" / "runs_round4" / f"lc_{n}.summary.json" for n in (5000, 200, 1000)]
+    out = tmp_path / "lc.png"
+    assert lc.main([str(r) for r in runs] + ["--plot", str(out)]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("| metric"))
+    assert header.index("200 scenes") < header.index("1000 scenes") < header.index("5000 scenes")  # sorted by N
+    row = next(line for line in text.splitlines() if line.startswith("| held-out target DS |"))
+    for r in runs:  # each cell is that run's interpretable mean ± half-width
+        s = json.loads(r.read_text())
+        stat = next(x for x in s["table"] if x["key"] == "target_ds")["arms"]["interpretable"]
+        assert f"{stat['mean']:.3f} ± {stat['half_width']:.3f}" in row
+    assert out.is_file() and out.stat().st_size > 10_000
+
+
+def test_lever_pretrain_points_each_seed_at_its_pretraining_of_the_chosen_size(tmp_path: Path) -> None:
+    lp = _load(ROOT / "benchmarks" / "lever_pretrain.py", "lever_pretrain_under_test")
+    cfg = lp.config("v", tmp_path, [0, 1], ("0:60", "60:80"), 0, 5000)
+    assert cfg.init_weights == str(tmp_path / "pre_syn5000" / "seed{seed}" / "model.safetensors")
+    assert lp.config("v", tmp_path, [0], ("0:60", "60:80"), 0).init_weights.endswith("pre_syn/seed{seed}/model.safetensors")
+    assert cfg.num_bins == 4 and cfg.test_data["frames"] == "60:80"
