@@ -15,6 +15,8 @@ Three steps, each one process (``OMP_NUM_THREADS=1``):
     Only if the lever wins on validation: the held-out runs of ``benchmarks/heldout_bins.py``
     from the pretrained weights.
 
+``val`` also takes ExperimentConfig fields as JSON after ``SCENES`` (a lever on top of the
+recipe): ``val 0,1,2 val_warm runs_pre 2000 '{"warmup_steps": 200}'``.
 ``pretrain`` takes optional ``SCENES EPOCHS`` and ``val``/``heldout`` an optional ``SCENES``
 (default 2,000 and 5): ``pretrain 0,1,2 runs_pre 5000 2`` pretrains on 5,000 scenes for the
 same 1,250 steps into ``OUT/pre_syn5000/``.
@@ -22,6 +24,7 @@ same 1,250 steps into ``OUT/pre_syn5000/``.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -66,10 +69,16 @@ def main(argv: list[str]) -> None:
     if step == "pretrain":  # pretrain SEEDS OUT [SCENES EPOCHS]
         extra = [int(v) for v in argv[3:5]]
         pretrain([int(s) for s in argv[1].split(",")], Path(argv[2]), *extra)
-    elif step == "val":  # val SEEDS NAME OUT [SCENES]
+    elif step == "val":  # val SEEDS NAME OUT [SCENES [JSON]]
         seeds, name, out = [int(s) for s in argv[1].split(",")], argv[2], Path(argv[3])
         scenes = int(argv[4]) if len(argv) > 4 else 2000
-        run_experiment(config(name, out, seeds, ("0:60", "60:80"), 0, scenes), progress=False)
+        cfg = config(name, out, seeds, ("0:60", "60:80"), 0, scenes)
+        # A lever on top of the recipe: ExperimentConfig fields as JSON, e.g. '{"warmup_steps": 200}'.
+        for key, value in (json.loads(argv[5]) if len(argv) > 5 else {}).items():
+            if not hasattr(cfg, key):
+                raise SystemExit(f"ExperimentConfig has no field {key!r}")
+            setattr(cfg, key, value)
+        run_experiment(cfg, progress=False)
     elif step == "heldout":  # heldout {end|start} SEEDS NAME OUT [SCENES]
         frames = {"end": ("0:80", "80:100"), "start": ("20:100", "0:20")}[argv[1]]
         seeds, name, out = [int(s) for s in argv[2].split(",")], argv[3], Path(argv[4])

@@ -104,3 +104,10 @@ def test_lever_pretrain_points_each_seed_at_its_pretraining_of_the_chosen_size(t
     assert cfg.init_weights == str(tmp_path / "pre_syn5000" / "seed{seed}" / "model.safetensors")
     assert lp.config("v", tmp_path, [0], ("0:60", "60:80"), 0).init_weights.endswith("pre_syn/seed{seed}/model.safetensors")
     assert cfg.num_bins == 4 and cfg.test_data["frames"] == "60:80"
+
+
+def test_lever_pretrain_val_refuses_an_unknown_override_before_running(tmp_path: Path) -> None:
+    lp = _load(ROOT / "benchmarks" / "lever_pretrain.py", "lever_pretrain_override_under_test")
+    with pytest.raises(SystemExit, match="no field 'warmup'"):
+        lp.main(["val", "0", "v", str(tmp_path), "2000", '{"warmup": 200}'])
+    assert not (tmp_path / "v").exists()
