@@ -113,3 +113,18 @@ def test_plugin_commands_are_added_and_bad_ones_skipped(runner: Any) -> None:
     finally:
         unregister_plugin(label)
         listing.CLI_FAILURES.pop(label, None)
+
+
+def test_every_new_application_gets_the_plugin_commands_even_at_a_reused_address() -> None:
+    """Idempotence is per application object: a new one at a collected one's address is new."""
+    import gc
+
+    import typer
+
+    for _ in range(30):
+        target = typer.Typer()
+        target.command("probe")(lambda: None)
+        assert "demo" in add_plugin_commands(target)
+        assert add_plugin_commands(target) == []  # the same application: nothing added twice
+        del target
+        gc.collect()

@@ -11,6 +11,7 @@ plugin commands: the core CLI knows no recipe.
 from __future__ import annotations
 
 import sys
+import weakref
 import warnings
 from typing import Annotated, Any
 
@@ -60,7 +61,9 @@ for _module in (listing, inspect, analyze, convert, report):
 BUILTIN_COMMANDS: frozenset[str] = frozenset(
     (info.name or getattr(info.callback, "__name__", "")) for info in app.registered_commands
 )
-_PLUGIN_COMMANDS_ADDED: set[int] = set()
+# The applications already given the plugin commands. Weak references, not id(): a
+# collected application's id can be reused by a new one, which would then get none.
+_PLUGIN_COMMANDS_ADDED: "weakref.WeakSet[typer.Typer]" = weakref.WeakSet()
 
 
 def add_plugin_commands(target: typer.Typer | None = None) -> list[str]:
@@ -79,9 +82,9 @@ def add_plugin_commands(target: typer.Typer | None = None) -> list[str]:
     from ..registry import get_plugin_manager
 
     target = app if target is None else target
-    if id(target) in _PLUGIN_COMMANDS_ADDED:
+    if target in _PLUGIN_COMMANDS_ADDED:
         return []
-    _PLUGIN_COMMANDS_ADDED.add(id(target))
+    _PLUGIN_COMMANDS_ADDED.add(target)
     existing = {info.name for info in target.registered_commands} | set(BUILTIN_COMMANDS)
     added: list[str] = []
     for name, entry in get_plugin_manager().entries("commands").items():
