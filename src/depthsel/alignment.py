@@ -129,7 +129,8 @@ def bin_weight_maps(
         )
     hw, row = h * w, num_bins + 1
     dev = bins.device
-    slots, wt = _tap_slots(height, width, h, w, num_bins, bool(align_corners), str(dev))
+    key = (height, width, h, w, num_bins, bool(align_corners), str(dev))
+    slots, wt = _tap_slots(*key)
     flat = bins.reshape(bsz, height * width).long()
     out = torch.empty(bsz, hw, row, dtype=dtype, device=dev)
     if dev.type == "cpu":
@@ -139,7 +140,7 @@ def bin_weight_maps(
         dense = ((flat >= 0).sum(1) * 2 >= height * width).tolist()
         if dtype == torch.float32:
             # float32 out: scatter straight into it (half the table, no copy).
-            wt32 = _tap_weights32(wt)
+            wt32 = _tap_weights32(*key)
             for b in range(bsz):
                 _scatter_image(out[b].view(-1), flat[b], slots, wt32, dense[b])
         else:
@@ -156,19 +157,12 @@ def bin_weight_maps(
     return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
 
 
-def _tap_weights32(wt: torch.Tensor) -> torch.Tensor:
-    """float32 copy of the (cached) float64 tap weights, made once per tensor."""
-    key = (wt.data_ptr(), wt.numel(), str(wt.device))
-    hit = _WT32.get(key)
-    if hit is None or hit[0] is not wt:
-        if len(_WT32) >= 16:
-            _WT32.clear()
-        hit = _WT32[key] = (wt, wt.to(torch.float32))
-    return hit[1]
-
-
-#: float32 tap weights keyed by their float64 tensor (kept alive in the entry, so its id stays unique).
-_WT32: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+@lru_cache(maxsize=16)
+def _tap_weights32(
+    height: int, width: int, h: int, w: int, num_bins: int, align_corners: bool, device: str
+) -> torch.Tensor:
+    """float32 copy of :func:`_tap_slots`' tap weights, made once per size (same cache key)."""
+    return _tap_slots(height, width, h, w, num_bins, align_corners, device)[1].to(torch.float32)
 
 
 def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor, wt: torch.Tensor,

@@ -160,7 +160,7 @@ class Binner(ABC):
         if d.dtype == torch.float32:
             # Exact without a float64 copy: for float32 d, d <= e holds iff d <= the largest
             # float32 not above e, so compare against the edges rounded down to float32.
-            table = self._bit_table(edges, d.device)
+            table = self._bit_table(d.device)
             if table is not None:
                 index = lookup_index(d, table)
             else:
@@ -176,15 +176,18 @@ class Binner(ABC):
     #: set 0 to reproduce the reference code, which leaves such depth in bin 0.
     above_range_bin: int = -1
 
-    def _bit_table(self, edges: torch.Tensor, device: torch.device) -> BitTable | None:
-        """The float32 lookup tables of these edges on ``device``, built once (:mod:`depthsel.bitbins`)."""
+    def _bit_table(self, device: torch.device) -> BitTable | None:
+        """The float32 lookup tables of the edges on ``device``, built once (:mod:`depthsel.bitbins`)."""
+        # Keyed by the (host) edges' values: a refitted binner gets new tables, and reading a
+        # device copy of the edges here would synchronise with the device on every batch.
+        edges = self.edges.cpu()
         key = (str(device), tuple(edges.tolist()))
         cache = self.__dict__.setdefault("_bit_tables", {})
         table = cache.get(key)
         if key not in cache:
             if len(cache) >= 8:
                 cache.clear()  # refitted edges or many devices: keep the cache small
-            table = cache[key] = build_bit_table(edges_rounded_down(edges.cpu()), device)
+            table = cache[key] = build_bit_table(edges_rounded_down(edges), device)
         return table
 
     def __getstate__(self) -> dict[str, Any]:
