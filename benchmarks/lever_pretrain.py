@@ -15,8 +15,8 @@ Three steps, each one process (``OMP_NUM_THREADS=1``):
     Only if the lever wins on validation: the held-out runs of ``benchmarks/heldout_bins.py``
     from the pretrained weights.
 
-``val`` also takes ExperimentConfig fields as JSON after ``SCENES`` (a lever on top of the
-recipe): ``val 0,1,2 val_warm runs_pre 2000 '{"warmup_steps": 200}'``.
+``val`` and ``heldout`` also take ExperimentConfig fields as JSON after ``SCENES`` (a lever on
+top of the recipe): ``val 0,1,2 val_warm runs_pre 2000 '{"warmup_steps": 200}'``.
 ``pretrain`` takes optional ``SCENES EPOCHS`` and ``val``/``heldout`` an optional ``SCENES``
 (default 2,000 and 5): ``pretrain 0,1,2 runs_pre 5000 2`` pretrains on 5,000 scenes for the
 same 1,250 steps into ``OUT/pre_syn5000/``.
@@ -64,6 +64,15 @@ def config(name: str, out: Path, seeds: list[int], frames: tuple[str, str], perm
                             permutations=permutations, init_weights=str(out / pre_path(scenes)))
 
 
+def with_lever(cfg: ExperimentConfig, overrides: str | None) -> ExperimentConfig:
+    """A lever on top of the recipe: ExperimentConfig fields as JSON, e.g. '{"warmup_steps": 200}'."""
+    for key, value in (json.loads(overrides) if overrides else {}).items():
+        if not hasattr(cfg, key):
+            raise SystemExit(f"ExperimentConfig has no field {key!r}")
+        setattr(cfg, key, value)
+    return cfg
+
+
 def main(argv: list[str]) -> None:
     step = argv[0]
     if step == "pretrain":  # pretrain SEEDS OUT [SCENES EPOCHS]
@@ -73,17 +82,13 @@ def main(argv: list[str]) -> None:
         seeds, name, out = [int(s) for s in argv[1].split(",")], argv[2], Path(argv[3])
         scenes = int(argv[4]) if len(argv) > 4 else 2000
         cfg = config(name, out, seeds, ("0:60", "60:80"), 0, scenes)
-        # A lever on top of the recipe: ExperimentConfig fields as JSON, e.g. '{"warmup_steps": 200}'.
-        for key, value in (json.loads(argv[5]) if len(argv) > 5 else {}).items():
-            if not hasattr(cfg, key):
-                raise SystemExit(f"ExperimentConfig has no field {key!r}")
-            setattr(cfg, key, value)
-        run_experiment(cfg, progress=False)
-    elif step == "heldout":  # heldout {end|start} SEEDS NAME OUT [SCENES]
+        run_experiment(with_lever(cfg, argv[5] if len(argv) > 5 else None), progress=False)
+    elif step == "heldout":  # heldout {end|start} SEEDS NAME OUT [SCENES [JSON]]
         frames = {"end": ("0:80", "80:100"), "start": ("20:100", "0:20")}[argv[1]]
         seeds, name, out = [int(s) for s in argv[2].split(",")], argv[3], Path(argv[4])
         scenes = int(argv[5]) if len(argv) > 5 else 2000
-        run_experiment(config(name, out, seeds, frames, 199, scenes), progress=False)
+        cfg = config(name, out, seeds, frames, 199, scenes)
+        run_experiment(with_lever(cfg, argv[6] if len(argv) > 6 else None), progress=False)
     else:
         raise SystemExit(f"unknown step {step!r}: pretrain, val or heldout")
 

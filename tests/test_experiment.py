@@ -221,3 +221,52 @@ def test_cli_demo_init_weights_missing_file_is_one_line_error_before_training(tm
     assert result.exit_code != 0
     assert "seed0.safetensors" in result.output and "is not a file" in result.output
     assert not (tmp_path / "demo" / "seed0").exists()
+
+
+def test_matched_assignment_comes_from_the_starting_weights_and_scores_both_arms(tmp_path: Path) -> None:
+    import torch
+
+    from depthsel.api import get_model, get_model_info
+    from depthsel.checkpoints import load_weights
+    from depthsel.selectivity import matched_assignment
+    from depthsel_plugins.analyses.dissection_result import DissectionResult
+    from depthsel_plugins.experiments.experiment import fit_binner
+    from depthsel_plugins.experiments.measure import start_assignment
+
+    base = dict(train_data={"split": "train", "num_samples": 8}, test_data={"split": "test", "num_samples": 4},
+                seeds=[3], **TINY)
+    with pytest.raises(DepthselError, match="assignment must be one of"):
+        run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="bad", assignment="nearest", **base),
+                       progress=False)
+    assert not (tmp_path / "bad").exists()
+    run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="pre", **base), progress=False)
+    weights = str(tmp_path / "pre" / "seed{seed}" / "baseline" / "model.safetensors")
+    cfg = ExperimentConfig(out_dir=str(tmp_path), name="matched", init_weights=weights, assignment="matched",
+                           **base)
+    out = run_experiment(cfg, progress=False)
+    assert out["config"]["assignment"] == "matched"
+    # The expected assignment, computed independently: dissect the pretrained weights on the
+    # training split and match with the Hungarian method.
+    from depthsel_plugins.experiments.experiment import CachedDataset, get_dataset
+
+    train_set = CachedDataset(get_dataset(cfg.data, size=tuple(cfg.size), **cfg.train_data))
+    binner = fit_binner(train_set, cfg.binning, cfg.num_bins)
+    model = get_model(cfg.model, **cfg.model_config)
+    load_weights(model, weights.format(seed=3))
+    info = get_model_info(cfg.model)
+    expected = start_assignment(model, info, cfg, binner, train_set, 3)
+    assert expected is not None
+    layer = cfg.layers[0]
+    res = DissectionResult.load(tmp_path / "pre" / "seed3" / "baseline" / "dissection_train")
+    r = res.responses(layer, "train", "abs")
+    assert expected[layer] == matched_assignment(r, cfg.num_bins).tolist()
+    assert sorted(expected[layer]) == sorted((torch.arange(len(expected[layer])) % cfg.num_bins).tolist())
+    paper = (torch.arange(len(expected[layer])) % cfg.num_bins).tolist()
+    assert expected[layer] != paper  # the test means something only if matching moved a unit
+    for arm in ("baseline", "interpretable"):  # both arms are scored against it, on both splits
+        for split, folder in (("test", "dissection"), ("train", "dissection_train")):
+            saved = DissectionResult.load(tmp_path / "matched" / "seed3" / arm / folder)
+            assert saved.get(layer, "assigned", split).tolist() == expected[layer]
+    # The regularizer trained towards it (what the checkpoint records of the live regularizer).
+    ckpt = json.loads((tmp_path / "matched" / "seed3" / "interpretable" / "checkpoint.json").read_text())
+    assert ckpt["reg_assignment"][layer] == expected[layer]

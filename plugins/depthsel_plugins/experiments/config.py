@@ -39,6 +39,12 @@ class ExperimentConfig:
     # benchmarks/lever_select_table.py). None gives one bin per unit.
     num_bins: int | None = 4
     objective: str = "assign"
+    # Which unit gets which bin: "paper" (Eq. 6, unit k -> bin k mod Nb) or "matched" (the
+    # Hungarian matching of each seed's *starting* weights, dissected on the training split,
+    # to the same multiset of bins: units keep bins near what they already prefer). Both arms
+    # of a seed are scored against the same assignment. "matched" means something only when
+    # the start is not random, i.e. with init_weights.
+    assignment: str = "paper"
     # The liveness hinge (see SelectivityObjective) keeps units from dying; on
     # 7-Scenes it took dead units from 12/16 to 0 (docs/results.md).
     objective_options: dict[str, Any] = field(default_factory=lambda: {"liveness": 1.0})

@@ -32,7 +32,7 @@ from depthsel.stream import probe_units
 
 from .config import ExperimentConfig
 
-from .measure import Measurement, init_weights_path, measure_model
+from .measure import ASSIGNMENTS, Measurement, init_weights_path, measure_model
 from .table import aggregate
 
 __all__ = ["ExperimentConfig", "run_experiment", "run_sweep", "fit_binner", "parse_seeds"]
@@ -125,6 +125,8 @@ def _compare(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], progress:
         raise DepthselError("no seed to run; give at least one")
     if cfg.threads < 0:
         raise DepthselError(f"threads must be >= 0 (0 keeps torch's setting), got {cfg.threads}")
+    if cfg.assignment not in ASSIGNMENTS:
+        raise DepthselError(f"assignment must be one of {', '.join(ASSIGNMENTS)}; got {cfg.assignment!r}")
     if cfg.init_weights:
         for seed in cfg.seeds:  # every seed's file exists before hours of training start
             init_weights_path(cfg, seed)

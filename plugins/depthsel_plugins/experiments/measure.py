@@ -109,15 +109,40 @@ def _metric_intervals(sums: np.ndarray, keys: list[str], protocol: str, resample
 
 
 def _dissect(model: torch.nn.Module, info: Any, cfg: ExperimentConfig, binner: Binner, dataset: Dataset[Any],
-             split: str, seed: int, permutations: int, diagnostics: bool, progress: bool | None) -> Any:
+             split: str, seed: int, permutations: int, diagnostics: bool, progress: bool | None,
+             assignment: Any = None) -> Any:
     ctx = AnalysisContext(model=model, dataset=dataset, info=info, layers=list(cfg.layers), device=cfg.device,
                           batch_size=cfg.batch_size, seed=seed, progress=progress)
     return get_analyzer("dissection", binner=binner.config(), fit_bins_to_units=True, permutations=permutations,
-                        diagnostics=diagnostics, split=split).run(ctx)
+                        diagnostics=diagnostics, split=split, assignment=assignment).run(ctx)
+
+
+ASSIGNMENTS = ("paper", "matched")
+
+
+def start_assignment(model: torch.nn.Module, info: Any, cfg: ExperimentConfig, binner: Binner,
+                     train_set: Dataset[Any], seed: int) -> dict[str, list[int]] | None:
+    """The seed's unit-to-bin assignment, fixed before training (``None``: the paper's Eq. 6).
+
+    ``"matched"`` dissects the starting weights on the training split and matches every
+    unit to a bin slot near what it already prefers (:func:`depthsel.matched_assignment`).
+    Both arms of a seed start from the same weights, so they get the same assignment; the
+    held-out split is never read.
+    """
+    if cfg.assignment not in ASSIGNMENTS:
+        raise ConfigError(f"assignment must be one of {', '.join(ASSIGNMENTS)}; got {cfg.assignment!r}")
+    if cfg.assignment == "paper":
+        return None
+    rng = torch.get_rng_state()  # choosing the targets must not change the training run
+    try:
+        res = _dissect(model, info, cfg, binner, train_set, "train", seed, 0, False, False, assignment="matched")
+    finally:
+        torch.set_rng_state(rng)
+    return {layer: [int(b) for b in res.get(layer, "assigned", "train")] for layer in res.layers}
 
 
 def _curve_callback(cfg: ExperimentConfig, info: Any, binner: Binner, train_set: Dataset[Any],
-                    test_set: Dataset[Any], seed: int) -> Any:
+                    test_set: Dataset[Any], seed: int, assignment: dict[str, list[int]] | None = None) -> Any:
     """Adds held-out RMSE and train/held-out target DS to the history every ``curve_every`` epochs."""
 
     def callback(trainer: Trainer, entry: dict[str, Any]) -> None:
@@ -130,7 +155,7 @@ def _curve_callback(cfg: ExperimentConfig, info: Any, binner: Binner, train_set:
                                               cfg.device)
             point: dict[str, Any] = {"epoch": entry["epoch"], "rmse": metrics["rmse"], "delta1": metrics["delta1"]}
             for split, ds in (("train", train_set), ("test", test_set)):
-                res = _dissect(trainer.model, info, cfg, binner, ds, split, seed, 0, False, False)
+                res = _dissect(trainer.model, info, cfg, binner, ds, split, seed, 0, False, False, assignment)
                 layers = res.summary()["splits"][split]
                 point[f"target_ds_{split}"] = layer_mean(layers, "target_ds", "mean_target_ds")
                 point[f"peak_on_target_{split}"] = layer_mean(layers, "peak_on_target")
@@ -162,18 +187,20 @@ def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, i
     if cfg.init_weights:
         load_weights(model, init_weights_path(cfg, seed))
     run = cfg.run_dir / f"seed{seed}" / label
+    assigned = start_assignment(model, info, cfg, binner, train_set, seed)
     sel = SelectivityConfig(layers=list(cfg.layers), binner=binner.config(), objective=cfg.objective,
                             weight=weight, fit_bins_to_units=True, warmup_steps=cfg.warmup_steps,
-                            objective_options=dict(cfg.objective_options))
+                            objective_options=dict(cfg.objective_options), assignment=assigned)
     tcfg = TrainConfig(name=label, out_dir=str(run.parent), epochs=cfg.epochs, batch_size=cfg.batch_size,
                        lr=cfg.lr, loss=cfg.loss, seed=seed, device=cfg.device, selectivity=sel if weight else None,
                        eval_protocol=cfg.protocol, checkpoint_every=10_000)
     history = Trainer(model, info, train_set, tcfg,
-                      epoch_callbacks=[_curve_callback(cfg, info, binner, train_set, test_set, seed)]
+                      epoch_callbacks=[_curve_callback(cfg, info, binner, train_set, test_set, seed, assigned)]
                       ).fit(resume=False)
     metrics, sums, keys = per_image_metrics(model, info, test_set, cfg.protocol, cfg.batch_size, cfg.device)
-    test_res = _dissect(model, info, cfg, binner, test_set, "test", seed, cfg.permutations, True, progress)
-    train_res = _dissect(model, info, cfg, binner, train_set, "train", seed, 0, False, progress)
+    test_res = _dissect(model, info, cfg, binner, test_set, "test", seed, cfg.permutations, True, progress,
+                        assigned)
+    train_res = _dissect(model, info, cfg, binner, train_set, "train", seed, 0, False, progress, assigned)
     test_res.save(run / "dissection")
     train_res.save(run / "dissection_train")
     layers = test_res.data["splits"]["test"]
