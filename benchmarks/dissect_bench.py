@@ -27,9 +27,9 @@ def stream_stats(model: nn.Module, data: Any, layers: list[str], binners: dict[s
     """The dissection statistics loop the issue's ``stream`` is to run, built from public pieces.
 
     Capture hooks, one :class:`~depthsel.binned.BinnedDepth` per batch (each
-    binner bins once, each (binner, size) builds its weight maps once, in
-    ``compute_dtype``), and one accumulator per layer whose per-batch products
-    are in ``compute_dtype`` and whose sums across batches are float64.
+    binner bins once), and one accumulator per layer whose weight maps and
+    per-batch products are in ``compute_dtype`` and whose sums across batches
+    are float64.
     """
     accs = {l: ResponseAccumulator(binners[l].num_bins, compute_dtype=compute_dtype) for l in layers}
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, collate_fn=collate)
@@ -39,8 +39,7 @@ def stream_stats(model: nn.Module, data: Any, layers: list[str], binners: dict[s
             binned = BinnedDepth(b["depth"].to(device), b["valid"].to(device))
             for l in layers:
                 act = cap.outputs[l]
-                accs[l].update(act, binned.bins(binners[l]),
-                               weights=binned.weights(binners[l], tuple(act.shape[-2:]), compute_dtype))
+                accs[l].update(act, binned.bins(binners[l]))
             cap.clear()
     return accs
 
@@ -98,13 +97,15 @@ Batches = list[tuple[list[torch.Tensor], torch.Tensor]]
 
 def ds_stats(batches: Batches, layers: list[str], binners: dict[str, Any],
              dtype: torch.dtype = torch.float32) -> dict[str, ResponseAccumulator]:
-    """depthsel's per-batch statistics: bin once per binner, weight maps once per (binner, size),
-    update; products in ``dtype``, sums across batches float64."""
+    """depthsel's per-batch statistics: bin once per binner, then update (weight maps and
+    products in ``dtype``, sums across batches float64)."""
     accs = {l: ResponseAccumulator(binners[l].num_bins, compute_dtype=dtype) for l in layers}
     for acts, depth in batches:
         binned = BinnedDepth(depth)
         for l, a in zip(layers, acts):
-            accs[l].update(a, binned.bins(binners[l]), weights=binned.weights(binners[l], tuple(a.shape[-2:]), dtype))
+            # The weight maps are built inside update, as a stream's view has them built:
+            # one image at a time with the numba loops, else once per (binner, size).
+            accs[l].update(a, binned.bins(binners[l]))
     return accs
 
 

@@ -61,8 +61,9 @@ def pairs(name: str, images: int, rounds: int) -> list[tuple[float, float]]:
             binned = BinnedDepth(b["depth"], b["valid"])
             for l in s["layers"]:
                 act = cap.outputs[l]
-                accs[l].update(act, binned.bins(binners[l]), weights=binned.weights(
-                    binners[l], tuple(act.shape[-2:]), torch.float32))
+                # As a stream's view feeds it: cached bins; the weight maps are built inside
+                # (one image at a time with the numba loops, else once per batch).
+                accs[l].update(act, binned.bins(binners[l]))
         return time.thread_time() - t
 
     dissect(batches[0])  # warm-up: lookup tables, caches

@@ -20,3 +20,32 @@ settings.register_profile(
 settings.load_profile("depthsel")
 
 pytest_plugins = ["depthsel.testing"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["torch", "numba"])
+def kernel_backend(request: pytest.FixtureRequest):
+    """Run a module's tests once with the torch operations and once with the numba loops.
+
+    Module-scoped (hypothesis refuses function-scoped fixtures around ``@given``). The numba
+    run is skipped only where numba is not installed and CI is not set: CI installs the
+    ``test`` extra, which includes it.
+    """
+    if request.param == "numba":
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            if os.environ.get("CI") == "true":
+                raise
+            pytest.skip("numba is not installed (pip install 'depthsel[fast]')")
+    old = os.environ.get("DEPTHSEL_KERNELS")
+    os.environ["DEPTHSEL_KERNELS"] = request.param
+    try:
+        yield request.param
+    finally:
+        if old is None:
+            os.environ.pop("DEPTHSEL_KERNELS", None)
+        else:
+            os.environ["DEPTHSEL_KERNELS"] = old

@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from depthsel import ResponseAccumulator
 from depthsel.errors import ActivationShapeError, ResultFormatError, ShapeMismatchError
 
+# Every test here runs with the torch operations and with the numba loops (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_backend")
+
 
 def plain_loop(acts: torch.Tensor, bins: torch.Tensor, nb: int, align_corners: bool = False):
     """The published algorithm: upsample, then a Python loop over images and bins."""

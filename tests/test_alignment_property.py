@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest
 from depthsel.alignment import bin_counts, bin_weight_maps, binned_sums, interp_weights
+
+# Every test here runs with the torch operations and with the numba loops (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_backend")
 
 SIDE = st.integers(1, 29)
 
@@ -61,7 +65,9 @@ def test_float32_adjoint_matches_float64_upsample(p: dict, align_corners: bool) 
     s32 = binned_sums(p["act"].float(), p["bins"], p["nb"], align_corners=align_corners)
     s64 = binned_sums(p["act"], p["bins"], p["nb"], align_corners=align_corners, method="upsample")
     assert s32.dtype == torch.float32
-    scale = 1.0 + float(p["act"].abs().sum())
+    # float32 rounding grows with the magnitude of the sums (many pixels can share one
+    # feature location), not with the activations alone.
+    scale = 1.0 + float(p["act"].abs().sum()) + float(s64.abs().max())
     assert float((s32.double() - s64).abs().max()) <= 1e-5 * scale
 
 

@@ -14,7 +14,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest
 from depthsel.alignment import bin_counts, bin_weight_maps, binned_sums, interp_weights
+
+# Every test here runs with the torch operations and with the numba loops (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_backend")
 
 
 def loop_weight_maps(bins: torch.Tensor, nb: int, h: int, w: int, align_corners: bool) -> torch.Tensor:

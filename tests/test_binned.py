@@ -5,7 +5,11 @@ from hypothesis import assume, given, settings, strategies as st
 
 from depthsel.alignment import bin_weight_maps
 from depthsel.binned import BinnedDepth
+import pytest
 from depthsel.binning import EdgesBinner
+
+# Every test here runs with the torch operations and with the numba loops (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_backend")
 
 
 def _binner(n: int) -> EdgesBinner:

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 import depthsel
 from depthsel.errors import BinCountError, InvalidDepthError
 
+# Every test here runs with the torch operations and with the numba loops (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_backend")
+
 NAMES = ["uniform", "log", "sid"]
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs
+from .alignment import (METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs, per_image_binned_sums,
+                        per_image_sums_available)
 from .binning import Binner
 from .consumer import Consumer, distributed_ready
 from .errors import ConfigError, ShapeMismatchError
@@ -153,7 +154,24 @@ class ResponseAccumulator(Consumer):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
             self.skipped += 1
             return
-        act = act.to(self.compute_dtype)
+        sums, abs_sums = self._batch_sums(act.to(self.compute_dtype), bins, weights)
+        if self.num_units is None:
+            self._alloc(act.shape[1], act.device)
+        if self.sums.device != act.device:
+            self._alloc_device(act.device)
+        self.sums += sums.sum(0).to(torch.float64)
+        self.abs_sums += abs_sums.sum(0).to(torch.float64)
+        self.counts += per_image.sum(0).to(self.counts.device, torch.float64)
+        # Only images with a valid pixel count: an all-invalid frame adds nothing, and
+        # counting it would make num_images depend on which batch it shared.
+        self.images += int(valid_images.sum())
+
+    def _batch_sums(self, act: torch.Tensor, bins: torch.Tensor,
+                    weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, K, Nb]`` sums of ``A`` and ``|A|`` of one checked batch."""
+        if self.method == "adjoint" and weights is None and per_image_sums_available(act, bins):
+            # The numba loops: one image's weight map at a time, in cache (same numbers).
+            return per_image_binned_sums(act, bins, self.num_bins, self.align_corners)
         if self.method == "adjoint" and weights is None:
             # Build the bin weight maps once for both the signed and the |A| sums.
             weights = bin_weight_maps(bins.long(), self.num_bins, tuple(act.shape[-2:]),
@@ -166,16 +184,7 @@ class ResponseAccumulator(Consumer):
         abs_sums = sums if nonnegative else binned_sums(
             act, bins, self.num_bins, use_abs=True, align_corners=self.align_corners,
             method=self.method, weights=weights, check=False)
-        if self.num_units is None:
-            self._alloc(act.shape[1], act.device)
-        if self.sums.device != act.device:
-            self._alloc_device(act.device)
-        self.sums += sums.sum(0).to(torch.float64)
-        self.abs_sums += abs_sums.sum(0).to(torch.float64)
-        self.counts += per_image.sum(0).to(self.counts.device, torch.float64)
-        # Only images with a valid pixel count: an all-invalid frame adds nothing, and
-        # counting it would make num_images depend on which batch it shared.
-        self.images += int(valid_images.sum())
+        return sums, abs_sums
 
     def _from_view(self, view: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's activations and the view's cached bins."""
@@ -188,7 +197,7 @@ class ResponseAccumulator(Consumer):
         """The view's weight maps and counts of this binner, built once per batch and shared by layers."""
         assert self.binner is not None
         weights = None
-        if self.method == "adjoint":
+        if self.method == "adjoint" and not per_image_sums_available(act, bins, self.compute_dtype):
             weights = view.binned.weights(self.binner, tuple(act.shape[-2:]), self.compute_dtype, act.device)
         return weights, view.binned.counts(self.binner, act.device)
 

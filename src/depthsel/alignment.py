@@ -21,13 +21,16 @@ for checking.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from .errors import ActivationShapeError, ConfigError, ShapeMismatchError
 
-__all__ = ["check_inputs", "interp_weights", "bin_weight_maps", "binned_sums", "bin_counts", "METHODS"]
+__all__ = ["check_inputs", "interp_weights", "bin_weight_maps", "binned_sums", "bin_counts", "METHODS",
+           "per_image_sums_available", "per_image_binned_sums"]
 
 METHODS = ("adjoint", "upsample")
 
@@ -66,6 +69,8 @@ def interp_weights(out_size: int, in_size: int, align_corners: bool = False) -> 
 def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Valid-pixel count per image and bin: ``int64 [B, Nb]`` from ``bins [B, H, W]``."""
     b = bins.shape[0]
+    if kernels.numba_enabled(bins):
+        return kernels.count_bins(bins, num_bins)
     # One integer histogram over (image, bin + 1): every negative bin is invalid and
     # lands in its image's column 0, which is dropped.
     offsets = (torch.arange(b, device=bins.device) * (num_bins + 1) + 1).unsqueeze(1)
@@ -133,7 +138,9 @@ def bin_weight_maps(
     slots, wt = _tap_slots(*key)
     flat = bins.reshape(bsz, height * width).long()
     out = torch.empty(bsz, hw, row, dtype=dtype, device=dev)
-    if dev.type == "cpu":
+    if kernels.numba_enabled(bins):
+        _numba_weight_maps(out.view(bsz, -1), flat.contiguous(), key, dtype)
+    elif dev.type == "cpu":
         # One image at a time: its [h*w, Nb+1] float64 table (a few MB) stays in
         # cache while the taps land, and the tap weights need no batch-sized copy.
         # Which images are mostly valid is decided in one pass over the batch.
@@ -157,6 +164,24 @@ def bin_weight_maps(
     return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
 
 
+def _taps(key: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
+    """The rows' and columns' ``(i0, i1, w0, w1)`` for the numba loops (``key`` as :func:`_tap_slots`')."""
+    height, width, h, w, _, align_corners, _ = key
+    return (*_interp_taps(height, h, align_corners), *_interp_taps(width, w, align_corners))
+
+
+def _numba_weight_maps(out: torch.Tensor, flat: torch.Tensor, key: tuple[Any, ...], dtype: torch.dtype) -> None:
+    """The compiled scatter (:mod:`depthsel.kernels`) into the same bin-last layout as below."""
+    num_bins, w = key[4], key[3]
+    if dtype in (torch.float32, torch.float64):
+        kernels.scatter_taps(flat, _taps(key), out, num_bins, w, num_bins + 1, 1)
+        return
+    table = torch.empty(1, out.shape[1], dtype=torch.float64)  # summed in float64, rounded once
+    for b in range(flat.shape[0]):
+        kernels.scatter_taps(flat[b:b + 1], _taps(key), table, num_bins, w, num_bins + 1, 1)
+        out[b].copy_(table[0])
+
+
 @lru_cache(maxsize=16)
 def _tap_weights32(
     height: int, width: int, h: int, w: int, num_bins: int, align_corners: bool, device: str
@@ -176,6 +201,47 @@ def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor,
         # Mostly invalid (sparse ground truth): scatter only the valid pixels.
         p = (bins >= 0).nonzero().squeeze(1)
         table.scatter_add_(0, (slots[:, p] + bins[p]).reshape(-1), wt[:, p].reshape(-1))
+
+
+def per_image_sums_available(act: torch.Tensor, bins: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether :func:`per_image_binned_sums` serves this batch (CPU, numba loops, no autograd).
+
+    ``dtype``: the dtype the sums will be computed in (default ``act``'s).
+    """
+    return ((dtype or act.dtype) in (torch.float32, torch.float64) and not act.requires_grad
+            and act.numel() > 0 and kernels.numba_enabled(act, bins))
+
+
+def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int,
+                          align_corners: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, K, Nb]`` sums of ``A`` and of ``|A|``, one image's weight map at a time.
+
+    The same numbers as :func:`binned_sums` (bit for bit: same weight maps, same
+    per-image product), without the batch of weight maps: each image's
+    ``[h*w, Nb+1]`` table is built in one reused buffer that stays in cache while
+    the product reads it, and is never written to fresh memory. ``|A|`` is
+    multiplied only for images with a negative activation; elsewhere the signed
+    sums are returned for both (after a ReLU, ``|A| = A``). CPU with the numba
+    loops only (:func:`per_image_sums_available`); inputs are checked by the caller.
+    """
+    bsz, k, h, w = act.shape
+    height, width = bins.shape[-2:]
+    taps = _taps((int(height), int(width), h, w, num_bins, bool(align_corners), "cpu"))
+    table = torch.empty(1, h * w * num_bins, dtype=act.dtype)
+    weights_t = table.view(h * w, num_bins)  # W^T [h*w, Nb], contiguous, read in place by the product
+    flat = bins.reshape(bsz, height * width).long().contiguous()
+    a = act.reshape(bsz, k, h * w)
+    sums = torch.empty(bsz, k, num_bins, dtype=act.dtype)
+    abs_sums = torch.empty_like(sums)
+    for b in range(bsz):
+        kernels.scatter_taps(flat[b:b + 1], taps, table, num_bins, w, num_bins, 0)
+        torch.mm(a[b], weights_t, out=sums[b])
+        # After the product, which has just read this image's activations into cache.
+        if bool(a[b].amin() < 0):
+            torch.mm(a[b].abs(), weights_t, out=abs_sums[b])
+        else:
+            abs_sums[b].copy_(sums[b])
+    return sums, abs_sums
 
 
 class _BinnedSum(torch.autograd.Function):

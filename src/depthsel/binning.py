@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import kernels
 from .bitbins import BitTable, build_bit_table, edges_rounded_down, lookup_index
 from .errors import BinCountError, InvalidDepthError
 
@@ -161,6 +162,9 @@ class Binner(ABC):
             # Exact without a float64 copy: for float32 d, d <= e holds iff d <= the largest
             # float32 not above e, so compare against the edges rounded down to float32.
             table = self._bit_table(d.device)
+            if table is not None and kernels.numba_enabled(d):
+                # One compiled pass: cell, base, split comparison and the bin table.
+                return kernels.lookup_bins(d, table, self._index_to_bin(d.device))
             if table is not None:
                 index = lookup_index(d, table)
             else:
@@ -168,9 +172,13 @@ class Binner(ABC):
         else:
             # Compare in float64 so edges such as 0.75 are exact.
             index = torch.bucketize(d.to(torch.float64), edges, right=False)
-        lut = torch.arange(-1, self.num_bins + 1, device=d.device)
+        return torch.index_select(self._index_to_bin(d.device), 0, index.view(-1)).view(index.shape)
+
+    def _index_to_bin(self, device: torch.device) -> torch.Tensor:
+        """Edges-below count -> bin: 0 -> -1 (at or below the range), i -> i - 1, Nb + 1 -> above range."""
+        lut = torch.arange(-1, self.num_bins + 1, device=device)
         lut[-1] = self.above_range_bin
-        return torch.index_select(lut, 0, index.view(-1)).view(index.shape)
+        return lut
 
     #: Bin of finite depth above the last edge: ``-1`` (invalid). A subclass may
     #: set 0 to reproduce the reference code, which leaves such depth in bin 0.

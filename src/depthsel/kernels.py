@@ -1,0 +1,119 @@
+"""Optional compiled CPU loops for binning, bin counts and the adjoint weight maps.
+
+On the CPU the statistics of a dissection are a handful of memory-bound passes
+per batch. With torch operations each step is several passes (build an index
+tensor, gather, compare, scatter); a compiled loop does each step in one. With
+`numba <https://numba.pydata.org>`_ installed (``pip install "depthsel[fast]"``)
+these loops are used on CPU tensors; without it, or with
+``DEPTHSEL_KERNELS=torch``, the torch operations run. Both paths visit pixels
+in the same order and return bit-identical tensors (tested), so the choice
+changes speed only. CUDA tensors always take the torch path.
+
+``DEPTHSEL_KERNELS``: ``auto`` (default: numba when importable), ``numba``
+(an error when it is missing) or ``torch``.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, ShapeMismatchError
+
+__all__ = ["backend", "numba_enabled", "scatter_taps", "lookup_bins", "count_bins", "BACKENDS"]
+
+BACKENDS = ("auto", "numba", "torch")
+_LOADED: dict[str, ModuleType | None] = {}
+
+
+def _requested() -> str:
+    choice = os.environ.get("DEPTHSEL_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise ConfigError(f"DEPTHSEL_KERNELS={choice!r}: use one of {', '.join(BACKENDS)}")
+    return choice
+
+
+def _module() -> ModuleType | None:
+    """The compiled loops, imported once (importing numba costs about 0.3 s, so only on first use)."""
+    if "numba" not in _LOADED:
+        try:
+            from . import _numba_kernels
+        except ImportError:
+            _LOADED["numba"] = None
+        else:
+            _LOADED["numba"] = _numba_kernels
+    return _LOADED["numba"]
+
+
+def backend() -> str:
+    """``"numba"`` or ``"torch"``: what CPU tensors get under ``DEPTHSEL_KERNELS`` now."""
+    choice = _requested()
+    if choice == "torch":
+        return "torch"
+    if _module() is None:
+        if choice == "numba":
+            raise ConfigError('DEPTHSEL_KERNELS=numba but numba is not installed; pip install "depthsel[fast]"')
+        return "torch"
+    return "numba"
+
+
+def numba_enabled(*tensors: torch.Tensor) -> bool:
+    """True when every tensor is on the CPU and the numba loops are on."""
+    return all(t.device.type == "cpu" for t in tensors) and backend() == "numba"
+
+
+def _np(t: torch.Tensor) -> Any:
+    """A NumPy view of a contiguous CPU tensor (no copy; the loops write through it)."""
+    if not t.is_contiguous():
+        raise ValueError("kernel arrays must be contiguous")  # an internal misuse, not user input
+    return t.detach().numpy()
+
+
+def _out_of_range(bad: int, num_bins: int) -> None:
+    if bad:
+        raise ShapeMismatchError(
+            f"{bad} pixels have a bin index >= num_bins={num_bins}; the binner and the statistics must "
+            "use the same number of bins"
+        )
+
+
+def scatter_taps(bins: torch.Tensor, taps: tuple[torch.Tensor, ...], out: torch.Tensor, num_bins: int,
+                 feat_width: int, row: int, offset: int) -> None:
+    """Fill ``out [B, L]`` with the adjoint bilinear weights of ``bins [B, H*W]``.
+
+    ``taps``: the rows' and the columns' ``(i0, i1, w0, w1)`` of
+    :func:`depthsel.alignment._interp_taps` (8 tensors); feature location ``q`` and bin
+    ``d`` land at ``q * row + offset + d``. float32 ``out`` gets float32 tap weights,
+    as the torch path does. See :func:`depthsel.alignment.bin_weight_maps`.
+    """
+    mod = _module()
+    assert mod is not None
+    y0, y1, wy0, wy1, x0, x1, wx0, wx1 = (_np(t) for t in taps)
+    bad = mod.scatter_taps(_np(bins), len(x0), y0, y1, wy0, wy1,
+                           x0, x1, wx0, wx1, _np(out), int(num_bins), int(feat_width), int(row), int(offset),
+                           torch.empty(4, dtype=out.dtype).numpy())
+    _out_of_range(int(bad), num_bins)
+
+
+def lookup_bins(depth32: torch.Tensor, table: Any, lut: torch.Tensor) -> torch.Tensor:
+    """``int64`` bins of non-negative finite float32 depth through a :class:`~depthsel.bitbins.BitTable`."""
+    mod = _module()
+    assert mod is not None
+    flat = depth32.contiguous().view(-1)
+    out = torch.empty(flat.shape, dtype=torch.int64)
+    mod.lookup_bins(_np(flat), _np(flat.view(torch.int32)), int(table.shift), int(table.low),
+                    int(table.high), _np(table.base), _np(table.split), _np(lut), _np(out))
+    return out.view(depth32.shape)
+
+
+def count_bins(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """``int64 [B, Nb]`` valid-pixel counts of ``bins [B, ...]``."""
+    mod = _module()
+    assert mod is not None
+    flat = bins.reshape(bins.shape[0], -1).long().contiguous()
+    out = torch.zeros(bins.shape[0], num_bins, dtype=torch.int64)
+    _out_of_range(int(mod.count_bins(_np(flat), int(num_bins), _np(out))), num_bins)
+    return out

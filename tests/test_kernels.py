@@ -1,0 +1,159 @@
+"""The numba loops (depthsel.kernels) against the torch operations they replace.
+
+Binning and counting must be identical; the weight maps and per-bin sums identical at
+integer scale factors (every tap weight a short dyadic fraction) and equal to float
+rounding elsewhere. Also: the backend switch, and bad bins never written.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from depthsel import kernels
+from depthsel.accumulator import ResponseAccumulator
+from depthsel.alignment import bin_counts, bin_weight_maps, binned_sums, per_image_binned_sums
+from depthsel.binning import EdgesBinner
+from depthsel.errors import ConfigError, ShapeMismatchError
+
+if os.environ.get("CI") != "true":
+    pytest.importorskip("numba")
+
+
+def on(backend: str, fn, *args, **kw):
+    """Call ``fn`` with ``DEPTHSEL_KERNELS=backend`` (restored afterwards)."""
+    old = os.environ.get("DEPTHSEL_KERNELS")
+    os.environ["DEPTHSEL_KERNELS"] = backend
+    try:
+        return fn(*args, **kw)
+    finally:
+        if old is None:
+            os.environ.pop("DEPTHSEL_KERNELS", None)
+        else:
+            os.environ["DEPTHSEL_KERNELS"] = old
+
+
+def both(fn, *args, **kw):
+    return on("torch", fn, *args, **kw), on("numba", fn, *args, **kw)
+
+
+@given(edges=st.lists(st.floats(0.009999999776482582, 50.0, width=32), min_size=2, max_size=70, unique=True),
+       seed=st.integers(0, 2**16), above=st.sampled_from([-1, 0]))
+def test_binning_is_identical_near_every_edge(edges: list[float], seed: int, above: int) -> None:
+    e = torch.tensor(sorted(edges), dtype=torch.float64)
+    binner = EdgesBinner(e)
+    binner.above_range_bin = above
+    g = torch.Generator().manual_seed(seed)
+    e32 = e.to(torch.float32)
+    near = torch.cat([e32, torch.nextafter(e32, e32 + 1), torch.nextafter(e32, e32 - 1)])
+    depth = torch.cat([near, torch.rand(500, generator=g) * 60, torch.zeros(3)]).view(1, 1, -1)
+    valid = torch.rand(depth.shape, generator=g) > 0.1
+    ref, fast = both(binner, depth, valid)
+    assert torch.equal(ref, fast) and fast.dtype == torch.int64
+
+
+@given(nb=st.integers(1, 40), shape=st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
+       seed=st.integers(0, 2**16))
+def test_counts_are_identical(nb: int, shape: tuple[int, int, int], seed: int) -> None:
+    bins = torch.randint(-1, nb, shape, generator=torch.Generator().manual_seed(seed))
+    ref, fast = both(bin_counts, bins, nb)
+    assert torch.equal(ref, fast)
+    assert int(fast.sum()) == int((bins >= 0).sum())
+
+
+def test_out_of_range_bins_raise_before_anything_is_written() -> None:
+    bins = torch.zeros(1, 4, 4, dtype=torch.int64)
+    bins[0, 1, 2] = 5
+    with pytest.raises(ShapeMismatchError, match="num_bins=5"):
+        on("numba", bin_counts, bins, 5)
+    with pytest.raises(ShapeMismatchError, match="num_bins=5"):
+        on("numba", bin_weight_maps, bins, 5, (2, 2))
+
+
+sizes = st.sampled_from([(8, 8, 4, 4), (16, 12, 4, 3), (8, 8, 8, 8), (12, 16, 3, 2),  # integer scales
+                         (9, 7, 4, 5), (11, 5, 1, 1), (5, 6, 7, 9), (13, 17, 6, 4)])  # the rest
+
+
+def integer_scale(h_, w_, h, w, align_corners: bool) -> bool:
+    return not align_corners and h_ % h == 0 and w_ % w == 0 and (h_ // h) in (1, 2, 4, 8) and (w_ // w) in (1, 2, 4, 8)
+
+
+@given(size=sizes, nb=st.integers(1, 9), align_corners=st.booleans(), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_weight_maps_match_the_torch_path(size: tuple[int, int, int, int], nb: int, align_corners: bool,
+                                          seed: int, dtype: torch.dtype) -> None:
+    height, width, h, w = size
+    bins = torch.randint(-1, nb, (2, height, width), generator=torch.Generator().manual_seed(seed))
+    ref, fast = both(bin_weight_maps, bins, nb, (h, w), align_corners, dtype=dtype)
+    assert fast.shape == ref.shape == (2, nb, h, w) and fast.dtype == dtype
+    if integer_scale(height, width, h, w, align_corners) or dtype == torch.bfloat16:
+        assert torch.equal(ref, fast)  # bfloat16: both sum in float64 and round once
+    else:
+        torch.testing.assert_close(fast, ref, rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=1e-6)
+    # Summed over locations, each bin's map is its pixel count (the adjoint of interpolation).
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(fast.double().sum((2, 3)), bin_counts(bins, nb).double(), rtol=tol, atol=tol)
+
+
+@given(size=sizes, nb=st.integers(1, 9), align_corners=st.booleans(), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float64]), signed=st.sampled_from(["relu", "one", "all"]))
+def test_per_image_sums_match_the_batch_product(size: tuple[int, int, int, int], nb: int, align_corners: bool,
+                                                seed: int, dtype: torch.dtype, signed: str) -> None:
+    height, width, h, w = size
+    g = torch.Generator().manual_seed(seed)
+    bins = torch.randint(-1, nb, (3, height, width), generator=g)
+    act = torch.randn(3, 4, h, w, generator=g, dtype=torch.float64).to(dtype)
+    if signed != "all":
+        act = act.abs()
+        if signed == "one":  # only the second image has a negative activation
+            act[1, 2, 0, 0] = -1.5
+    sums, abs_sums = on("numba", per_image_binned_sums, act, bins, nb, align_corners)
+    ref = on("torch", binned_sums, act, bins, nb, align_corners=align_corners)
+    ref_abs = on("torch", binned_sums, act, bins, nb, use_abs=True, align_corners=align_corners)
+    # The weight maps agree (above); one matrix product per image may round differently
+    # from the batched product, so equal to float rounding.
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(sums, ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(abs_sums, ref_abs, rtol=tol, atol=tol)
+    if signed != "all":  # |A| = A wherever no activation is negative: the same sums
+        nonneg = [b for b in range(3) if not (signed == "one" and b == 1)]
+        assert torch.equal(abs_sums[nonneg], sums[nonneg])
+
+
+def test_accumulator_state_is_the_same_with_either_backend() -> None:
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for backend in ("torch", "numba"):
+        acc = ResponseAccumulator(6, compute_dtype=torch.float64)
+        for _ in range(3):
+            act = torch.relu(torch.randn(4, 5, 14, 14, generator=g))
+            act[0, 0, 0, 0] = -0.25  # one negative activation in one image
+            bins = torch.randint(-1, 6, (4, 56, 56), generator=g)
+            on(backend, acc.update, act, bins)
+        state[backend] = acc.state_dict()
+        g = torch.Generator().manual_seed(0)
+    assert state["torch"].keys() == state["numba"].keys()
+    for k, v in state["torch"].items():  # float64 sums: to rounding; counts and images: exact
+        torch.testing.assert_close(v, state["numba"][k], rtol=1e-12, atol=1e-12)
+        assert v.is_floating_point() and k.endswith("sums") or torch.equal(v, state["numba"][k]), k
+
+
+def test_backend_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPTHSEL_KERNELS", "torch")
+    assert kernels.backend() == "torch" and not kernels.numba_enabled(torch.zeros(1))
+    monkeypatch.setenv("DEPTHSEL_KERNELS", "numba")
+    assert kernels.backend() == "numba" and kernels.numba_enabled(torch.zeros(1))
+    assert not kernels.numba_enabled(torch.zeros(1), torch.empty(1, device="meta"))  # off-CPU: torch
+    monkeypatch.setenv("DEPTHSEL_KERNELS", "fastest")
+    with pytest.raises(ConfigError, match="DEPTHSEL_KERNELS='fastest'"):
+        kernels.backend()
+    monkeypatch.setattr(kernels, "_LOADED", {"numba": None})  # as if numba were not installed
+    monkeypatch.setenv("DEPTHSEL_KERNELS", "numba")
+    with pytest.raises(ConfigError, match="not installed"):
+        kernels.backend()
+    monkeypatch.setenv("DEPTHSEL_KERNELS", "auto")
+    assert kernels.backend() == "torch"
