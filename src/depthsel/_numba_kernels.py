@@ -13,30 +13,31 @@ bounds checks are off for speed), and a bad index is reported, never written.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 __all__ = ["scatter_taps", "lookup_bins", "count_bins"]
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, wya: np.ndarray,
-                 wyb: np.ndarray, xa: np.ndarray, xb: np.ndarray, wxa: np.ndarray, wxb: np.ndarray,
-                 out: np.ndarray, num_bins: int, w: int, row: int, offset: int,
-                 tap: np.ndarray) -> int:  # pragma: no cover - compiled
+def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, row_kind: np.ndarray,
+                 xa: np.ndarray, xb: np.ndarray, weights: np.ndarray, out: np.ndarray, num_bins: int,
+                 w: int, row: int, offset: int) -> int:  # pragma: no cover - compiled
     """Zero ``out [B, L]`` and add the 4 bilinear taps of every valid pixel of every image.
 
-    ``bins int64 [B, H*W]`` (``-1`` invalid). Row ``Y`` of the depth map taps feature rows
-    ``ya[Y]``, ``yb[Y]`` with weights ``wya[Y]``, ``wyb[Y]`` (float64), and likewise for
-    columns. A tap's weight is the float64 product rounded once to ``out``'s dtype (the
-    torch path's tap weights): it is stored in ``tap`` (4 scratch entries of that dtype),
-    so the sums are added in ``out``'s own precision. Feature location ``q`` and bin ``d``
-    land at ``q * row + offset + d``. Zero weights (a layer at the depth's own resolution)
-    are skipped: adding 0 changes nothing. Reads only the bins and four short tables.
-    Returns the number of pixels with a bin ``>= num_bins`` (nothing is written for them).
+    ``bins int64 [B, H*W]`` (``-1`` invalid). Depth row ``Y`` taps feature rows ``ya[Y]``
+    and ``yb[Y]``, depth column ``X`` feature columns ``xa[X]`` and ``xb[X]``. The rows come
+    in few kinds (one per distinct pair of row weights: the phases of an integer scale
+    factor), and ``weights[row_kind[Y], t, X]`` holds the weight of tap ``t`` (``ya``/``xa``,
+    ``ya``/``xb``, ``yb``/``xa``, ``yb``/``xb``) in ``out``'s dtype, so a pixel costs four
+    loads and four adds. Feature location ``q`` and bin ``d`` land at ``q * row + offset + d``.
+    Zero weights (a layer at the depth's own resolution) are skipped: adding 0 changes
+    nothing. Returns the number of pixels with a bin ``>= num_bins`` (nothing is written
+    for them).
     """
     nimg, npix = bins.shape
     height = npix // width if width else 0
     length = out.shape[1]
+    stride = uint64(row)
     bad = 0
     for b in range(nimg):
         o = out[b]
@@ -44,10 +45,14 @@ def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, w
             o[i] = 0
         img = bins[b]
         for yy in range(height):
-            r0 = ya[yy] * w
-            r1 = yb[yy] * w
-            a0 = wya[yy]
-            a1 = wyb[yy]
+            # Unsigned indices: numba then drops its negative-index wraparound checks.
+            r0 = uint64(ya[yy] * w)
+            r1 = uint64(yb[yy] * w)
+            kind = weights[row_kind[yy]]
+            t00 = kind[0]
+            t01 = kind[1]
+            t10 = kind[2]
+            t11 = kind[3]
             start = yy * width
             for xx in range(width):
                 d = img[start + xx]
@@ -56,23 +61,21 @@ def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, w
                 if d >= num_bins:
                     bad += 1
                     continue
-                c0 = xa[xx]
-                c1 = xb[xx]
-                b0 = wxa[xx]
-                b1 = wxb[xx]
-                tap[0] = a0 * b0
-                tap[1] = a0 * b1
-                tap[2] = a1 * b0
-                tap[3] = a1 * b1
-                d += offset
-                if tap[0] != 0:
-                    o[(r0 + c0) * row + d] += tap[0]
-                if tap[1] != 0:
-                    o[(r0 + c1) * row + d] += tap[1]
-                if tap[2] != 0:
-                    o[(r1 + c0) * row + d] += tap[2]
-                if tap[3] != 0:
-                    o[(r1 + c1) * row + d] += tap[3]
+                col = uint64(d + offset)
+                c0 = uint64(xa[xx])
+                c1 = uint64(xb[xx])
+                v = t00[xx]
+                if v != 0:
+                    o[(r0 + c0) * stride + col] += v
+                v = t01[xx]
+                if v != 0:
+                    o[(r0 + c1) * stride + col] += v
+                v = t10[xx]
+                if v != 0:
+                    o[(r1 + c0) * stride + col] += v
+                v = t11[xx]
+                if v != 0:
+                    o[(r1 + c1) * stride + col] += v
     return bad
 
 
@@ -90,8 +93,8 @@ def lookup_bins(depth: np.ndarray, bits: np.ndarray, shift: int, low: int, high:
             c = low
         elif c > high:
             c = high
-        c -= low
-        out[i] = lut[base[c] + (1 if depth[i] > split[c] else 0)]
+        cell = uint64(c - low)  # unsigned: no wraparound checks
+        out[i] = lut[uint64(base[cell] + (1 if depth[i] > split[cell] else 0))]
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -99,11 +102,13 @@ def count_bins(bins: np.ndarray, num_bins: int, out: np.ndarray) -> int:  # prag
     """Add 1 to ``out[b, d]`` for every valid pixel; returns the number of bins ``>= num_bins``."""
     bad = 0
     for b in range(bins.shape[0]):
-        for p in range(bins.shape[1]):
-            d = bins[b, p]
+        img = bins[b]
+        counts = out[b]
+        for p in range(img.shape[0]):
+            d = img[p]
             if d >= 0:
                 if d < num_bins:
-                    out[b, d] += 1
+                    counts[uint64(d)] += 1
                 else:
                     bad += 1
     return bad

@@ -14,6 +14,7 @@ import torch
 
 from .alignment import (METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs, per_image_binned_sums,
                         per_image_sums_available)
+from . import kernels
 from .binning import Binner
 from .consumer import Consumer, distributed_ready
 from .errors import ConfigError, ShapeMismatchError
@@ -135,7 +136,10 @@ class ResponseAccumulator(Consumer):
             bins = bins[:, 0]
         # Types, ranks, batch sizes, dtypes and the bin range: one check for every caller,
         # before anything indexes with the bins (an out-of-range bin gets this error).
-        check_inputs(activations, bins, self.num_bins)
+        # With the numba loops the counts and the weight maps check the bin range as they
+        # read the bins, so the separate pass over them is skipped.
+        check_inputs(activations, bins, self.num_bins,
+                     check_range=not (isinstance(bins, torch.Tensor) and kernels.numba_enabled(bins)))
         assert bins is not None
         per_image = None
         if view is not None:

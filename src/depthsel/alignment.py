@@ -21,7 +21,7 @@ for checking.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -164,21 +164,47 @@ def bin_weight_maps(
     return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
 
 
-def _taps(key: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
-    """The rows' and columns' ``(i0, i1, w0, w1)`` for the numba loops (``key`` as :func:`_tap_slots`')."""
-    height, width, h, w, _, align_corners, _ = key
-    return (*_interp_taps(height, h, align_corners), *_interp_taps(width, w, align_corners))
+class TapTable(NamedTuple):
+    """The bilinear taps of one (depth size, feature size) pair, laid out for the numba loop.
+
+    ``ya``/``yb`` (``int64 [H]``) and ``xa``/``xb`` (``int64 [W]``) are the feature rows
+    and columns each depth row and column taps; ``weights[row_kind[Y], t, X]`` the weight
+    of tap ``t`` (``ya``/``xa``, ``ya``/``xb``, ``yb``/``xa``, ``yb``/``xb``): the float64
+    product rounded once to the table's dtype, the same numbers as :func:`_tap_slots`'
+    (and :func:`_tap_weights32`'s). Rows with equal weights share a kind, so the table is
+    small at integer scale factors (one kind per phase).
+    """
+
+    ya: torch.Tensor
+    yb: torch.Tensor
+    row_kind: torch.Tensor
+    xa: torch.Tensor
+    xb: torch.Tensor
+    weights: torch.Tensor
+
+
+@lru_cache(maxsize=16)
+def _tap_table(height: int, width: int, h: int, w: int, align_corners: bool, dtype: torch.dtype) -> TapTable:
+    """:class:`TapTable` of a size pair in ``dtype``, built once."""
+    y0, y1, wy0, wy1 = _interp_taps(height, h, align_corners)
+    x0, x1, wx0, wx1 = _interp_taps(width, w, align_corners)
+    kinds, row_kind = torch.unique(torch.stack([wy0, wy1], 1), dim=0, return_inverse=True)
+    weights = torch.stack([kinds[:, 0, None] * wx0, kinds[:, 0, None] * wx1,
+                           kinds[:, 1, None] * wx0, kinds[:, 1, None] * wx1], 1).to(dtype)
+    return TapTable(y0, y1, row_kind.contiguous(), x0, x1, weights.contiguous())
 
 
 def _numba_weight_maps(out: torch.Tensor, flat: torch.Tensor, key: tuple[Any, ...], dtype: torch.dtype) -> None:
     """The compiled scatter (:mod:`depthsel.kernels`) into the same bin-last layout as below."""
-    num_bins, w = key[4], key[3]
+    height, width, h, w, num_bins, align_corners, _ = key
     if dtype in (torch.float32, torch.float64):
-        kernels.scatter_taps(flat, _taps(key), out, num_bins, w, num_bins + 1, 1)
+        taps = _tap_table(height, width, h, w, align_corners, dtype)
+        kernels.scatter_taps(flat, taps, out, num_bins, w, num_bins + 1, 1)
         return
+    taps = _tap_table(height, width, h, w, align_corners, torch.float64)
     table = torch.empty(1, out.shape[1], dtype=torch.float64)  # summed in float64, rounded once
     for b in range(flat.shape[0]):
-        kernels.scatter_taps(flat[b:b + 1], _taps(key), table, num_bins, w, num_bins + 1, 1)
+        kernels.scatter_taps(flat[b:b + 1], taps, table, num_bins, w, num_bins + 1, 1)
         out[b].copy_(table[0])
 
 
@@ -226,7 +252,7 @@ def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int,
     """
     bsz, k, h, w = act.shape
     height, width = bins.shape[-2:]
-    taps = _taps((int(height), int(width), h, w, num_bins, bool(align_corners), "cpu"))
+    taps = _tap_table(int(height), int(width), h, w, bool(align_corners), act.dtype)
     table = torch.empty(1, h * w * num_bins, dtype=act.dtype)
     weights_t = table.view(h * w, num_bins)  # W^T [h*w, Nb], contiguous, read in place by the product
     flat = bins.reshape(bsz, height * width).long().contiguous()
@@ -270,8 +296,12 @@ class _BinnedSum(torch.autograd.Function):
         return grad_act, None, None
 
 
-def check_inputs(act: torch.Tensor, bins: torch.Tensor, num_bins: int) -> None:
-    """Raise a :class:`~depthsel.DepthselError` unless activations and bins fit together."""
+def check_inputs(act: torch.Tensor, bins: torch.Tensor, num_bins: int, check_range: bool = True) -> None:
+    """Raise a :class:`~depthsel.DepthselError` unless activations and bins fit together.
+
+    ``check_range=False`` skips the pass that finds the largest bin, for a caller whose
+    every reader of the bins checks the range itself (the numba loops do).
+    """
     if not isinstance(act, torch.Tensor):
         raise ActivationShapeError(f"activations must be a torch.Tensor [B, K, h, w], got {type(act).__name__}")
     if not isinstance(bins, torch.Tensor):
@@ -302,7 +332,7 @@ def check_inputs(act: torch.Tensor, bins: torch.Tensor, num_bins: int) -> None:
             f"the depth/bin map has an empty spatial size {tuple(bins.shape[-2:])}; pass depth with "
             "at least one pixel"
         )
-    if bins.numel() and int(bins.max()) >= num_bins:
+    if check_range and bins.numel() and int(bins.max()) >= num_bins:
         # Out-of-range indices would otherwise crash inside index_add_ (a device assert on CUDA).
         raise ShapeMismatchError(
             f"bin index {int(bins.max())} is out of range for {num_bins} bins; "

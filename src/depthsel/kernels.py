@@ -75,26 +75,24 @@ def _np(t: torch.Tensor) -> Any:
 def _out_of_range(bad: int, num_bins: int) -> None:
     if bad:
         raise ShapeMismatchError(
-            f"{bad} pixels have a bin index >= num_bins={num_bins}; the binner and the statistics must "
-            "use the same number of bins"
+            f"bin indices out of range for {num_bins} bins ({bad} pixels); bin the depth with a binner "
+            "of the same num_bins"
         )
 
 
-def scatter_taps(bins: torch.Tensor, taps: tuple[torch.Tensor, ...], out: torch.Tensor, num_bins: int,
-                 feat_width: int, row: int, offset: int) -> None:
+def scatter_taps(bins: torch.Tensor, taps: Any, out: torch.Tensor, num_bins: int, feat_width: int, row: int,
+                 offset: int) -> None:
     """Fill ``out [B, L]`` with the adjoint bilinear weights of ``bins [B, H*W]``.
 
-    ``taps``: the rows' and the columns' ``(i0, i1, w0, w1)`` of
-    :func:`depthsel.alignment._interp_taps` (8 tensors); feature location ``q`` and bin
-    ``d`` land at ``q * row + offset + d``. float32 ``out`` gets float32 tap weights,
-    as the torch path does. See :func:`depthsel.alignment.bin_weight_maps`.
+    ``taps``: a :class:`depthsel.alignment.TapTable` in ``out``'s dtype. Feature location
+    ``q`` and bin ``d`` land at ``q * row + offset + d``. See
+    :func:`depthsel.alignment.bin_weight_maps`.
     """
     mod = _module()
     assert mod is not None
-    y0, y1, wy0, wy1, x0, x1, wx0, wx1 = (_np(t) for t in taps)
-    bad = mod.scatter_taps(_np(bins), len(x0), y0, y1, wy0, wy1,
-                           x0, x1, wx0, wx1, _np(out), int(num_bins), int(feat_width), int(row), int(offset),
-                           torch.empty(4, dtype=out.dtype).numpy())
+    bad = mod.scatter_taps(_np(bins), len(taps.xa), _np(taps.ya), _np(taps.yb), _np(taps.row_kind),
+                           _np(taps.xa), _np(taps.xb), _np(taps.weights), _np(out), int(num_bins),
+                           int(feat_width), int(row), int(offset))
     _out_of_range(int(bad), num_bins)
 
 
