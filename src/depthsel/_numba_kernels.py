@@ -20,7 +20,7 @@ __all__ = ["scatter_taps", "lookup_bins", "count_bins"]
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, row_kind: np.ndarray,
-                 xa: np.ndarray, xb: np.ndarray, weights: np.ndarray, out: np.ndarray, num_bins: int,
+                 xa: np.ndarray, xb: np.ndarray, weights: np.ndarray, out: np.ndarray, column: np.ndarray,
                  w: int, row: int, offset: int) -> int:  # pragma: no cover - compiled
     """Zero ``out [B, L]`` and add the 4 bilinear taps of every valid pixel of every image.
 
@@ -29,12 +29,15 @@ def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, r
     in few kinds (one per distinct pair of row weights: the phases of an integer scale
     factor), and ``weights[row_kind[Y], t, X]`` holds the weight of tap ``t`` (``ya``/``xa``,
     ``ya``/``xb``, ``yb``/``xa``, ``yb``/``xb``) in ``out``'s dtype, so a pixel costs four
-    loads and four adds. Feature location ``q`` and bin ``d`` land at ``q * row + offset + d``.
+    loads and four adds. Feature location ``q`` and bin ``d`` land at
+    ``q * row + offset + column[d]`` (``column``: the identity, or the image's present bins
+    numbered in order); ``num_bins`` is ``len(column)``.
     Zero weights (a layer at the depth's own resolution) are skipped: adding 0 changes
     nothing. Returns the number of pixels with a bin ``>= num_bins`` (nothing is written
     for them).
     """
     nimg, npix = bins.shape
+    num_bins = column.shape[0]
     height = npix // width if width else 0
     length = out.shape[1]
     stride = uint64(row)
@@ -61,7 +64,7 @@ def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, r
                 if d >= num_bins:
                     bad += 1
                     continue
-                col = uint64(d + offset)
+                col = uint64(column[d] + offset)
                 c0 = uint64(xa[xx])
                 c1 = uint64(xb[xx])
                 v = t00[xx]

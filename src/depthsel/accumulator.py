@@ -158,7 +158,7 @@ class ResponseAccumulator(Consumer):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
             self.skipped += 1
             return
-        sums, abs_sums = self._batch_sums(act.to(self.compute_dtype), bins, weights)
+        sums, abs_sums = self._batch_sums(act.to(self.compute_dtype), bins, weights, per_image)
         if self.num_units is None:
             self._alloc(act.shape[1], act.device)
         if self.sums.device != act.device:
@@ -170,12 +170,12 @@ class ResponseAccumulator(Consumer):
         # counting it would make num_images depend on which batch it shared.
         self.images += int(valid_images.sum())
 
-    def _batch_sums(self, act: torch.Tensor, bins: torch.Tensor,
-                    weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_sums(self, act: torch.Tensor, bins: torch.Tensor, weights: torch.Tensor | None,
+                    counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, K, Nb]`` sums of ``A`` and ``|A|`` of one checked batch."""
         if self.method == "adjoint" and weights is None and per_image_sums_available(act, bins):
             # The numba loops: one image's weight map at a time, in cache (same numbers).
-            return per_image_binned_sums(act, bins, self.num_bins, self.align_corners)
+            return per_image_binned_sums(act, bins, self.num_bins, self.align_corners, counts)
         if self.method == "adjoint" and weights is None:
             # Build the bin weight maps once for both the signed and the |A| sums.
             weights = bin_weight_maps(bins.long(), self.num_bins, tuple(act.shape[-2:]),

@@ -16,6 +16,7 @@ changes speed only. CUDA tensors always take the torch path.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -81,19 +82,26 @@ def _out_of_range(bad: int, num_bins: int) -> None:
 
 
 def scatter_taps(bins: torch.Tensor, taps: Any, out: torch.Tensor, num_bins: int, feat_width: int, row: int,
-                 offset: int) -> None:
+                 offset: int, column: torch.Tensor | None = None) -> None:
     """Fill ``out [B, L]`` with the adjoint bilinear weights of ``bins [B, H*W]``.
 
     ``taps``: a :class:`depthsel.alignment.TapTable` in ``out``'s dtype. Feature location
-    ``q`` and bin ``d`` land at ``q * row + offset + d``. See
-    :func:`depthsel.alignment.bin_weight_maps`.
+    ``q`` and bin ``d`` land at ``q * row + offset + column[d]`` (``column``: ``int64
+    [num_bins]``, the identity when ``None``). See :func:`depthsel.alignment.bin_weight_maps`.
     """
     mod = _module()
     assert mod is not None
+    if column is None:
+        column = _identity(int(num_bins))
     bad = mod.scatter_taps(_np(bins), len(taps.xa), _np(taps.ya), _np(taps.yb), _np(taps.row_kind),
-                           _np(taps.xa), _np(taps.xb), _np(taps.weights), _np(out), int(num_bins),
+                           _np(taps.xa), _np(taps.xb), _np(taps.weights), _np(out), _np(column),
                            int(feat_width), int(row), int(offset))
     _out_of_range(int(bad), num_bins)
+
+
+@lru_cache(maxsize=64)
+def _identity(n: int) -> torch.Tensor:
+    return torch.arange(n)
 
 
 def lookup_bins(depth32: torch.Tensor, table: Any, lut: torch.Tensor) -> torch.Tensor:
