@@ -111,3 +111,8 @@ def test_lever_pretrain_val_refuses_an_unknown_override_before_running(tmp_path:
     with pytest.raises(SystemExit, match="no field 'warmup'"):
         lp.main(["val", "0", "v", str(tmp_path), "2000", '{"warmup": 200}'])
     assert not (tmp_path / "v").exists()
+    with pytest.raises(SystemExit, match="no field 'layer'"):  # held-out runs take the same overrides
+        lp.main(["heldout", "end", "0", "h", str(tmp_path), "2000", '{"layer": ["decode_conv4"]}'])
+    assert not (tmp_path / "h").exists()
+    cfg = lp.with_lever(lp.config("h", tmp_path, [0], ("0:80", "80:100"), 199), '{"layers": ["decode_conv4"]}')
+    assert cfg.layers == ["decode_conv4"] and cfg.test_data["frames"] == "80:100"

@@ -270,3 +270,20 @@ def test_matched_assignment_comes_from_the_starting_weights_and_scores_both_arms
     # The regularizer trained towards it (what the checkpoint records of the live regularizer).
     ckpt = json.loads((tmp_path / "matched" / "seed3" / "interpretable" / "checkpoint.json").read_text())
     assert ckpt["reg_assignment"][layer] == expected[layer]
+
+
+def test_cli_demo_layers_and_assignment_reach_the_config_and_a_bad_one_is_a_one_line_error(tmp_path: Path) -> None:
+    from depthsel.cli import add_plugin_commands, app
+
+    add_plugin_commands(app)
+    base = ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25", "--train-samples", "8",
+            "--test-samples", "4", "--out", str(tmp_path), "--seeds", "1", "--curve-every", "0",
+            "--permutations", "0"]
+    bad = CliRunner().invoke(app, base + ["--assignment", "nearest"], env={"COLUMNS": "200"})
+    assert bad.exit_code != 0 and "--assignment 'nearest'" in bad.output and "paper, matched" in bad.output
+    assert not (tmp_path / "demo").exists()
+    ok = CliRunner().invoke(app, base + ["--layers", "decode_conv4", "--assignment", "matched", "--name", "c4"],
+                            env={"COLUMNS": "200"})
+    assert ok.exit_code == 0, ok.output
+    cfg = json.loads((tmp_path / "c4" / "summary.json").read_text())["config"]
+    assert cfg["layers"] == ["decode_conv4"] and cfg["assignment"] == "matched"

@@ -77,6 +77,14 @@ def _experiment_config(*, name: str, out: Path, data: str, train_frames: str | N
     hw = parse_size(size)
     assert hw is not None
     name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
+    from .measure import ASSIGNMENTS
+
+    if options.get("assignment", "paper") not in ASSIGNMENTS:
+        raise CliError(f"--assignment {options['assignment']!r}: use one of {', '.join(ASSIGNMENTS)}")
+    if options.get("layers"):
+        options["layers"] = split_layers(options["layers"])
+    else:
+        options.pop("layers", None)  # the config's default layer
     return ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg, test_data=test_cfg,
                             size=hw, model_config={"width": width}, seeds=parse_seeds(seeds), lr=lr,
                             objective_options={"liveness": liveness}, **options)
@@ -142,6 +150,11 @@ def _fit(make_trainer: Callable[[], Any], resume: bool, force: bool) -> dict[str
 
 # Options shared by `demo` and `sweep`: one definition, one help text.
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per model.")]
+AssignmentOpt = Annotated[str, typer.Option(
+    "--assignment", help="Unit-to-bin targets: paper (Eq. 6) or matched (each unit to a bin near what the "
+                         "starting weights prefer on the training split; use with --init-weights).")]
+LayersOpt = Annotated[list[str] | None, typer.Option(
+    "--layers", "-l", metavar="LAYER", help="Layers of the selectivity term and the dissection (default: decode_conv5).")]
 InitOpt = Annotated[str | None, typer.Option(
     "--init-weights", metavar="PATH", help="Both arms of each seed start from these weights (safetensors; "
     "'{seed}' in PATH is replaced by the seed), e.g. after pretraining on other data. Default: random init.")]
@@ -181,6 +194,8 @@ def demo(
     test_samples: TestSamplesOpt = 48,
     threads: ThreadsOpt = 1,
     init_weights: InitOpt = None,
+    assignment: AssignmentOpt = "paper",
+    layers: LayersOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Train a narrow FastDepth baseline and its interpretable twin over seeds, dissect both, compare."""
@@ -190,7 +205,7 @@ def demo(
                              train_samples=train_samples, test_samples=test_samples, size=size, width=width,
                              lr=lr, liveness=liveness, epochs=epochs, binning=binning, num_bins=bins or None, seeds=seeds,
                              permutations=permutations, threads=threads, weight=weight, curve_every=curve_every,
-                             init_weights=init_weights)
+                             init_weights=init_weights, assignment=assignment, layers=layers)
     _check_numbers(weight=weight, allow_zero=("weight",))
     summary = run_experiment(cfg)
     summary["run_dir"] = str(cfg.run_dir)
@@ -220,6 +235,8 @@ def sweep(
     test_samples: TestSamplesOpt = 48,
     threads: ThreadsOpt = 1,
     init_weights: InitOpt = None,
+    assignment: AssignmentOpt = "paper",
+    layers: LayersOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Accuracy vs selectivity over selectivity weights x seeds: a table and a trade-off plot with CIs."""
@@ -234,7 +251,8 @@ def sweep(
     cfg = _experiment_config(name=name, out=out, data=data, train_frames=train_frames, test_frames=test_frames,
                              train_samples=train_samples, test_samples=test_samples, size=size, width=width,
                              lr=lr, liveness=liveness, epochs=epochs, binning=binning, num_bins=bins or None, seeds=seeds,
-                             permutations=permutations, threads=threads, init_weights=init_weights)
+                             permutations=permutations, threads=threads, init_weights=init_weights,
+                             assignment=assignment, layers=layers)
     summary = run_sweep(cfg, ws)
     summary["run_dir"] = str(cfg.run_dir)
     _print_table(summary, fmt, "selectivity-weight sweep (held-out split)")
