@@ -34,7 +34,8 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from depthsel.alignment import _interp_taps, bin_weight_maps, interp_weights  # noqa: E402
+from depthsel.alignment import bin_weight_maps, interp_weights  # noqa: E402
+from depthsel.taps import _interp_taps  # noqa: E402
 
 import run  # noqa: E402
 from common import cpu_median  # noqa: E402

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from depthsel import kernels
 from depthsel.accumulator import ResponseAccumulator
-from depthsel.alignment import bin_counts, bin_weight_maps, binned_sums, per_image_binned_sums
+from depthsel.alignment import bin_counts, bin_weight_maps, binned_sums
+from depthsel.per_image import per_image_binned_sums
 from depthsel.binning import EdgesBinner
 from depthsel.errors import ConfigError, ShapeMismatchError
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from .alignment import (METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs, per_image_binned_sums,
-                        per_image_sums_available)
+from .alignment import METHODS, bin_counts, bin_weight_maps, binned_sums, check_inputs
 from . import kernels
 from .binning import Binner
 from .consumer import Consumer, distributed_ready
 from .errors import ConfigError, ShapeMismatchError
+from .per_image import per_image_binned_sums, per_image_sums_available
 
 __all__ = ["ResponseAccumulator"]
 

@@ -20,50 +20,18 @@ for checking.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from . import kernels
 from .errors import ActivationShapeError, ConfigError, ShapeMismatchError
+from .taps import _interp_taps, _tap_slots, _tap_table, _tap_weights32, interp_weights
 
-__all__ = ["check_inputs", "interp_weights", "bin_weight_maps", "binned_sums", "bin_counts", "METHODS",
-           "per_image_sums_available", "per_image_binned_sums"]
+__all__ = ["check_inputs", "interp_weights", "bin_weight_maps", "binned_sums", "bin_counts", "METHODS"]
 
 METHODS = ("adjoint", "upsample")
-
-
-@lru_cache(maxsize=256)
-def _interp_taps(out_size: int, in_size: int, align_corners: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return the two source indices and weights per output index, as PyTorch computes them."""
-    dst = torch.arange(out_size, dtype=torch.float64)
-    if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        src = dst * scale
-    else:
-        # F.interpolate(size=...) uses scale = in/out and clamps negative sources at 0.
-        src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0.0)
-    i0 = src.floor().long().clamp(max=in_size - 1)
-    i1 = (i0 + 1).clamp(max=in_size - 1)
-    w1 = (src - i0.to(torch.float64)).clamp(0.0, 1.0)
-    w0 = 1.0 - w1
-    return i0, i1, w0, w1
-
-
-def interp_weights(out_size: int, in_size: int, align_corners: bool = False) -> torch.Tensor:
-    """Dense 1-D bilinear interpolation matrix ``U [out_size, in_size]`` (float64).
-
-    ``F.interpolate(x, size=(H, W), mode="bilinear", align_corners=ac)`` equals
-    ``interp_weights(H, h, ac) @ x @ interp_weights(W, w, ac).T`` per channel.
-    """
-    i0, i1, w0, w1 = _interp_taps(out_size, in_size, align_corners)
-    u = torch.zeros(out_size, in_size, dtype=torch.float64)
-    rows = torch.arange(out_size)
-    u.index_put_((rows, i0), w0, accumulate=True)
-    u.index_put_((rows, i1), w1, accumulate=True)
-    return u
 
 
 def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
@@ -81,29 +49,6 @@ def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
     counts = torch.zeros(b * (num_bins + 1), dtype=torch.int64, device=bins.device)
     counts.scatter_add_(0, idx, torch.ones((), dtype=torch.int64, device=bins.device).expand(idx.numel()))
     return counts.view(b, num_bins + 1)[:, 1:]
-
-
-@lru_cache(maxsize=16)
-def _tap_slots(
-    height: int, width: int, h: int, w: int, num_bins: int, align_corners: bool, device: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per depth pixel, the slot and weight of each of its 4 bilinear taps.
-
-    ``slot int64 [4, H*W]`` is ``q * (Nb + 1) + 1`` for the tap's feature index
-    ``q``: adding the pixel's bin ``d`` (``-1`` invalid) gives its place in a
-    bin-last ``[h*w, Nb + 1]`` table whose column 0 collects invalid pixels.
-    ``wt float64 [4, H*W]``. Both depend only on the sizes, so they are built
-    once and shared by every batch.
-    """
-    y0, y1, wy0, wy1 = _interp_taps(height, h, align_corners)
-    x0, x1, wx0, wx1 = _interp_taps(width, w, align_corners)
-    idx, wt = [], []
-    for ys, wys in ((y0, wy0), (y1, wy1)):
-        for xs, wxs in ((x0, wx0), (x1, wx1)):
-            idx.append((ys[:, None] * w + xs[None, :]).reshape(-1))
-            wt.append((wys[:, None] * wxs[None, :]).reshape(-1))
-    slots = torch.stack(idx) * (num_bins + 1) + 1
-    return slots.to(device), torch.stack(wt).to(device)
 
 
 def bin_weight_maps(
@@ -164,36 +109,6 @@ def bin_weight_maps(
     return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
 
 
-class TapTable(NamedTuple):
-    """The bilinear taps of one (depth size, feature size) pair, laid out for the numba loop.
-
-    ``ya``/``yb`` (``int64 [H]``) and ``xa``/``xb`` (``int64 [W]``) are the feature rows
-    and columns each depth row and column taps; ``weights[row_kind[Y], t, X]`` the weight
-    of tap ``t`` (``ya``/``xa``, ``ya``/``xb``, ``yb``/``xa``, ``yb``/``xb``): the float64
-    product rounded once to the table's dtype, the same numbers as :func:`_tap_slots`'
-    (and :func:`_tap_weights32`'s). Rows with equal weights share a kind, so the table is
-    small at integer scale factors (one kind per phase).
-    """
-
-    ya: torch.Tensor
-    yb: torch.Tensor
-    row_kind: torch.Tensor
-    xa: torch.Tensor
-    xb: torch.Tensor
-    weights: torch.Tensor
-
-
-@lru_cache(maxsize=16)
-def _tap_table(height: int, width: int, h: int, w: int, align_corners: bool, dtype: torch.dtype) -> TapTable:
-    """:class:`TapTable` of a size pair in ``dtype``, built once."""
-    y0, y1, wy0, wy1 = _interp_taps(height, h, align_corners)
-    x0, x1, wx0, wx1 = _interp_taps(width, w, align_corners)
-    kinds, row_kind = torch.unique(torch.stack([wy0, wy1], 1), dim=0, return_inverse=True)
-    weights = torch.stack([kinds[:, 0, None] * wx0, kinds[:, 0, None] * wx1,
-                           kinds[:, 1, None] * wx0, kinds[:, 1, None] * wx1], 1).to(dtype)
-    return TapTable(y0, y1, row_kind.contiguous(), x0, x1, weights.contiguous())
-
-
 def _numba_weight_maps(out: torch.Tensor, flat: torch.Tensor, key: tuple[Any, ...], dtype: torch.dtype) -> None:
     """The compiled scatter (:mod:`depthsel.kernels`) into the same bin-last layout as below."""
     height, width, h, w, num_bins, align_corners, _ = key
@@ -208,14 +123,6 @@ def _numba_weight_maps(out: torch.Tensor, flat: torch.Tensor, key: tuple[Any, ..
         out[b].copy_(table[0])
 
 
-@lru_cache(maxsize=16)
-def _tap_weights32(
-    height: int, width: int, h: int, w: int, num_bins: int, align_corners: bool, device: str
-) -> torch.Tensor:
-    """float32 copy of :func:`_tap_slots`' tap weights, made once per size (same cache key)."""
-    return _tap_slots(height, width, h, w, num_bins, align_corners, device)[1].to(torch.float32)
-
-
 def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor, wt: torch.Tensor,
                    dense: bool) -> None:
     """Fill one image's ``[h*w * (Nb+1)]`` table: all 4 taps of every pixel in one scatter."""
@@ -227,60 +134,6 @@ def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor,
         # Mostly invalid (sparse ground truth): scatter only the valid pixels.
         p = (bins >= 0).nonzero().squeeze(1)
         table.scatter_add_(0, (slots[:, p] + bins[p]).reshape(-1), wt[:, p].reshape(-1))
-
-
-def per_image_sums_available(act: torch.Tensor, bins: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
-    """Whether :func:`per_image_binned_sums` serves this batch (CPU, numba loops, no autograd).
-
-    ``dtype``: the dtype the sums will be computed in (default ``act``'s).
-    """
-    return ((dtype or act.dtype) in (torch.float32, torch.float64) and not act.requires_grad
-            and act.numel() > 0 and kernels.numba_enabled(act, bins))
-
-
-def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int, align_corners: bool = False,
-                          counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, K, Nb]`` sums of ``A`` and of ``|A|``, one image's weight map at a time.
-
-    The numbers of :func:`binned_sums` (to float rounding: the same weight maps, a
-    product per image instead of a batched one) without the batch of weight maps:
-    each image's table is built in one reused buffer that stays in cache while the
-    product reads it, and it holds only the bins present in the image (a depth map
-    usually covers a part of the range: about half of 64 SID bins), so the product
-    does that much less work; absent bins sum to 0, as an empty sum does. ``|A|`` is
-    multiplied only for images with a negative activation; elsewhere the signed sums
-    serve both (after a ReLU, ``|A| = A``). ``counts``: the ``[B, Nb]`` bin counts if
-    the caller has them. CPU with the numba loops only
-    (:func:`per_image_sums_available`); inputs are checked by the caller.
-    """
-    bsz, k, h, w = act.shape
-    height, width = bins.shape[-2:]
-    taps = _tap_table(int(height), int(width), h, w, bool(align_corners), act.dtype)
-    flat = bins.reshape(bsz, height * width).long().contiguous()
-    present = (bin_counts(bins, num_bins) if counts is None else counts) > 0
-    # Per image, bin -> its place among the image's present bins (absent bins get no pixel).
-    column = torch.cumsum(present, 1).sub_(1)
-    present_bins = present.sum(1).tolist()
-    buffer = torch.empty(h * w * max(1, max(present_bins)), dtype=act.dtype)
-    prod = torch.empty(k, max(1, max(present_bins)), dtype=act.dtype)
-    a = act.reshape(bsz, k, h * w)
-    sums = torch.zeros(bsz, k, num_bins, dtype=act.dtype)
-    abs_sums = torch.zeros_like(sums)
-    for b, m in enumerate(present_bins):
-        if not m:
-            continue  # no valid pixel: every sum is the empty sum
-        cols = present[b].nonzero().squeeze(1)
-        table = buffer[:h * w * m].view(1, -1)
-        kernels.scatter_taps(flat[b:b + 1], taps, table, num_bins, w, m, 0, column[b])
-        weights_t = table.view(h * w, m)  # W^T [h*w, present bins], contiguous
-        out = prod[:, :m] if m == prod.shape[1] else prod.view(-1)[:k * m].view(k, m)
-        torch.mm(a[b], weights_t, out=out)
-        sums[b].index_copy_(1, cols, out)
-        # After the product, which has just read this image's activations into cache.
-        if bool(a[b].amin() < 0):
-            torch.mm(a[b].abs(), weights_t, out=out)
-        abs_sums[b].index_copy_(1, cols, out)
-    return sums, abs_sums
 
 
 class _BinnedSum(torch.autograd.Function):

@@ -85,7 +85,7 @@ def scatter_taps(bins: torch.Tensor, taps: Any, out: torch.Tensor, num_bins: int
                  offset: int, column: torch.Tensor | None = None) -> None:
     """Fill ``out [B, L]`` with the adjoint bilinear weights of ``bins [B, H*W]``.
 
-    ``taps``: a :class:`depthsel.alignment.TapTable` in ``out``'s dtype. Feature location
+    ``taps``: a :class:`depthsel.taps.TapTable` in ``out``'s dtype. Feature location
     ``q`` and bin ``d`` land at ``q * row + offset + column[d]`` (``column``: ``int64
     [num_bins]``, the identity when ``None``). See :func:`depthsel.alignment.bin_weight_maps`.
     """

@@ -1,0 +1,73 @@
+"""Per-bin sums one image at a time, with the numba loops (CPU only).
+
+:func:`depthsel.alignment.binned_sums` multiplies a batch of activations by a
+batch of weight maps. On the CPU with the numba loops of :mod:`depthsel.kernels`,
+:class:`~depthsel.ResponseAccumulator` uses :func:`per_image_binned_sums`
+instead: each image's weight map, over the bins present in it, is built in one
+buffer that stays in cache while the product reads it. The numbers are those of
+the batch path to float rounding (``tests/test_kernels.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import kernels
+from .alignment import bin_counts
+from .taps import _tap_table
+
+__all__ = ["per_image_sums_available", "per_image_binned_sums"]
+
+
+def per_image_sums_available(act: torch.Tensor, bins: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether :func:`per_image_binned_sums` serves this batch (CPU, numba loops, no autograd).
+
+    ``dtype``: the dtype the sums will be computed in (default ``act``'s).
+    """
+    return ((dtype or act.dtype) in (torch.float32, torch.float64) and not act.requires_grad
+            and act.numel() > 0 and kernels.numba_enabled(act, bins))
+
+
+def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int, align_corners: bool = False,
+                          counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, K, Nb]`` sums of ``A`` and of ``|A|``, one image's weight map at a time.
+
+    The numbers of :func:`depthsel.alignment.binned_sums` (to float rounding: the same weight maps, a
+    product per image instead of a batched one) without the batch of weight maps:
+    each image's table is built in one reused buffer that stays in cache while the
+    product reads it, and it holds only the bins present in the image (a depth map
+    usually covers a part of the range: about half of 64 SID bins), so the product
+    does that much less work; absent bins sum to 0, as an empty sum does. ``|A|`` is
+    multiplied only for images with a negative activation; elsewhere the signed sums
+    serve both (after a ReLU, ``|A| = A``). ``counts``: the ``[B, Nb]`` bin counts if
+    the caller has them. CPU with the numba loops only
+    (:func:`per_image_sums_available`); inputs are checked by the caller.
+    """
+    bsz, k, h, w = act.shape
+    height, width = bins.shape[-2:]
+    taps = _tap_table(int(height), int(width), h, w, bool(align_corners), act.dtype)
+    flat = bins.reshape(bsz, height * width).long().contiguous()
+    present = (bin_counts(bins, num_bins) if counts is None else counts) > 0
+    # Per image, bin -> its place among the image's present bins (absent bins get no pixel).
+    column = torch.cumsum(present, 1).sub_(1)
+    present_bins = present.sum(1).tolist()
+    buffer = torch.empty(h * w * max(1, max(present_bins)), dtype=act.dtype)
+    prod = torch.empty(k, max(1, max(present_bins)), dtype=act.dtype)
+    a = act.reshape(bsz, k, h * w)
+    sums = torch.zeros(bsz, k, num_bins, dtype=act.dtype)
+    abs_sums = torch.zeros_like(sums)
+    for b, m in enumerate(present_bins):
+        if not m:
+            continue  # no valid pixel: every sum is the empty sum
+        cols = present[b].nonzero().squeeze(1)
+        table = buffer[:h * w * m].view(1, -1)
+        kernels.scatter_taps(flat[b:b + 1], taps, table, num_bins, w, m, 0, column[b])
+        weights_t = table.view(h * w, m)  # W^T [h*w, present bins], contiguous
+        out = prod[:, :m] if m == prod.shape[1] else prod.view(-1)[:k * m].view(k, m)
+        torch.mm(a[b], weights_t, out=out)
+        sums[b].index_copy_(1, cols, out)
+        # After the product, which has just read this image's activations into cache.
+        if bool(a[b].amin() < 0):
+            torch.mm(a[b].abs(), weights_t, out=out)
+        abs_sums[b].index_copy_(1, cols, out)
+    return sums, abs_sums
