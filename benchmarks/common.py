@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import depthsel
+import depthsel.kernels
 import depthsel.testing
 
 SETUPS: dict[str, dict[str, Any]] = {
@@ -162,6 +163,8 @@ def machine(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
+        # CPU statistics: numba loops or torch operations (DEPTHSEL_KERNELS, depthsel.kernels).
+        "kernels": depthsel.kernels.backend(),
     }
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout

@@ -1,7 +1,7 @@
 """The numba loops (depthsel.kernels) against the torch operations they replace.
 
 Binning and counting must be identical; the weight maps and per-bin sums identical at
-integer scale factors (every tap weight a short dyadic fraction) and equal to float
+power-of-two scale factors (every tap weight a short dyadic fraction) and equal to float
 rounding elsewhere. Also: the backend switch, and bad bins never written.
 """
 
@@ -75,7 +75,7 @@ def test_out_of_range_bins_raise_before_anything_is_written() -> None:
         on("numba", bin_weight_maps, bins, 5, (2, 2))
 
 
-sizes = st.sampled_from([(8, 8, 4, 4), (16, 12, 4, 3), (8, 8, 8, 8), (12, 16, 3, 2),  # integer scales
+sizes = st.sampled_from([(8, 8, 4, 4), (16, 12, 4, 3), (8, 8, 8, 8), (12, 16, 3, 2),  # power-of-two scales
                          (9, 7, 4, 5), (11, 5, 1, 1), (5, 6, 7, 9), (13, 17, 6, 4)])  # the rest
 
 
@@ -158,3 +158,81 @@ def test_backend_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         kernels.backend()
     monkeypatch.setenv("DEPTHSEL_KERNELS", "auto")
     assert kernels.backend() == "torch"
+
+
+# ---- red-team regressions (round 5): each failed before its fix -------------------------------
+def test_counts_that_disagree_with_the_bins_raise_instead_of_writing_out_of_bounds() -> None:
+    g = torch.Generator().manual_seed(1)
+    bins = torch.randint(0, 4, (2, 16, 16), generator=g)
+    act = torch.rand(2, 3, 8, 8, generator=g)
+    counts = bin_counts(bins, 4)
+    counts[0, int(bins[0, 0, 0])] = 0  # a bin with pixels counted as empty
+    with pytest.raises(ShapeMismatchError, match="counts say is empty"):
+        on("numba", per_image_binned_sums, act, bins, 4, False, counts)
+    with pytest.raises(ShapeMismatchError, match="counts have shape"):
+        on("numba", per_image_binned_sums, act, bins, 4, False, counts[:, :3])
+
+
+def test_a_nan_activation_does_not_turn_the_other_units_abs_sums_into_signed_ones() -> None:
+    g = torch.Generator().manual_seed(2)
+    bins = torch.randint(0, 3, (1, 8, 8), generator=g)
+    act = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64)
+    act[0, 0, 1, 1] = float("nan")  # unit 0 has a NaN; unit 1 has negative values but no NaN
+    _, abs_sums = on("numba", per_image_binned_sums, act, bins, 3)
+    ref_abs = on("torch", binned_sums, act, bins, 3, use_abs=True)
+    assert bool((abs_sums[0, 1] >= 0).all())
+    torch.testing.assert_close(abs_sums[0, 1], ref_abs[0, 1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("new_edges", [[0.0, 1.0, 2.0, 4.0], [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]])
+def test_a_refitted_binner_in_a_stream_is_refused_before_the_state_changes(backend: str,
+                                                                          new_edges: list[float]) -> None:
+    from depthsel.binned import BinnedDepth
+    from depthsel.stream import BatchView
+
+    depth = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 4
+    act = torch.rand(2, 2, 4, 4, dtype=torch.float64)
+    binner = EdgesBinner([0.0, 1.0, 2.0, 3.0, 4.0])
+    acc = ResponseAccumulator(4, layer="l", binner=binner)
+
+    def view() -> BatchView:
+        return BatchView({"depth": depth}, None, {"l": act}, BinnedDepth(depth), torch.arange(2), 0)
+
+    on(backend, acc.update, view())
+    before = {k: v.clone() for k, v in acc.state_dict().items()}
+    binner._edges = torch.tensor(new_edges, dtype=torch.float64)  # refitted after construction
+    with pytest.raises(ShapeMismatchError):
+        on(backend, acc.update, view())
+    assert all(torch.equal(v, acc.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_stream_with_another_alignment_convention_is_refused() -> None:
+    from depthsel.binned import BinnedDepth
+    from depthsel.stream import BatchView
+
+    depth = torch.rand(2, 1, 8, 8) * 4
+    binner = EdgesBinner([0.0, 1.0, 2.0, 3.0, 4.0])
+    acc = ResponseAccumulator(4, layer="l", binner=binner, align_corners=False)
+    view = BatchView({"depth": depth}, None, {"l": torch.rand(2, 2, 4, 4)}, BinnedDepth(depth, align_corners=True),
+                     torch.arange(2), 0)
+    with pytest.raises(ConfigError, match="align_corners=True"):
+        acc.update(view)
+
+
+def test_bins_below_minus_one_are_invalid_on_both_backends() -> None:
+    bins = torch.randint(0, 4, (2, 8, 8), generator=torch.Generator().manual_seed(4))
+    bins[0, 0, 0], bins[1, 3, 5], bins[1, 7, 7] = -2, -5, -100
+    ref, fast = both(bin_weight_maps, bins, 4, (4, 4), dtype=torch.float64)
+    assert torch.equal(ref, fast)
+    torch.testing.assert_close(fast.sum((2, 3)), bin_counts(bins, 4).double())
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_an_empty_batch_gives_empty_maps_and_counts_and_is_skipped(backend: str) -> None:
+    bins = torch.zeros(0, 8, 8, dtype=torch.int64)
+    assert on(backend, bin_weight_maps, bins, 3, (4, 4)).shape == (0, 3, 4, 4)
+    assert on(backend, bin_counts, bins, 3).shape == (0, 3)
+    acc = ResponseAccumulator(3)
+    on(backend, acc.update, torch.zeros(0, 2, 4, 4), bins)
+    assert acc.skipped_batches == 1 and acc.num_images == 0

@@ -3,7 +3,7 @@
 Each loop does in one pass over the pixels what the torch path does in several
 memory-bound passes (index building, gathers, a scatter). Binning and counting
 are exact, so both paths return identical tensors. The weight maps are sums of
-tap weights added pixel by pixel instead of tap by tap: at integer scale factors
+tap weights added pixel by pixel instead of tap by tap: at power-of-two scale factors
 every weight and partial sum is a short dyadic fraction and the maps are
 bit-identical; elsewhere they agree to the rounding of the sum (tested). They read and write NumPy views of
 contiguous CPU tensors; bounds are checked by the loops themselves (numba's own
@@ -21,7 +21,7 @@ __all__ = ["scatter_taps", "lookup_bins", "count_bins"]
 @njit(cache=True, nogil=True, boundscheck=False)
 def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, row_kind: np.ndarray,
                  xa: np.ndarray, xb: np.ndarray, weights: np.ndarray, out: np.ndarray, column: np.ndarray,
-                 w: int, row: int, offset: int) -> int:  # pragma: no cover - compiled
+                 w: int, row: int, offset: int) -> tuple[int, int]:  # pragma: no cover - compiled
     """Zero ``out [B, L]`` and add the 4 bilinear taps of every valid pixel of every image.
 
     ``bins int64 [B, H*W]`` (``-1`` invalid). Depth row ``Y`` taps feature rows ``ya[Y]``
@@ -31,17 +31,20 @@ def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, r
     ``ya``/``xb``, ``yb``/``xa``, ``yb``/``xb``) in ``out``'s dtype, so a pixel costs four
     loads and four adds. Feature location ``q`` and bin ``d`` land at
     ``q * row + offset + column[d]`` (``column``: the identity, or the image's present bins
-    numbered in order); ``num_bins`` is ``len(column)``.
+    numbered in order; a column outside ``[0, row - offset)`` is never written); ``num_bins``
+    is ``len(column)``.
     Zero weights (a layer at the depth's own resolution) are skipped: adding 0 changes
-    nothing. Returns the number of pixels with a bin ``>= num_bins`` (nothing is written
-    for them).
+    nothing. Returns the numbers of pixels with a bin ``>= num_bins`` and of pixels whose
+    bin has no column (nothing is written for either).
     """
     nimg, npix = bins.shape
     num_bins = column.shape[0]
+    columns = row - offset
     height = npix // width if width else 0
     length = out.shape[1]
     stride = uint64(row)
     bad = 0
+    mismatched = 0
     for b in range(nimg):
         o = out[b]
         for i in range(length):
@@ -64,7 +67,11 @@ def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, r
                 if d >= num_bins:
                     bad += 1
                     continue
-                col = uint64(column[d] + offset)
+                col = column[d]
+                if col < 0 or col >= columns:
+                    mismatched += 1  # a bin its column table has no place for: never written
+                    continue
+                col = uint64(col + offset)
                 c0 = uint64(xa[xx])
                 c1 = uint64(xb[xx])
                 v = t00[xx]
@@ -79,7 +86,7 @@ def scatter_taps(bins: np.ndarray, width: int, ya: np.ndarray, yb: np.ndarray, r
                 v = t11[xx]
                 if v != 0:
                     o[(r1 + c1) * stride + col] += v
-    return bad
+    return bad, mismatched
 
 
 @njit(cache=True, nogil=True, boundscheck=False)

@@ -153,6 +153,12 @@ class ResponseAccumulator(Consumer):
         # One histogram gives the pixel counts, "any valid pixel" and the image count.
         if per_image is None:
             per_image = bin_counts(bins, self.num_bins)
+        if tuple(per_image.shape) != (act.shape[0], self.num_bins):
+            # A stream's binner with another number of bins (refitted after construction).
+            raise ShapeMismatchError(
+                f"the binner gives {per_image.shape[-1]} bins but this accumulator holds {self.num_bins}; "
+                "build the accumulator with the binner it reads"
+            )
         valid_images = per_image.sum(1) > 0
         if not bool(valid_images.any()):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
@@ -194,6 +200,13 @@ class ResponseAccumulator(Consumer):
         """The layer's activations and the view's cached bins."""
         if self.layer is None or self.binner is None:
             raise ConfigError("a ResponseAccumulator fed by a stream needs layer= and binner=")
+        if bool(getattr(view.binned, "align_corners", self.align_corners)) != self.align_corners:
+            # The view's cached weight maps use its convention: both must agree, or the
+            # numbers would depend on which path (cached maps or per image) ran.
+            raise ConfigError(
+                f"the stream aligns with align_corners={view.binned.align_corners} but this accumulator "
+                f"with align_corners={self.align_corners}; build both with the same convention"
+            )
         act = view.activations[self.layer]
         return act, view.binned.bins(self.binner, act.device)
 

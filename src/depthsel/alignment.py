@@ -37,6 +37,8 @@ METHODS = ("adjoint", "upsample")
 def bin_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Valid-pixel count per image and bin: ``int64 [B, Nb]`` from ``bins [B, H, W]``."""
     b = bins.shape[0]
+    if b == 0:
+        return torch.zeros(0, num_bins, dtype=torch.int64, device=bins.device)
     if kernels.numba_enabled(bins):
         return kernels.count_bins(bins, num_bins)
     # One integer histogram over (image, bin + 1): every negative bin is invalid and
@@ -80,12 +82,17 @@ def bin_weight_maps(
     hw, row = h * w, num_bins + 1
     dev = bins.device
     key = (height, width, h, w, num_bins, bool(align_corners), str(dev))
+    if bsz == 0:
+        return torch.zeros(0, num_bins, h, w, dtype=dtype, device=dev)
     slots, wt = _tap_slots(*key)
     flat = bins.reshape(bsz, height * width).long()
     out = torch.empty(bsz, hw, row, dtype=dtype, device=dev)
     if kernels.numba_enabled(bins):
         _numba_weight_maps(out.view(bsz, -1), flat.contiguous(), key, dtype)
-    elif dev.type == "cpu":
+        return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
+    # Every negative bin is invalid (as bin_counts and the numba loops read it): -1 for all.
+    flat = flat.clamp(min=-1)
+    if dev.type == "cpu":
         # One image at a time: its [h*w, Nb+1] float64 table (a few MB) stays in
         # cache while the taps land, and the tap weights need no batch-sized copy.
         # Which images are mostly valid is decided in one pass over the batch.

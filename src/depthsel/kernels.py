@@ -93,10 +93,15 @@ def scatter_taps(bins: torch.Tensor, taps: Any, out: torch.Tensor, num_bins: int
     assert mod is not None
     if column is None:
         column = _identity(int(num_bins))
-    bad = mod.scatter_taps(_np(bins), len(taps.xa), _np(taps.ya), _np(taps.yb), _np(taps.row_kind),
-                           _np(taps.xa), _np(taps.xb), _np(taps.weights), _np(out), _np(column),
-                           int(feat_width), int(row), int(offset))
+    bad, mismatched = mod.scatter_taps(_np(bins), len(taps.xa), _np(taps.ya), _np(taps.yb), _np(taps.row_kind),
+                                       _np(taps.xa), _np(taps.xb), _np(taps.weights), _np(out), _np(column),
+                                       int(feat_width), int(row), int(offset))
     _out_of_range(int(bad), num_bins)
+    if mismatched:
+        raise ShapeMismatchError(
+            f"{int(mismatched)} pixels have a bin that their bin counts say is empty; the bins changed "
+            "after they were counted: pass the counts of these bins, or none"
+        )
 
 
 @lru_cache(maxsize=64)

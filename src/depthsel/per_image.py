@@ -14,6 +14,7 @@ import torch
 
 from . import kernels
 from .alignment import bin_counts
+from .errors import ShapeMismatchError
 from .taps import _tap_table
 
 __all__ = ["per_image_sums_available", "per_image_binned_sums"]
@@ -40,16 +41,21 @@ def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int, 
     does that much less work; absent bins sum to 0, as an empty sum does. ``|A|`` is
     multiplied only for images with a negative activation; elsewhere the signed sums
     serve both (after a ReLU, ``|A| = A``). ``counts``: the ``[B, Nb]`` bin counts if
-    the caller has them. CPU with the numba loops only
+    the caller has them (a pixel whose bin they call empty is an error, never a write).
+    NaN activations: the bins present in the image with the NaN become NaN (the batch
+    product spreads a NaN to every bin of the batch, since 0 x NaN is NaN). CPU with the numba loops only
     (:func:`per_image_sums_available`); inputs are checked by the caller.
     """
     bsz, k, h, w = act.shape
     height, width = bins.shape[-2:]
     taps = _tap_table(int(height), int(width), h, w, bool(align_corners), act.dtype)
     flat = bins.reshape(bsz, height * width).long().contiguous()
-    present = (bin_counts(bins, num_bins) if counts is None else counts) > 0
-    # Per image, bin -> its place among the image's present bins (absent bins get no pixel).
-    column = torch.cumsum(present, 1).sub_(1)
+    counts = bin_counts(bins, num_bins) if counts is None else counts
+    if tuple(counts.shape) != (bsz, num_bins):
+        raise ShapeMismatchError(f"counts have shape {tuple(counts.shape)}, expected {(bsz, num_bins)}")
+    present = counts > 0
+    # Per image, bin -> its place among the image's present bins.
+    column = torch.where(present, torch.cumsum(present, 1).sub_(1), -1)  # -1: no place (never written)
     present_bins = present.sum(1).tolist()
     buffer = torch.empty(h * w * max(1, max(present_bins)), dtype=act.dtype)
     prod = torch.empty(k, max(1, max(present_bins)), dtype=act.dtype)
@@ -67,7 +73,8 @@ def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int, 
         torch.mm(a[b], weights_t, out=out)
         sums[b].index_copy_(1, cols, out)
         # After the product, which has just read this image's activations into cache.
-        if bool(a[b].amin() < 0):
+        # "not >= 0", not "< 0": a NaN makes amin NaN, and then |A| must be taken unit by unit.
+        if not bool(a[b].amin() >= 0):
             torch.mm(a[b].abs(), weights_t, out=out)
         abs_sums[b].index_copy_(1, cols, out)
     return sums, abs_sums
