@@ -7,9 +7,12 @@ another base seed (the demo's test split is not read).
 ``OMP_NUM_THREADS=1 python benchmarks/lever_select.py {7s|syn} NUM_BINS SEEDS NAME [OUT]``, e.g.
 ``python benchmarks/lever_select.py 7s 8 0,1,2 sel_7s_nb8 runs``. NUM_BINS 0 keeps the recipe's
 default (one bin per unit). ``syn:N:E`` trains on N synthetic scenes for E epochs instead of the
-recipe's 192 for 12 (the data lever: ``syn:5000:2`` is 1,250 steps). Pool and compare with ``benchmarks/lever_select_table.py``.
+recipe's 192 for 12 (the data lever: ``syn:5000:2`` is 1,250 steps). A sixth argument, ExperimentConfig
+fields as JSON, puts a lever on top: ``... syn 4 0,1,2 sel_syn_conv4 runs '{"layers": ["decode_conv4"]}'``.
+Pool and compare with ``benchmarks/lever_select_table.py``.
 """
 
+import json
 import sys
 
 from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experiment
@@ -32,4 +35,8 @@ elif kind == "syn" or kind.startswith("syn:"):
                            test_data={"split": "train", "seed": 1, "num_samples": 48}, **extra)
 else:
     raise SystemExit(f"unknown kind {kind!r}; use 7s or syn")
+for key, value in (json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}).items():
+    if not hasattr(cfg, key):
+        raise SystemExit(f"ExperimentConfig has no field {key!r}")
+    setattr(cfg, key, value)
 run_experiment(cfg, progress=False)
