@@ -154,7 +154,7 @@ AssignmentOpt = Annotated[str, typer.Option(
     "--assignment", help="Unit-to-bin targets: paper (Eq. 6) or matched (each unit to a bin near what the "
                          "starting weights prefer on the training split; use with --init-weights).")]
 LayersOpt = Annotated[list[str] | None, typer.Option(
-    "--layers", "-l", metavar="LAYER", help="Layers of the selectivity term and the dissection (default: decode_conv5).")]
+    "--layers", "-l", metavar="LAYER", help="Layers of the selectivity term and the dissection (default: decode_conv4).")]
 InitOpt = Annotated[str | None, typer.Option(
     "--init-weights", metavar="PATH", help="Both arms of each seed start from these weights (safetensors; "
     "'{seed}' in PATH is replaced by the seed), e.g. after pretraining on other data. Default: random init.")]
