@@ -121,15 +121,16 @@ def test_cli_demo_json_holds_per_seed_values_cis_and_differences(tmp_path: Path)
     rmse = next(r for r in data["table"] if r["key"] == "rmse")
     assert rmse["arms"]["baseline"]["ci_low"] is not None and "pvalue" in rmse["difference"]["interpretable"]
     assert (tmp_path / "demo" / "summary.json").is_file()
-    # The recipe chosen on validation blocks: four bins by default (8 units at width 0.25).
-    assert data["binner"]["num_bins"] == 4
+    # The recipe chosen on validation blocks: four bins by default, on decode_conv4 (16 units
+    # at width 0.25).
+    assert data["binner"]["num_bins"] == 4 and data["units"] == {"decode_conv4": 16}
     one_per_unit = CliRunner().invoke(app, ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25",
                                             "--train-samples", "8", "--test-samples", "2", "--out", str(tmp_path),
                                             "--name", "per_unit", "--bins", "0", "--seeds", "1",
                                             "--curve-every", "0", "--permutations", "0", "--format", "json"],
                                       env={"COLUMNS": "120"})
     assert one_per_unit.exit_code == 0, one_per_unit.output
-    assert json.loads(one_per_unit.stdout)["binner"]["num_bins"] == 8
+    assert json.loads(one_per_unit.stdout)["binner"]["num_bins"] == 16
 
 
 def test_cli_demo_table_says_how_many_seeds(tmp_path: Path) -> None:
