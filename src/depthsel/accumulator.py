@@ -151,14 +151,7 @@ class ResponseAccumulator(Consumer):
                 "use one accumulator per layer"
             )
         # One histogram gives the pixel counts, "any valid pixel" and the image count.
-        if per_image is None:
-            per_image = bin_counts(bins, self.num_bins)
-        if tuple(per_image.shape) != (act.shape[0], self.num_bins):
-            # A stream's binner with another number of bins (refitted after construction).
-            raise ShapeMismatchError(
-                f"the binner gives {per_image.shape[-1]} bins but this accumulator holds {self.num_bins}; "
-                "build the accumulator with the binner it reads"
-            )
+        per_image = self._counts(bins, per_image, act.shape[0])
         valid_images = per_image.sum(1) > 0
         if not bool(valid_images.any()):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
@@ -175,6 +168,17 @@ class ResponseAccumulator(Consumer):
         # Only images with a valid pixel count: an all-invalid frame adds nothing, and
         # counting it would make num_images depend on which batch it shared.
         self.images += int(valid_images.sum())
+
+    def _counts(self, bins: torch.Tensor, cached: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """``[B, Nb]`` bin counts of the batch (the view's, if it has them), checked before any state changes."""
+        counts = bin_counts(bins, self.num_bins) if cached is None else cached
+        if tuple(counts.shape) != (batch, self.num_bins):
+            # A stream's binner with another number of bins (refitted after construction).
+            raise ShapeMismatchError(
+                f"the binner gives {counts.shape[-1]} bins but this accumulator holds {self.num_bins}; "
+                "build the accumulator with the binner it reads"
+            )
+        return counts
 
     def _batch_sums(self, act: torch.Tensor, bins: torch.Tensor, weights: torch.Tensor | None,
                     counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
