@@ -79,24 +79,45 @@ def bin_weight_maps(
             f"cannot align a {h}x{w} feature map with a {height}x{width} depth map: both need at "
             "least one pixel"
         )
-    hw, row = h * w, num_bins + 1
     dev = bins.device
-    key = (height, width, h, w, num_bins, bool(align_corners), str(dev))
     if bsz == 0:
         return torch.zeros(0, num_bins, h, w, dtype=dtype, device=dev)
-    slots, wt = _tap_slots(*key)
+    key = (height, width, h, w, num_bins, bool(align_corners), str(dev))
     flat = bins.reshape(bsz, height * width).long()
-    out = torch.empty(bsz, hw, row, dtype=dtype, device=dev)
-    if kernels.numba_enabled(bins):
-        _numba_weight_maps(out.view(bsz, -1), flat.contiguous(), key, dtype)
-        return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
+    out = torch.empty(bsz, h * w, num_bins + 1, dtype=dtype, device=dev)
+    fill = _numba_weight_maps if kernels.numba_enabled(bins) else _torch_weight_maps
+    fill(out, flat, key, dtype)
+    return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
+
+
+def _numba_weight_maps(out: torch.Tensor, flat: torch.Tensor, key: tuple[Any, ...], dtype: torch.dtype) -> None:
+    """Fill ``out [B, h*w, Nb+1]`` with the compiled loop (:mod:`depthsel.kernels`)."""
+    height, width, h, w, num_bins, align_corners, _ = key
+    out, flat = out.view(out.shape[0], -1), flat.contiguous()
+    if dtype in (torch.float32, torch.float64):
+        taps = _tap_table(height, width, h, w, align_corners, dtype)
+        kernels.scatter_taps(flat, taps, out, num_bins, w, num_bins + 1, 1)
+        return
+    taps = _tap_table(height, width, h, w, align_corners, torch.float64)
+    table = torch.empty(1, out.shape[1], dtype=torch.float64)  # summed in float64, rounded once
+    for b in range(flat.shape[0]):
+        kernels.scatter_taps(flat[b:b + 1], taps, table, num_bins, w, num_bins + 1, 1)
+        out[b].copy_(table[0])
+
+
+def _torch_weight_maps(out: torch.Tensor, flat: torch.Tensor, key: tuple[Any, ...], dtype: torch.dtype) -> None:
+    """Fill ``out [B, h*w, Nb+1]`` with torch scatters (column 0 collects invalid pixels)."""
+    bsz, height_width = flat.shape
+    hw, row = out.shape[1], out.shape[2]
+    dev = out.device
+    slots, wt = _tap_slots(*key)
     # Every negative bin is invalid (as bin_counts and the numba loops read it): -1 for all.
     flat = flat.clamp(min=-1)
     if dev.type == "cpu":
         # One image at a time: its [h*w, Nb+1] float64 table (a few MB) stays in
         # cache while the taps land, and the tap weights need no batch-sized copy.
         # Which images are mostly valid is decided in one pass over the batch.
-        dense = ((flat >= 0).sum(1) * 2 >= height * width).tolist()
+        dense = ((flat >= 0).sum(1) * 2 >= height_width).tolist()
         if dtype == torch.float32:
             # float32 out: scatter straight into it (half the table, no copy).
             wt32 = _tap_weights32(*key)
@@ -113,21 +134,6 @@ def bin_weight_maps(
         acc = torch.zeros(bsz * hw * row, dtype=torch.float64, device=dev)
         acc.index_add_(0, idx, wt.unsqueeze(0).expand(bsz, -1, -1).reshape(-1))
         out.view(-1).copy_(acc)
-    return out[..., 1:].view(bsz, h, w, num_bins).permute(0, 3, 1, 2)
-
-
-def _numba_weight_maps(out: torch.Tensor, flat: torch.Tensor, key: tuple[Any, ...], dtype: torch.dtype) -> None:
-    """The compiled scatter (:mod:`depthsel.kernels`) into the same bin-last layout as below."""
-    height, width, h, w, num_bins, align_corners, _ = key
-    if dtype in (torch.float32, torch.float64):
-        taps = _tap_table(height, width, h, w, align_corners, dtype)
-        kernels.scatter_taps(flat, taps, out, num_bins, w, num_bins + 1, 1)
-        return
-    taps = _tap_table(height, width, h, w, align_corners, torch.float64)
-    table = torch.empty(1, out.shape[1], dtype=torch.float64)  # summed in float64, rounded once
-    for b in range(flat.shape[0]):
-        kernels.scatter_taps(flat[b:b + 1], taps, table, num_bins, w, num_bins + 1, 1)
-        out[b].copy_(table[0])
 
 
 def _scatter_image(table: torch.Tensor, bins: torch.Tensor, slots: torch.Tensor, wt: torch.Tensor,
