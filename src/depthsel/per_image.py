@@ -58,7 +58,7 @@ def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int, 
     column = torch.where(present, torch.cumsum(present, 1).sub_(1), -1)  # -1: no place (never written)
     present_bins = present.sum(1).tolist()
     buffer = torch.empty(h * w * max(1, max(present_bins)), dtype=act.dtype)
-    prod = torch.empty(k, max(1, max(present_bins)), dtype=act.dtype)
+    prod = torch.empty(k * max(1, max(present_bins)), dtype=act.dtype)  # one image's [K, m] product
     a = act.reshape(bsz, k, h * w)
     sums = torch.zeros(bsz, k, num_bins, dtype=act.dtype)
     abs_sums = torch.zeros_like(sums)
@@ -69,7 +69,7 @@ def per_image_binned_sums(act: torch.Tensor, bins: torch.Tensor, num_bins: int, 
         table = buffer[:h * w * m].view(1, -1)
         kernels.scatter_taps(flat[b:b + 1], taps, table, num_bins, w, m, 0, column[b])
         weights_t = table.view(h * w, m)  # W^T [h*w, present bins], contiguous
-        out = prod[:, :m] if m == prod.shape[1] else prod.view(-1)[:k * m].view(k, m)
+        out = prod[:k * m].view(k, m)
         torch.mm(a[b], weights_t, out=out)
         sums[b].index_copy_(1, cols, out)
         # After the product, which has just read this image's activations into cache.
