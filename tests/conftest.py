@@ -40,12 +40,7 @@ def kernel_backend(request: pytest.FixtureRequest):
             if os.environ.get("CI") == "true":
                 raise
             pytest.skip("numba is not installed (pip install 'depthsel[fast]')")
-    old = os.environ.get("DEPTHSEL_KERNELS")
-    os.environ["DEPTHSEL_KERNELS"] = request.param
-    try:
+    from depthsel import kernels
+
+    with kernels.use(request.param):
         yield request.param
-    finally:
-        if old is None:
-            os.environ.pop("DEPTHSEL_KERNELS", None)
-        else:
-            os.environ["DEPTHSEL_KERNELS"] = old

@@ -27,15 +27,8 @@ if os.environ.get("CI") != "true":
 
 def on(backend: str, fn, *args, **kw):
     """Call ``fn`` with ``DEPTHSEL_KERNELS=backend`` (restored afterwards)."""
-    old = os.environ.get("DEPTHSEL_KERNELS")
-    os.environ["DEPTHSEL_KERNELS"] = backend
-    try:
+    with kernels.use(backend):
         return fn(*args, **kw)
-    finally:
-        if old is None:
-            os.environ.pop("DEPTHSEL_KERNELS", None)
-        else:
-            os.environ["DEPTHSEL_KERNELS"] = old
 
 
 def both(fn, *args, **kw):
@@ -236,3 +229,14 @@ def test_an_empty_batch_gives_empty_maps_and_counts_and_is_skipped(backend: str)
     acc = ResponseAccumulator(3)
     on(backend, acc.update, torch.zeros(0, 2, 4, 4), bins)
     assert acc.skipped_batches == 1 and acc.num_images == 0
+
+
+def test_use_sets_the_backend_for_a_block_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPTHSEL_KERNELS", "numba")
+    with kernels.use("torch"):
+        assert kernels.backend() == "torch"
+    assert os.environ["DEPTHSEL_KERNELS"] == "numba"
+    monkeypatch.delenv("DEPTHSEL_KERNELS")
+    with pytest.raises(RuntimeError), kernels.use("torch"):
+        raise RuntimeError  # restored on error too
+    assert "DEPTHSEL_KERNELS" not in os.environ

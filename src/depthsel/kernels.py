@@ -5,17 +5,20 @@ per batch. With torch operations each step is several passes (build an index
 tensor, gather, compare, scatter); a compiled loop does each step in one. With
 `numba <https://numba.pydata.org>`_ installed (``pip install "depthsel[fast]"``)
 these loops are used on CPU tensors; without it, or with
-``DEPTHSEL_KERNELS=torch``, the torch operations run. Both paths visit pixels
-in the same order and return bit-identical tensors (tested), so the choice
-changes speed only. CUDA tensors always take the torch path.
+``DEPTHSEL_KERNELS=torch``, the torch operations run. Bins and counts are
+identical on both paths; weight maps and per-bin sums agree to float rounding
+(bit-identical at power-of-two scale factors), tested in ``tests/test_kernels.py``,
+so the choice changes speed only. CUDA tensors always take the torch path.
 
 ``DEPTHSEL_KERNELS``: ``auto`` (default: numba when importable), ``numba``
-(an error when it is missing) or ``torch``.
+(an error when it is missing) or ``torch``; :func:`use` sets it for a block.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -24,7 +27,7 @@ import torch
 
 from .errors import ConfigError, ShapeMismatchError
 
-__all__ = ["backend", "numba_enabled", "scatter_taps", "lookup_bins", "count_bins", "BACKENDS"]
+__all__ = ["backend", "use", "numba_enabled", "scatter_taps", "lookup_bins", "count_bins", "BACKENDS"]
 
 BACKENDS = ("auto", "numba", "torch")
 _LOADED: dict[str, ModuleType | None] = {}
@@ -59,6 +62,20 @@ def backend() -> str:
             raise ConfigError('DEPTHSEL_KERNELS=numba but numba is not installed; pip install "depthsel[fast]"')
         return "torch"
     return "numba"
+
+
+@contextmanager
+def use(name: str) -> Iterator[None]:
+    """Run a block with ``DEPTHSEL_KERNELS=name`` (``auto``, ``numba`` or ``torch``), restoring it after."""
+    old = os.environ.get("DEPTHSEL_KERNELS")
+    os.environ["DEPTHSEL_KERNELS"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DEPTHSEL_KERNELS", None)
+        else:
+            os.environ["DEPTHSEL_KERNELS"] = old
 
 
 def numba_enabled(*tensors: torch.Tensor) -> bool:
