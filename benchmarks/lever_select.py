@@ -12,10 +12,10 @@ fields as JSON, puts a lever on top: ``... syn 4 0,1,2 sel_syn_conv4 runs '{"lay
 Pool and compare with ``benchmarks/lever_select_table.py``.
 """
 
-import json
 import sys
 
 from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experiment
+from lever_pretrain import with_lever  # the same JSON overrides as its val/heldout steps
 
 kind, nb, seeds, name = sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")], sys.argv[4]
 out = sys.argv[5] if len(sys.argv) > 5 else "runs"
@@ -35,8 +35,4 @@ elif kind == "syn" or kind.startswith("syn:"):
                            test_data={"split": "train", "seed": 1, "num_samples": 48}, **extra)
 else:
     raise SystemExit(f"unknown kind {kind!r}; use 7s or syn")
-for key, value in (json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}).items():
-    if not hasattr(cfg, key):
-        raise SystemExit(f"ExperimentConfig has no field {key!r}")
-    setattr(cfg, key, value)
-run_experiment(cfg, progress=False)
+run_experiment(with_lever(cfg, sys.argv[6] if len(sys.argv) > 6 else None), progress=False)
