@@ -30,10 +30,13 @@ from .binning import Binner
 from .capture import Adapter, Capture
 from .errors import BinCountError, CaptureError, ConfigError, InvalidDepthError, ShapeMismatchError
 from .layers import LayerSelector, LayerSpec
-from .objectives import BatchStats, SelectivityObjective, batch_selectivity
+from .objectives import BatchStats, ObjectiveOutput, SelectivityObjective, batch_selectivity
 from .selectivity import assign_bins
 
-__all__ = ["SelectivityRegularizer", "REGULARIZER_PRESETS"]
+__all__ = ["SelectivityRegularizer", "REGULARIZER_PRESETS", "POOLINGS"]
+
+#: How the objective pools per-bin responses: over the batch (the paper's) or per image.
+POOLINGS = ("batch", "image")
 
 #: Named bundles of options. ``reference`` reproduces the published training code.
 REGULARIZER_PRESETS: dict[str, dict[str, Any]] = {
@@ -89,6 +92,16 @@ class SelectivityRegularizer:
         ``{layer: callable}`` reshaping non-spatial outputs to ``[B, K, h, w]``.
     objective_options
         Extra options of a named objective, e.g. ``{"liveness": 1.0}``.
+    pooling
+        ``"batch"`` (default, the paper's): per-bin responses are pooled over
+        every image of the batch and the objective scores them once.
+        ``"image"``: the objective scores each image's own per-bin responses
+        and the layer's score is the mean over images with valid pixels, so a
+        unit must prefer its bin within every image rather than only across
+        the batch's mix of depths. Under ``sync_stats`` the per-image scores
+        are not all-reduced (they need no global statistics); DDP's gradient
+        average then gives the mean over the global batch when ranks hold
+        equally many images.
     """
 
     def __init__(
@@ -110,6 +123,7 @@ class SelectivityRegularizer:
         sync_stats: bool = False,
         adapters: Mapping[str, Adapter] | None = None,
         objective_options: Mapping[str, Any] | None = None,
+        pooling: str = "batch",
     ) -> None:
         if preset not in REGULARIZER_PRESETS:
             raise ConfigError(f"preset must be one of {sorted(REGULARIZER_PRESETS)}, got {preset!r}")
@@ -122,6 +136,8 @@ class SelectivityRegularizer:
             raise ConfigError("layer_reduction must be 'mean' or 'sum'")
         if method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if stats_dtype not in (torch.float32, torch.float64):
             raise ConfigError("stats_dtype must be torch.float32 or torch.float64")
         self.model = model
@@ -144,6 +160,7 @@ class SelectivityRegularizer:
         self.method = method
         self.stats_dtype = stats_dtype
         self.sync_stats = sync_stats
+        self.pooling = pooling
         self.adapters = dict(adapters or {})
         self._assigned: dict[str, torch.Tensor] = {}
         if isinstance(assignment, Mapping):
@@ -279,18 +296,43 @@ class SelectivityRegularizer:
         w = None
         if self.method == "adjoint":
             w = binned.weights(binner, (act.shape[2], act.shape[3]), self.stats_dtype, act.device)
-        sums = binned_sums(act, bins, nb, use_abs=self.objective.uses_abs,
-                           align_corners=self.align_corners, method=self.method, weights=w).sum(0)
-        counts = bin_counts(bins, nb).sum(0)
-        sums, counts = self._maybe_sync(sums, counts)
+        per_image = binned_sums(act, bins, nb, use_abs=self.objective.uses_abs,
+                                align_corners=self.align_corners, method=self.method, weights=w)
+        per_image_counts = bin_counts(bins, nb)
+        sums, counts = self._maybe_sync(per_image.sum(0), per_image_counts.sum(0))
         if int(counts.sum()) == 0:
             self.skipped_batches += 1
             nan = float("nan")
             return None, {"score": nan, "target_ds": nan, "argmax_ds": nan,
                           "peak_on_target": nan, "units_counted": 0.0}
         batch_stats = BatchStats(sums, counts, assigned)
-        out = self.objective.layer_score(batch_stats)
+        if self.pooling == "image":
+            out = self._image_pooled_score(per_image, per_image_counts, assigned)
+        else:
+            out = self.objective.layer_score(batch_stats)
+        # The logged DS and peak are the batch-pooled ones under either pooling: the
+        # numbers a dissection reports, comparable across runs.
         return out.score, {**out.stats(), **batch_selectivity(batch_stats, self.objective.absent)}
+
+    def _image_pooled_score(self, sums: torch.Tensor, counts: torch.Tensor,
+                            assigned: torch.Tensor) -> ObjectiveOutput:
+        """Mean of the objective's score of each image with valid pixels (``pooling="image"``).
+
+        One call of the objective per image keeps any objective (a third party's
+        too) usable unchanged; batches are small, so the loop costs little next
+        to the forward pass.
+        """
+        outs = [self.objective.layer_score(BatchStats(sums[i], counts[i], assigned))
+                for i in range(sums.shape[0]) if bool((counts[i] > 0).any())]
+        # An image whose depth falls in one bin defines no unit's DS: it scores 0 with no
+        # gradient, so it leaves the mean instead of diluting it.
+        scored = [o for o in outs if bool(o.defined.any())]
+        score = torch.stack([o.score for o in scored]).mean() if scored else outs[0].score * 0
+        # ds/defined: those of the images' mean, over units defined in at least one image.
+        defined = torch.stack([o.defined for o in outs]).any(0)
+        ds_sum = torch.stack([torch.where(o.defined, o.ds, torch.zeros_like(o.ds)) for o in outs]).sum(0)
+        n_def = torch.stack([o.defined for o in outs]).sum(0).clamp(min=1).to(ds_sum.dtype)
+        return ObjectiveOutput(score=score, ds=ds_sum / n_def, defined=defined)
 
     def _maybe_sync(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.sync_stats:
@@ -333,5 +375,6 @@ class SelectivityRegularizer:
             "method": self.method,
             "stats_dtype": str(self.stats_dtype).replace("torch.", ""),
             "sync_stats": self.sync_stats,
+            "pooling": self.pooling,
             "assignment": {n: a.tolist() for n, a in self._assigned.items()},
         }

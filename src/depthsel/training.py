@@ -79,6 +79,8 @@ class SelectivityConfig:
     warmup_steps: int = 0
     assignment: dict[str, list[int]] | None = None
     objective_options: dict[str, Any] = field(default_factory=dict)
+    #: ``"batch"`` (the paper's) or ``"image"``: see :class:`~depthsel.SelectivityRegularizer`.
+    pooling: str = "batch"
 
 
 @dataclass
@@ -201,7 +203,8 @@ class Trainer:
             self.reg = SelectivityRegularizer(model, layers, dict(sel.binner), objective=sel.objective,
                                               weight=sel.weight, fit_bins_to_units=sel.fit_bins_to_units,
                                               preset=sel.preset, assignment=assignment,
-                                              objective_options=sel.objective_options, adapters=adapters)
+                                              objective_options=sel.objective_options, adapters=adapters,
+                                              pooling=sel.pooling)
         self.step = 0
         self.history: dict[str, list[dict[str, Any]]] = {"steps": [], "epochs": []}
 

@@ -27,6 +27,7 @@ from depthsel.cli.common import (
 from depthsel.cli.errors import CliError
 from depthsel.cli.output import FormatOption, OutputFormat, emit, emit_json, message
 from depthsel.errors import DepthselError
+from depthsel.regularizer import POOLINGS
 
 __all__ = ["demo", "sweep", "combine", "train"]
 
@@ -81,6 +82,8 @@ def _experiment_config(*, name: str, out: Path, data: str, train_frames: str | N
 
     if options.get("assignment", "paper") not in ASSIGNMENTS:
         raise CliError(f"--assignment {options['assignment']!r}: use one of {', '.join(ASSIGNMENTS)}")
+    if options.get("pooling", "batch") not in POOLINGS:
+        raise CliError(f"--pooling {options['pooling']!r}: use one of {', '.join(POOLINGS)}")
     if options.get("layers"):
         options["layers"] = split_layers(options["layers"])
     else:
@@ -103,7 +106,8 @@ SeedsOption = Annotated[str, typer.Option(
                     "as mean ± 95% CI over them.")]
 
 
-def _check_train_options(*, name: str, lr: float, weight: float, liveness: float, objective: str) -> None:
+def _check_train_options(*, name: str, lr: float, weight: float, liveness: float, objective: str,
+                         pooling: str = "batch") -> None:
     """Refuse values that would train garbage, or write outside --out, before any work."""
     import math
 
@@ -116,6 +120,8 @@ def _check_train_options(*, name: str, lr: float, weight: float, liveness: float
     for label, value in (("--weight", weight), ("--liveness", liveness)):
         if not (math.isfinite(value) and value >= 0):
             raise CliError(f"{label} must be a finite number >= 0, got {value}")
+    if pooling not in POOLINGS:
+        raise CliError(f"--pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
     get_plugin_manager().entry("objectives", objective)
 
 
@@ -153,6 +159,9 @@ EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs
 AssignmentOpt = Annotated[str, typer.Option(
     "--assignment", help="Unit-to-bin targets: paper (Eq. 6) or matched (each unit to a bin near what the "
                          "starting weights prefer on the training split; use with --init-weights).")]
+PoolingOpt = Annotated[str, typer.Option(
+    "--pooling", help="How the selectivity term pools per-bin responses: batch (the paper's) or image "
+                      "(each image scored, then averaged).")]
 LayersOpt = Annotated[list[str] | None, typer.Option(
     "--layers", "-l", metavar="LAYER", help="Layers of the selectivity term and the dissection (default: decode_conv4).")]
 InitOpt = Annotated[str | None, typer.Option(
@@ -195,6 +204,7 @@ def demo(
     threads: ThreadsOpt = 1,
     init_weights: InitOpt = None,
     assignment: AssignmentOpt = "paper",
+    pooling: PoolingOpt = "batch",
     layers: LayersOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
@@ -205,7 +215,7 @@ def demo(
                              train_samples=train_samples, test_samples=test_samples, size=size, width=width,
                              lr=lr, liveness=liveness, epochs=epochs, binning=binning, num_bins=bins or None, seeds=seeds,
                              permutations=permutations, threads=threads, weight=weight, curve_every=curve_every,
-                             init_weights=init_weights, assignment=assignment, layers=layers)
+                             init_weights=init_weights, assignment=assignment, pooling=pooling, layers=layers)
     _check_numbers(weight=weight, allow_zero=("weight",))
     summary = run_experiment(cfg)
     summary["run_dir"] = str(cfg.run_dir)
@@ -236,6 +246,7 @@ def sweep(
     threads: ThreadsOpt = 1,
     init_weights: InitOpt = None,
     assignment: AssignmentOpt = "paper",
+    pooling: PoolingOpt = "batch",
     layers: LayersOpt = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
@@ -252,7 +263,7 @@ def sweep(
                              train_samples=train_samples, test_samples=test_samples, size=size, width=width,
                              lr=lr, liveness=liveness, epochs=epochs, binning=binning, num_bins=bins or None, seeds=seeds,
                              permutations=permutations, threads=threads, init_weights=init_weights,
-                             assignment=assignment, layers=layers)
+                             assignment=assignment, pooling=pooling, layers=layers)
     summary = run_sweep(cfg, ws)
     summary["run_dir"] = str(cfg.run_dir)
     _print_table(summary, fmt, "selectivity-weight sweep (held-out split)")
@@ -288,6 +299,7 @@ def train(
     weight: Annotated[float, typer.Option("--weight", help="Selectivity weight lambda; 0 trains a plain baseline.")] = 0.1,
     objective: Annotated[str, typer.Option("--objective", help="assign (Eq. 5) or regularize (Eq. 4).")] = "assign",
     liveness: Annotated[float, typer.Option("--liveness", help="Weight of the hinge that keeps units alive (0: paper's objective).")] = 0.0,
+    pooling: PoolingOpt = "batch",
     binner: Annotated[str, typer.Option("--binner", help="Binner config as JSON, e.g. {\"name\": \"sid\", \"num_bins\": 64}.")] = '{"name": "sid", "num_bins": 64}',
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs.")] = 10,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps.")] = None,
@@ -316,7 +328,8 @@ def train(
 
     if resume and force:
         raise CliError("--resume continues a run and --force deletes it: pass one of them")
-    _check_train_options(name=name, lr=lr, weight=weight, liveness=liveness, objective=objective)
+    _check_train_options(name=name, lr=lr, weight=weight, liveness=liveness, objective=objective,
+                         pooling=pooling)
     binner_cfg = _binner_config(binner)
     torch.manual_seed(seed)  # --seed covers the model's initial weights too
     built = build_model(model, config=parse_model_config(model_config, width), device=device,
@@ -328,7 +341,7 @@ def train(
     data_cfg = parse_settings(data_set, "--data-set")
     dataset = build_dataset(data, **data_cfg)
     sel = SelectivityConfig(layers=split_layers(layers), binner=binner_cfg, objective=objective,
-                            weight=weight, objective_options={"liveness": liveness}) if weight else None
+                            weight=weight, objective_options={"liveness": liveness}, pooling=pooling) if weight else None
     cfg = TrainConfig(name=name, out_dir=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                       lr=lr, loss=loss, schedule=schedule, seed=seed, device=device, amp=amp,
                       checkpoint_every=checkpoint_every, selectivity=sel,

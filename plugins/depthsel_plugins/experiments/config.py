@@ -52,6 +52,9 @@ class ExperimentConfig:
     # 7-Scenes it took dead units from 12/16 to 0 (docs/results.md).
     objective_options: dict[str, Any] = field(default_factory=lambda: {"liveness": 1.0})
     weight: float = 1.0
+    # "batch" (the paper's): per-bin responses pooled over the batch; "image": the objective
+    # scores each image and the mean is taken (SelectivityRegularizer's pooling).
+    pooling: str = "batch"
     warmup_steps: int = 0
     epochs: int = 12
     batch_size: int = 8

@@ -28,6 +28,7 @@ from depthsel.checkpoints import atomic_write_bytes
 from depthsel.data import CachedDataset
 from depthsel.errors import DepthselError
 from depthsel.progress import get_console
+from depthsel.regularizer import POOLINGS
 from depthsel.stream import probe_units
 
 from .config import ExperimentConfig
@@ -127,6 +128,8 @@ def _compare(cfg: ExperimentConfig, arms: Sequence[tuple[str, float]], progress:
         raise DepthselError(f"threads must be >= 0 (0 keeps torch's setting), got {cfg.threads}")
     if cfg.assignment not in ASSIGNMENTS:
         raise DepthselError(f"assignment must be one of {', '.join(ASSIGNMENTS)}; got {cfg.assignment!r}")
+    if cfg.pooling not in POOLINGS:
+        raise DepthselError(f"pooling must be one of {', '.join(POOLINGS)}; got {cfg.pooling!r}")
     if cfg.init_weights:
         for seed in cfg.seeds:  # every seed's file exists before hours of training start
             init_weights_path(cfg, seed)

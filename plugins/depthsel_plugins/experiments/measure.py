@@ -190,7 +190,8 @@ def measure_model(cfg: ExperimentConfig, label: str, weight: float, seed: int, i
     assigned = start_assignment(model, info, cfg, binner, train_set, seed)
     sel = SelectivityConfig(layers=list(cfg.layers), binner=binner.config(), objective=cfg.objective,
                             weight=weight, fit_bins_to_units=True, warmup_steps=cfg.warmup_steps,
-                            objective_options=dict(cfg.objective_options), assignment=assigned)
+                            objective_options=dict(cfg.objective_options), assignment=assigned,
+                            pooling=cfg.pooling)
     tcfg = TrainConfig(name=label, out_dir=str(run.parent), epochs=cfg.epochs, batch_size=cfg.batch_size,
                        lr=cfg.lr, loss=cfg.loss, seed=seed, device=cfg.device, selectivity=sel if weight else None,
                        eval_protocol=cfg.protocol, checkpoint_every=10_000)
