@@ -19,7 +19,10 @@ Three steps, each one process (``OMP_NUM_THREADS=1``):
 top of the recipe): ``val 0,1,2 val_warm runs_pre 2000 '{"warmup_steps": 200}'``.
 ``pretrain`` takes optional ``SCENES EPOCHS`` and ``val``/``heldout`` an optional ``SCENES``
 (default 2,000 and 5): ``pretrain 0,1,2 runs_pre 5000 2`` pretrains on 5,000 scenes for the
-same 1,250 steps into ``OUT/pre_syn5000/``.
+same 1,250 steps into ``OUT/pre_syn5000/``. A WIDTH after them pretrains another width:
+``pretrain 0,1,2 runs_pre 2000 5 1.0`` writes ``OUT/pre_syn_w1/``; its ``val`` run names the width
+and the weights in the JSON: ``'{"model_config": {"width": 1.0}, "init_weights":
+"runs_pre/pre_syn_w1/seed{seed}/model.safetensors"}'``.
 """
 
 from __future__ import annotations
@@ -36,22 +39,23 @@ ROOT = "../shared/data/7scenes_redkitchen"
 SIZE = (64, 96)
 
 
-def pre_path(scenes: int) -> str:
-    """Where seed {seed}'s pretrained weights live (the 2,000-scene recipe keeps its old folder)."""
-    return ("pre_syn" if scenes == 2000 else f"pre_syn{scenes}") + "/seed{seed}/model.safetensors"
+def pre_path(scenes: int, width: float = 0.5) -> str:
+    """Where seed {seed}'s pretrained weights live (the 2,000-scene, width-0.5 recipe keeps its old folder)."""
+    folder = ("pre_syn" if scenes == 2000 else f"pre_syn{scenes}") + ("" if width == 0.5 else f"_w{width:g}")
+    return folder + "/seed{seed}/model.safetensors"
 
 
-def pretrain(seeds: list[int], out: Path, scenes: int = 2000, epochs: int = 5) -> None:
+def pretrain(seeds: list[int], out: Path, scenes: int = 2000, epochs: int = 5, width: float = 0.5) -> None:
     import torch
 
     torch.set_num_threads(1)
     data = get_dataset("synthetic", size=SIZE, split="train", seed=7, num_samples=scenes)
     for seed in seeds:
-        if (out / pre_path(scenes).format(seed=seed)).is_file():
+        if (out / pre_path(scenes, width).format(seed=seed)).is_file():
             continue
         torch.manual_seed(seed)
-        model = get_model("fastdepth", width=0.5)
-        cfg = TrainConfig(name=f"seed{seed}", out_dir=str(out / Path(pre_path(scenes)).parts[0]), epochs=epochs,
+        model = get_model("fastdepth", width=width)
+        cfg = TrainConfig(name=f"seed{seed}", out_dir=str(out / Path(pre_path(scenes, width)).parts[0]), epochs=epochs,
                           batch_size=8, lr=1e-2, seed=seed, checkpoint_every=10_000)
         Trainer(model, get_model_info("fastdepth"), data, cfg).fit(resume=False)
 
@@ -75,9 +79,9 @@ def with_lever(cfg: ExperimentConfig, overrides: str | None) -> ExperimentConfig
 
 def main(argv: list[str]) -> None:
     step = argv[0]
-    if step == "pretrain":  # pretrain SEEDS OUT [SCENES EPOCHS]
-        extra = [int(v) for v in argv[3:5]]
-        pretrain([int(s) for s in argv[1].split(",")], Path(argv[2]), *extra)
+    if step == "pretrain":  # pretrain SEEDS OUT [SCENES EPOCHS [WIDTH]]
+        extra: list[float] = [int(v) for v in argv[3:5]] + [float(v) for v in argv[5:6]]
+        pretrain([int(s) for s in argv[1].split(",")], Path(argv[2]), *extra)  # type: ignore[arg-type]
     elif step == "val":  # val SEEDS NAME OUT [SCENES [JSON]]
         seeds, name, out = [int(s) for s in argv[1].split(",")], argv[2], Path(argv[3])
         scenes = int(argv[4]) if len(argv) > 4 else 2000

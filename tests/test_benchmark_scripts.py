@@ -104,6 +104,9 @@ def test_lever_pretrain_points_each_seed_at_its_pretraining_of_the_chosen_size(t
     assert cfg.init_weights == str(tmp_path / "pre_syn5000" / "seed{seed}" / "model.safetensors")
     assert lp.config("v", tmp_path, [0], ("0:60", "60:80"), 0).init_weights.endswith("pre_syn/seed{seed}/model.safetensors")
     assert cfg.num_bins == 4 and cfg.test_data["frames"] == "60:80"
+    # Another width gets its own folder, so width-0.5 weights are never loaded into a width-1.0 model.
+    assert lp.pre_path(2000, 1.0) == "pre_syn_w1/seed{seed}/model.safetensors"
+    assert lp.pre_path(5000, 0.25) == "pre_syn5000_w0.25/seed{seed}/model.safetensors"
 
 
 def test_lever_pretrain_val_refuses_an_unknown_override_before_running(tmp_path: Path) -> None:
