@@ -131,3 +131,14 @@ def test_cli_demo_pooling_reaches_the_trainer(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "img" / "summary.json").read_text())["config"]["pooling"] == "image"
     run = json.loads((tmp_path / "img" / "seed0" / "interpretable" / "config.json").read_text())
     assert run["selectivity"]["pooling"] == "image"
+
+
+def test_a_rank_without_valid_pixels_gets_a_zero_in_the_graph() -> None:
+    # Under sync_stats the global counts can be non-zero while this rank's images have no
+    # valid pixel; the all-reduce is replaced by "another rank saw pixels".
+    model = ToyDepthNet(width=4)
+    reg = SelectivityRegularizer(model, ["dec3"], binner(), weight=1.0, pooling="image", sync_stats=True)
+    reg._maybe_sync = lambda sums, counts: (sums, counts + 1)  # type: ignore[method-assign]
+    x, _ = toy_batch(2, (16, 16))
+    loss, grads = loss_and_grads(model, reg, x, torch.zeros(2, 1, 16, 16))
+    assert float(loss) == 0.0 and torch.all(grads == 0) and grads.numel() > 0

@@ -327,7 +327,13 @@ class SelectivityRegularizer:
         # An image whose depth falls in one bin defines no unit's DS: it scores 0 with no
         # gradient, so it leaves the mean instead of diluting it.
         scored = [o for o in outs if bool(o.defined.any())]
-        score = torch.stack([o.score for o in scored]).mean() if scored else outs[0].score * 0
+        if not scored:
+            # No image of this rank defines a unit (under sync_stats another rank's may): a zero
+            # that stays in the graph, so backward() and DDP's gradient hooks still run.
+            zero = torch.nan_to_num(sums).sum() * 0
+            return ObjectiveOutput(score=zero, ds=torch.zeros(sums.shape[1], dtype=sums.dtype, device=sums.device),
+                                   defined=torch.zeros(sums.shape[1], dtype=torch.bool, device=sums.device))
+        score = torch.stack([o.score for o in scored]).mean()
         # ds/defined: those of the images' mean, over units defined in at least one image.
         defined = torch.stack([o.defined for o in outs]).any(0)
         ds_sum = torch.stack([torch.where(o.defined, o.ds, torch.zeros_like(o.ds)) for o in outs]).sum(0)
