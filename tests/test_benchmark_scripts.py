@@ -119,3 +119,34 @@ def test_lever_pretrain_val_refuses_an_unknown_override_before_running(tmp_path:
     assert not (tmp_path / "h").exists()
     cfg = lp.with_lever(lp.config("h", tmp_path, [0], ("0:80", "80:100"), 199), '{"layers": ["decode_conv4"]}')
     assert cfg.layers == ["decode_conv4"] and cfg.test_data["frames"] == "80:100"
+
+
+def test_ds_by_bin_splits_the_layer_mean_by_assigned_bin(tmp_path: Path, capsys) -> None:
+    from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(out_dir=str(tmp_path), name="tiny", size=(32, 32), model_config={"width": 0.25},
+                           epochs=2, batch_size=4, permutations=0, bootstrap=50, seeds=[0, 1],
+                           train_data={"split": "train", "num_samples": 8}, test_data={"split": "test", "num_samples": 8})
+    summary = run_experiment(cfg, progress=False)
+    script = _load(ROOT / "benchmarks" / "ds_by_bin.py", "ds_by_bin_under_test")
+    layer, gt, pred, errors = script.by_bin(tmp_path / "tiny")
+    assert layer == "decode_conv4" and len(gt) == 2 and len(gt[0]) == cfg.num_bins
+    import csv
+    import math
+
+    for i, seed in enumerate((0, 1)):
+        # Independently, from the per-unit CSV the dissection writes beside its tensors.
+        rows = [r for r in csv.DictReader(open(tmp_path / "tiny" / f"seed{seed}" / "interpretable" / "dissection"
+                                               / "result.csv")) if r["split"] == "test" and r["layer"] == layer]
+        values = {b: [float(r["target_ds"]) for r in rows if int(r["assigned_bin"]) == b
+                      and r["target_ds"] not in ("", "nan")] for b in range(cfg.num_bins)}
+        for b in range(cfg.num_bins):
+            expected = sum(values[b]) / len(values[b]) if values[b] else math.nan
+            assert (math.isnan(gt[i][b]) and math.isnan(expected)) or gt[i][b] == pytest.approx(expected, abs=1e-6)
+        every = [v for b in values for v in values[b]]
+        target = summary["per_seed"][str(seed)]["interpretable"]["scalars"]["target_ds"]
+        assert sum(every) / len(every) == pytest.approx(target, abs=1e-6)  # the units the layer mean counts
+        assert [e["bin"] for e in errors[i]] == list(range(cfg.num_bins))
+    script.main([str(tmp_path / "tiny")])
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == cfg.num_bins + 1 and "2 seeds" in table
