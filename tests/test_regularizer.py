@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -29,13 +31,11 @@ def target_ds(model: torch.nn.Module, layer: str, nb: int, seeds: range) -> floa
     return float(torch.nanmean(depthsel.depth_selectivity(r, depthsel.assign_bins(r.shape[0], nb))))
 
 
-def test_training_raises_target_ds() -> None:
-    torch.manual_seed(0)
-    model = ToyDepthNet(width=8)
-    before = target_ds(model, "dec3", 8, range(1000, 1004))
-    reg = SelectivityRegularizer(model, ["dec3"], binner(), objective="assign", weight=1.0)
+def train_toy(model: torch.nn.Module, reg: SelectivityRegularizer, steps: int,
+              on_step: Callable[[int], None] = lambda step: None) -> None:
+    """L1 + the selectivity term on toy batches (seed = step), AdamW 3e-3; ``on_step`` after each."""
     opt = torch.optim.AdamW(model.parameters(), 3e-3)
-    for step in range(250):
+    for step in range(steps):
         x, d = toy_batch(8, (32, 32), seed=step)
         with reg.attach():
             pred = model(x)
@@ -43,6 +43,15 @@ def test_training_raises_target_ds() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        on_step(step)
+
+
+def test_training_raises_target_ds() -> None:
+    torch.manual_seed(0)
+    model = ToyDepthNet(width=8)
+    before = target_ds(model, "dec3", 8, range(1000, 1004))
+    reg = SelectivityRegularizer(model, ["dec3"], binner(), objective="assign", weight=1.0)
+    train_toy(model, reg, 250)
     after = target_ds(model, "dec3", 8, range(1000, 1004))
     assert before < 0.2
     assert after > before + 0.4, (before, after)

@@ -87,23 +87,14 @@ def test_images_that_define_no_unit_leave_the_mean() -> None:
 
 
 def test_image_pooling_trains_selectivity() -> None:
+    from test_regularizer import train_toy
+
     torch.manual_seed(0)
     model = ToyDepthNet(width=8)
     reg = SelectivityRegularizer(model, ["dec3"], binner(8), weight=1.0, pooling="image")
-    opt = torch.optim.AdamW(model.parameters(), 3e-3)
-    first = last = None
-    for step in range(120):
-        x, d = toy_batch(8, (32, 32), seed=step)
-        with reg.attach():
-            pred = model(x)
-            loss = (pred - d).abs().mean() + reg.loss(d)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ds = reg.last_stats()["dec3"]["target_ds"]
-        first = ds if first is None else first
-        last = ds
-    assert last > first + 0.3, (first, last)
+    seen: list[float] = []
+    train_toy(model, reg, 120, lambda step: seen.append(reg.last_stats()["dec3"]["target_ds"]))
+    assert seen[-1] > seen[0] + 0.3, (seen[0], seen[-1])
 
 
 def test_a_bad_pooling_is_refused_everywhere(tmp_path: Path) -> None:
