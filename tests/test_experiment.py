@@ -163,6 +163,16 @@ def test_combine_runs_equals_one_run_over_all_seeds(tmp_path: Path) -> None:
                    progress=False)
     with pytest.raises(DepthselError, match="lr"):
         combine_runs([tmp_path / "s0", tmp_path / "lr"], tmp_path / "bad2")
+    # A summary written before an option existed ran with its default: it combines with a run
+    # that states the default, and not with one that changed it.
+    old = json.loads((tmp_path / "s0" / "summary.json").read_text())
+    del old["config"]["pooling"]
+    (tmp_path / "s0" / "summary.json").write_text(json.dumps(old))
+    assert combine_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "comb_old")["seeds"] == [0, 1]
+    run_experiment(ExperimentConfig(out_dir=str(tmp_path), name="img", seeds=[3], **base | {"pooling": "image"}),
+                   progress=False)
+    with pytest.raises(DepthselError, match="pooling"):
+        combine_runs([tmp_path / "s0", tmp_path / "img"], tmp_path / "bad3")
 
 
 def test_experiment_commands_are_plugin_commands_not_core_ones() -> None:

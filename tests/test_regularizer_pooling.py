@@ -133,3 +133,24 @@ def test_a_rank_without_valid_pixels_gets_a_zero_in_the_graph() -> None:
     x, _ = toy_batch(2, (16, 16))
     loss, grads = loss_and_grads(model, reg, x, torch.zeros(2, 1, 16, 16))
     assert float(loss) == 0.0 and torch.all(grads == 0) and grads.numel() > 0
+
+
+def test_a_one_bin_image_keeps_its_liveness_hinge() -> None:
+    # No unit's DS is defined on a one-bin image, but the liveness hinge (at the assigned bin)
+    # can be: then the image stays in the mean, as in the single-image reference.
+    torch.manual_seed(0)
+    model = ToyDepthNet(width=4).double().eval()
+    x, d = toy_batch(3, (16, 16), seed=2)
+    x, d = x.double(), d.clone()
+    d[1] = 2.0
+    kw = dict(objective_options={"liveness": 1.0})
+    one = SelectivityRegularizer(model, ["dec2"], binner(), weight=1.0, stats_dtype=torch.float64, **kw)
+    assert float(loss_and_grads(model, one, x[1:2], d[1:2])[0]) != 0.0  # the hinge is active there
+    reg = SelectivityRegularizer(model, ["dec2"], binner(), weight=1.0, stats_dtype=torch.float64,
+                                 pooling="image", **kw)
+    loss, grads = loss_and_grads(model, reg, x, d)
+    ref_loss, ref_grads = single_image_reference(model, ["dec2"], x, d, [0, 1, 2], **kw)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-6, atol=1e-10)
+    flat, g = loss_and_grads(model, reg, x, torch.full_like(d, 2.0))
+    assert float(flat) != 0.0 and float(g.abs().sum()) > 0

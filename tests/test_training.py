@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,30 @@ def test_a_set_smaller_than_one_batch_is_refused_not_trained_forever(tmp_path: P
     # Exactly one batch trains: one step per epoch.
     trainer = Trainer(ToyDepthNet(width=4), INFO, ToySet(4), config(tmp_path, "one", epochs=2))
     assert trainer.steps_per_epoch == 1 and trainer.total_steps == 2
+
+
+def test_a_run_written_before_an_option_existed_resumes_with_its_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``selectivity.pooling`` was added in round 6; runs saved without it resume as "batch"."""
+    from dataclasses import asdict
+
+    from depthsel.errors import ConfigError
+
+    def without_pooling(self: TrainConfig) -> dict:
+        d = asdict(self)
+        d["selectivity"].pop("pooling")  # what the older code wrote
+        return d
+
+    torch.manual_seed(0)
+    with monkeypatch.context() as m:
+        m.setattr(TrainConfig, "to_dict", without_pooling)
+        Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "old", epochs=1)).fit(resume=False)
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert "pooling" not in saved["selectivity"]
+    h = Trainer(ToyDepthNet(width=4), INFO, ToySet(24), config(tmp_path, "old", epochs=2)).fit(resume=True)
+    assert h["steps"][-1]["step"] == 12  # continued: 2 epochs of 6 steps
+    changed = config(tmp_path, "old", epochs=3)
+    assert changed.selectivity is not None
+    changed.selectivity.pooling = "image"  # a real change is still refused, and named
+    with pytest.raises(ConfigError, match="selectivity.pooling"):
+        Trainer(ToyDepthNet(width=4), INFO, ToySet(24), changed).fit(resume=True)

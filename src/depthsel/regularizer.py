@@ -99,9 +99,9 @@ class SelectivityRegularizer:
         and the layer's score is the mean over images with valid pixels, so a
         unit must prefer its bin within every image rather than only across
         the batch's mix of depths. Under ``sync_stats`` the per-image scores
-        are not all-reduced (they need no global statistics); DDP's gradient
-        average then gives the mean over the global batch when ranks hold
-        equally many images.
+        are not all-reduced (they need no global statistics): each rank averages
+        over its own scored images, so DDP's gradient average equals the mean over
+        the global batch only when every rank scores equally many images.
     """
 
     def __init__(
@@ -324,9 +324,10 @@ class SelectivityRegularizer:
         """
         outs = [self.objective.layer_score(BatchStats(sums[i], counts[i], assigned))
                 for i in range(sums.shape[0]) if bool((counts[i] > 0).any())]
-        # An image whose depth falls in one bin defines no unit's DS: it scores 0 with no
-        # gradient, so it leaves the mean instead of diluting it.
-        scored = [o for o in outs if bool(o.defined.any())]
+        # An image whose depth falls in one bin defines no unit's DS. Without a liveness term
+        # it scores 0 with no gradient and leaves the mean instead of diluting it; a non-zero
+        # score (the liveness hinge, which needs only the assigned bin) keeps it in the mean.
+        scored = [o for o in outs if bool(o.defined.any()) or bool(o.score.detach() != 0)]
         if not scored:
             # No image of this rank defines a unit (under sync_stats another rank's may): a zero
             # that stays in the graph, so backward() and DDP's gradient hooks still run.

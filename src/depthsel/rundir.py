@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,19 +102,23 @@ class RunDir:
         return sorted({p.name for pat in patterns for p in self.path.glob(pat)})
 
     def begin(self, config: Mapping[str, Any], *, resume: bool, overwrite: bool, owned: Iterable[str],
-              may_change: Iterable[str] = (), what: str = "a run") -> bool:
+              may_change: Iterable[str] = (), what: str = "a run",
+              normalize: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None) -> bool:
         """Start or resume a job here; returns whether a stored run is being resumed.
 
         Resuming compares the stored ``config.json`` with ``config`` and refuses a
         mismatch, naming the keys, *before* anything is written. Starting over
         removes the ``owned`` files first (refused unless ``overwrite``), so no old
         checkpoint can later be resumed under the new config. Either way the new
-        ``config.json`` and a manifest are written last.
+        ``config.json`` and a manifest are written last. ``normalize`` rebuilds the
+        stored config through the caller's schema first, so that an option added
+        since the run was written compares as its default (the old behaviour), not
+        as a change.
         """
         patterns = list(owned)
         stored_path = self.path / CONFIG_NAME
         if resume and stored_path.is_file():
-            self._check_stored(stored_path, config, set(may_change))
+            self._check_stored(stored_path, config, set(may_change), normalize)
             resuming = True
         else:
             found = self.owned_files(patterns)
@@ -130,8 +134,9 @@ class RunDir:
         self.write_manifest("run", config, [CONFIG_NAME])
         return resuming
 
-    def _check_stored(self, stored_path: Path, config: Mapping[str, Any], may_change: set[str]) -> None:
-        from .errors import ConfigError
+    def _check_stored(self, stored_path: Path, config: Mapping[str, Any], may_change: set[str],
+                      normalize: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None) -> None:
+        from .errors import ConfigError, DepthselError
 
         problems = self.verify_manifest()
         if any(p.startswith(CONFIG_NAME) for p in problems):
@@ -140,6 +145,11 @@ class RunDir:
         stored = read_json_bounded(stored_path)
         if not isinstance(stored, dict):
             raise ResultFormatError(f"{str(stored_path)!r} is not a JSON object; start over with --force")
+        if normalize is not None:
+            try:
+                stored = json.loads(json.dumps(dict(normalize(stored)), default=str))
+            except (DepthselError, TypeError, ValueError):
+                pass  # not of the caller's schema: compared as stored, so the difference is named
         old, new = _flatten(stored), _flatten(json.loads(json.dumps(dict(config), default=str)))
         changed = sorted(k for k in set(old) | set(new)
                          if old.get(k, _MISSING) != new.get(k, _MISSING) and k.split(".")[0] not in may_change)

@@ -285,7 +285,8 @@ class Trainer:
         run = rd.path
         # Validates the stored config against this one before config.json is touched.
         resuming = rd.begin(self.cfg.to_dict(), resume=resume, overwrite=overwrite, owned=RUN_FILES,
-                            may_change=RESUME_MAY_CHANGE, what="a training run")
+                            may_change=RESUME_MAY_CHANGE, what="a training run",
+                            normalize=lambda stored: TrainConfig.from_dict(stored).to_dict())
         if not (resuming and self.load_checkpoint()):
             torch.manual_seed(self.cfg.seed)
         use_amp = bool(self.cfg.amp)

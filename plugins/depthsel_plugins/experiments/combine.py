@@ -41,15 +41,31 @@ def _load(run: Path) -> dict[str, Any]:
     return data
 
 
+def _compared_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config keys that must agree, a key the run predates counting as its default.
+
+    A summary written before an option existed (``pooling``, say) ran with the option's
+    default behaviour; it combines with a newer run that states that default.
+    """
+    import dataclasses
+
+    from .config import ExperimentConfig
+
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+                for f in dataclasses.fields(ExperimentConfig)}
+    full = {**json.loads(json.dumps(defaults, default=str)), **config}  # JSON types, as a summary holds
+    return {k: v for k, v in full.items() if k not in _FREE_KEYS}
+
+
 def combine_runs(runs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Pool the seeds of several runs of the same experiment; writes ``out_dir/summary.json`` and plots."""
     if len(runs) < 2:
         raise DepthselError("give at least two run directories to combine")
     loaded = [_load(Path(r)) for r in runs]
     first = loaded[0]
-    cfg0 = {k: v for k, v in first["config"].items() if k not in _FREE_KEYS}
+    cfg0 = _compared_config(first["config"])
     for run, data in zip(runs[1:], loaded[1:]):
-        cfg = {k: v for k, v in data["config"].items() if k not in _FREE_KEYS}
+        cfg = _compared_config(data["config"])
         diff = sorted(k for k in set(cfg) | set(cfg0) if cfg.get(k) != cfg0.get(k))
         if diff:
             raise DepthselError(f"{str(run)!r} differs from {str(runs[0])!r} in {diff}; only runs of the same "
