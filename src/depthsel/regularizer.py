@@ -336,10 +336,10 @@ class SelectivityRegularizer:
                                    defined=torch.zeros(sums.shape[1], dtype=torch.bool, device=sums.device))
         score = torch.stack([o.score for o in scored]).mean()
         # ds/defined: those of the images' mean, over units defined in at least one image.
-        defined = torch.stack([o.defined for o in outs]).any(0)
+        each_defined = torch.stack([o.defined for o in outs])
         ds_sum = torch.stack([torch.where(o.defined, o.ds, torch.zeros_like(o.ds)) for o in outs]).sum(0)
-        n_def = torch.stack([o.defined for o in outs]).sum(0).clamp(min=1).to(ds_sum.dtype)
-        return ObjectiveOutput(score=score, ds=ds_sum / n_def, defined=defined)
+        n_def = each_defined.sum(0).clamp(min=1).to(ds_sum.dtype)
+        return ObjectiveOutput(score=score, ds=ds_sum / n_def, defined=each_defined.any(0))
 
     def _maybe_sync(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.sync_stats:

@@ -80,10 +80,8 @@ def _experiment_config(*, name: str, out: Path, data: str, train_frames: str | N
     name_, train_cfg, test_cfg = _data_configs(data, train_frames, test_frames, train_samples, test_samples)
     from .measure import ASSIGNMENTS
 
-    if options.get("assignment", "paper") not in ASSIGNMENTS:
-        raise CliError(f"--assignment {options['assignment']!r}: use one of {', '.join(ASSIGNMENTS)}")
-    if options.get("pooling", "batch") not in POOLINGS:
-        raise CliError(f"--pooling {options['pooling']!r}: use one of {', '.join(POOLINGS)}")
+    _check_choice("--assignment", options.get("assignment", "paper"), ASSIGNMENTS)
+    _check_choice("--pooling", options.get("pooling", "batch"), POOLINGS)
     if options.get("layers"):
         options["layers"] = split_layers(options["layers"])
     else:
@@ -91,6 +89,12 @@ def _experiment_config(*, name: str, out: Path, data: str, train_frames: str | N
     return ExperimentConfig(name=name, out_dir=str(out), data=name_, train_data=train_cfg, test_data=test_cfg,
                             size=hw, model_config={"width": width}, seeds=parse_seeds(seeds), lr=lr,
                             objective_options={"liveness": liveness}, **options)
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value outside ``choices`` in one line naming the flag, before any work."""
+    if value not in choices:
+        raise CliError(f"{flag} {value!r}: use one of {', '.join(choices)}")
 
 
 def _check_numbers(allow_zero: tuple[str, ...] = ("liveness",), **values: float) -> None:
@@ -120,8 +124,7 @@ def _check_train_options(*, name: str, lr: float, weight: float, liveness: float
     for label, value in (("--weight", weight), ("--liveness", liveness)):
         if not (math.isfinite(value) and value >= 0):
             raise CliError(f"{label} must be a finite number >= 0, got {value}")
-    if pooling not in POOLINGS:
-        raise CliError(f"--pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    _check_choice("--pooling", pooling, POOLINGS)
     get_plugin_manager().entry("objectives", objective)
 
 
