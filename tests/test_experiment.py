@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from datahelpers import shared_data_dir
@@ -283,18 +284,22 @@ def test_matched_assignment_comes_from_the_starting_weights_and_scores_both_arms
     assert ckpt["reg_assignment"][layer] == expected[layer]
 
 
-def test_cli_demo_layers_and_assignment_reach_the_config_and_a_bad_one_is_a_one_line_error(tmp_path: Path) -> None:
+def tiny_demo(out: Path, *extra: str) -> Any:
+    """``depthsel demo`` through the CLI at tiny size (one seed, one epoch) into ``out``; the result."""
     from depthsel.cli import add_plugin_commands, app
 
     add_plugin_commands(app)
     base = ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25", "--train-samples", "8",
-            "--test-samples", "4", "--out", str(tmp_path), "--seeds", "1", "--curve-every", "0",
+            "--test-samples", "4", "--out", str(out), "--seeds", "1", "--curve-every", "0",
             "--permutations", "0"]
-    bad = CliRunner().invoke(app, base + ["--assignment", "nearest"], env={"COLUMNS": "200"})
+    return CliRunner().invoke(app, base + list(extra), env={"COLUMNS": "200"})
+
+
+def test_cli_demo_layers_and_assignment_reach_the_config_and_a_bad_one_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tiny_demo(tmp_path, "--assignment", "nearest")
     assert bad.exit_code != 0 and "--assignment 'nearest'" in bad.output and "paper, matched" in bad.output
     assert not (tmp_path / "demo").exists()
-    ok = CliRunner().invoke(app, base + ["--layers", "decode_conv4", "--assignment", "matched", "--name", "c4"],
-                            env={"COLUMNS": "200"})
+    ok = tiny_demo(tmp_path, "--layers", "decode_conv4", "--assignment", "matched", "--name", "c4")
     assert ok.exit_code == 0, ok.output
     cfg = json.loads((tmp_path / "c4" / "summary.json").read_text())["config"]
     assert cfg["layers"] == ["decode_conv4"] and cfg["assignment"] == "matched"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import depthsel
 from depthsel import SelectivityRegularizer
@@ -108,16 +107,12 @@ def test_a_bad_pooling_is_refused_everywhere(tmp_path: Path) -> None:
 
 
 def test_cli_demo_pooling_reaches_the_trainer(tmp_path: Path) -> None:
-    from depthsel.cli import add_plugin_commands, app
+    from test_experiment import tiny_demo
 
-    add_plugin_commands(app)
-    base = ["demo", "--epochs", "1", "--size", "32x32", "--width", "0.25", "--train-samples", "8",
-            "--test-samples", "4", "--out", str(tmp_path), "--seeds", "1", "--curve-every", "0",
-            "--permutations", "0"]
-    bad = CliRunner().invoke(app, base + ["--pooling", "pixel"], env={"COLUMNS": "200"})
+    bad = tiny_demo(tmp_path, "--pooling", "pixel")
     assert bad.exit_code != 0 and "--pooling 'pixel'" in bad.output and "batch, image" in bad.output
     assert not (tmp_path / "demo").exists()
-    ok = CliRunner().invoke(app, base + ["--pooling", "image", "--name", "img"], env={"COLUMNS": "200"})
+    ok = tiny_demo(tmp_path, "--pooling", "image", "--name", "img")
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "img" / "summary.json").read_text())["config"]["pooling"] == "image"
     run = json.loads((tmp_path / "img" / "seed0" / "interpretable" / "config.json").read_text())
