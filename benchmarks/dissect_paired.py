@@ -4,7 +4,7 @@
 ±0.06 between repeats with what the neighbours do to the shared caches. Here every batch is
 run twice back to back, in alternating order: once as plain ``no_grad`` inference, once as the
 dissection step (forward with ``Capture`` hooks, one ``BinnedDepth``, one float32-product
-``ResponseAccumulator.update`` per layer, exactly the work of ``collect_responses`` per batch).
+``ResponseAccumulator.update(view)`` per layer, exactly the work of ``collect_responses`` per batch).
 The ratio is sum(plain) / sum(dissection) over all batches and rounds; its 95% interval is a
 percentile bootstrap over the (batch, round) pairs. CPU time of this thread, one intra-op
 thread.
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from depthsel.accumulator import ResponseAccumulator  # noqa: E402
 from depthsel.binned import BinnedDepth  # noqa: E402
 from depthsel.capture import Capture  # noqa: E402
+from depthsel.stream import BatchView  # noqa: E402
 
 from common import SETUPS, ListDataset, build_model, layer_binners, machine, shared_binners  # noqa: E402
 from dissect_bench import collate  # noqa: E402
@@ -57,13 +58,14 @@ def pairs(name: str, images: int, rounds: int) -> list[tuple[float, float]]:
         # forward of the pair runs with none.
         t = time.thread_time()
         with torch.no_grad(), Capture(model, s["layers"], detach=True) as cap:
-            model(b["image"])
-            binned = BinnedDepth(b["depth"], b["valid"])
+            out = model(b["image"])
+            # What depthsel.stream hands every consumer: one BatchView, its depth binned once
+            # per binner, with its counts cached; the weight maps are built
+            # inside (one image at a time with the numba loops, else once per batch).
+            view = BatchView(b, out, cap.outputs, BinnedDepth(b["depth"], b["valid"]),
+                             torch.arange(b["depth"].shape[0]), 0)
             for l in s["layers"]:
-                act = cap.outputs[l]
-                # As a stream's view feeds it: cached bins; the weight maps are built inside
-                # (one image at a time with the numba loops, else once per batch).
-                accs[l].update(act, binned.bins(binners[l]))
+                accs[l].update(view)
         return time.thread_time() - t
 
     dissect(batches[0])  # warm-up: lookup tables, caches

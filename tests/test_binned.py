@@ -1,12 +1,14 @@
 """BinnedDepth bins once per binner and matches the direct computation."""
 
+import warnings
+
 import torch
 from hypothesis import assume, given, settings, strategies as st
 
 from depthsel.alignment import bin_weight_maps
 from depthsel.binned import BinnedDepth
 import pytest
-from depthsel.binning import EdgesBinner
+from depthsel.binning import EdgesBinner, InvalidDepthWarning
 
 # Every test here runs with the torch operations and with the numba loops (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("kernel_backend")
@@ -27,6 +29,33 @@ def test_matches_direct(bsz: int, nb: int, h: int, w: int, corners: bool) -> Non
     assert torch.equal(binned.bins(b), b(depth, valid))
     ref = bin_weight_maps(b(depth, valid), nb, (h, w), corners, dtype=torch.float64)
     assert torch.equal(binned.weights(b, (h, w), torch.float64), ref)
+
+
+class _AboveRangeInBinZero(EdgesBinner):
+    above_range_bin = 0  # as the reference code: depth beyond the last edge lands in bin 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.booleans(), st.booleans(), st.sampled_from(["none", "mask", "nan"]),
+       st.integers(0, 2**16))
+def test_counts_from_the_binning_pass_equal_counting_the_bins(bsz: int, nb: int, above_zero: bool, f64: bool,
+                                                              invalid: str, seed: int) -> None:
+    # Binned once through the shared, masked depth: the binner's own bins and counts on every path.
+    from depthsel.alignment import bin_counts
+
+    g = torch.Generator().manual_seed(seed)
+    depth = torch.rand(bsz, 1, 11, 13, generator=g) * 5.0  # beyond the last edge (4 m) too
+    valid = torch.rand(bsz, 1, 11, 13, generator=g) > 0.3 if invalid == "mask" else None
+    if invalid == "nan":
+        depth[0, 0, :3] = float("nan")
+    depth = depth.double() if f64 else depth
+    b = (_AboveRangeInBinZero if above_zero else EdgesBinner)(torch.linspace(0.0, 4.0, nb + 1).tolist())
+    binned = BinnedDepth(depth, valid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InvalidDepthWarning)  # NaN depth warns once per process
+        bins = binned.bins(b)
+        assert torch.equal(bins, b(depth, valid))
+    assert torch.equal(binned.counts(b), bin_counts(bins, nb))
 
 
 def test_bins_and_weights_computed_once() -> None:

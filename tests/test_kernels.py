@@ -94,12 +94,15 @@ def test_weight_maps_match_the_torch_path(size: tuple[int, int, int, int], nb: i
 
 
 @given(size=sizes, nb=st.integers(1, 9), align_corners=st.booleans(), seed=st.integers(0, 2**16),
-       dtype=st.sampled_from([torch.float32, torch.float64]), signed=st.sampled_from(["relu", "one", "all"]))
+       dtype=st.sampled_from([torch.float32, torch.float64]), signed=st.sampled_from(["relu", "one", "all"]),
+       empty=st.sampled_from([None, 0, 1]))
 def test_per_image_sums_match_the_batch_product(size: tuple[int, int, int, int], nb: int, align_corners: bool,
-                                                seed: int, dtype: torch.dtype, signed: str) -> None:
+                                                seed: int, dtype: torch.dtype, signed: str, empty: int | None) -> None:
     height, width, h, w = size
     g = torch.Generator().manual_seed(seed)
     bins = torch.randint(-1, nb, (3, height, width), generator=g)
+    if empty is not None:  # an image without a valid pixel, before or at the one with a negative value
+        bins[empty] = -1
     act = torch.randn(3, 4, h, w, generator=g, dtype=torch.float64).to(dtype)
     if signed != "all":
         act = act.abs()

@@ -67,17 +67,19 @@ class BinnedDepth:
             if device is not None:
                 depth = depth.to(device)
                 valid = None if valid is None else valid.to(device)
-            if valid is not None and type(binner).__call__ is Binner.__call__:
+            if type(binner).__call__ is Binner.__call__:
                 # The base rule reads depth only through prepare_depth (invalid -> 0), so the
-                # masked depth is made once and shared by every such binner of the batch.
-                depth, valid = self._masked(depth, valid), None
+                # checked, masked depth is made once and shared by every such binner of the batch.
+                binned = binner._bin_prepared(self._masked(depth, valid))
+            else:
+                binned = binner(depth, valid)
             # The binner is kept alive with its entry so that its id cannot be reused.
-            hit = (binner, binner(depth, valid))
+            hit = (binner, binned)
             self._bins[key] = hit
         out = hit[1]
         return out if device is None else out.to(device)
 
-    def _masked(self, depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _masked(self, depth: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         key = str(depth.device)
         hit = self._prepared.get(key)
         if hit is None:

@@ -154,7 +154,15 @@ class Binner(ABC):
         torch.Tensor
             ``int64 [B, H, W]`` bin indices, ``-1`` for invalid pixels.
         """
-        d = prepare_depth(depth, valid)
+        return self._bin_prepared(prepare_depth(depth, valid))
+
+    def _bin_prepared(self, d: torch.Tensor) -> torch.Tensor:
+        """The bins of depth that has been through :func:`prepare_depth` (``[B, H, W]``, invalid = 0).
+
+        :class:`~depthsel.binned.BinnedDepth` masks a batch once and bins it under every
+        binner that keeps this base rule; checking the same depth again per binner was a
+        full pass over it each time.
+        """
         edges = self.edges.to(device=d.device)
         # The index counts the edges strictly below d: 0 (depth <= edges[0], which covers
         # invalid zeros since edges[0] >= 0), i for bin i - 1, N_b + 1 beyond the range.

@@ -27,7 +27,7 @@ import torch
 
 from .errors import ConfigError, ShapeMismatchError
 
-__all__ = ["backend", "use", "numba_enabled", "scatter_taps", "lookup_bins", "count_bins", "BACKENDS"]
+__all__ = ["backend", "use", "numba_enabled", "scatter_taps", "ImageTapScatter", "lookup_bins", "count_bins", "BACKENDS"]
 
 BACKENDS = ("auto", "numba", "torch")
 _LOADED: dict[str, ModuleType | None] = {}
@@ -110,15 +110,46 @@ def scatter_taps(bins: torch.Tensor, taps: Any, out: torch.Tensor, num_bins: int
     assert mod is not None
     if column is None:
         column = _identity(int(num_bins))
-    bad, mismatched = mod.scatter_taps(_np(bins), len(taps.xa), _np(taps.ya), _np(taps.yb), _np(taps.row_kind),
-                                       _np(taps.xa), _np(taps.xb), _np(taps.weights), _np(out), _np(column),
+    bad, mismatched = mod.scatter_taps(_np(bins), len(taps.xa), *_tap_arrays(taps), _np(out), _np(column),
                                        int(feat_width), int(row), int(offset))
-    _out_of_range(int(bad), num_bins)
+    _scatter_errors(int(bad), int(mismatched), num_bins)
+
+
+def _tap_arrays(taps: Any) -> tuple[Any, ...]:
+    return _np(taps.ya), _np(taps.yb), _np(taps.row_kind), _np(taps.xa), _np(taps.xb), _np(taps.weights)
+
+
+def _scatter_errors(bad: int, mismatched: int, num_bins: int) -> None:
+    _out_of_range(bad, num_bins)
     if mismatched:
         raise ShapeMismatchError(
-            f"{int(mismatched)} pixels have a bin that their bin counts say is empty; the bins changed "
+            f"{mismatched} pixels have a bin that their bin counts say is empty; the bins changed "
             "after they were counted: pass the counts of these bins, or none"
         )
+
+
+class ImageTapScatter:
+    """:func:`scatter_taps` one image at a time, with the NumPy views of the batch made once.
+
+    A per-image loop calls the compiled loop once per image; converting its ten
+    arguments to NumPy on every call cost more than a small image's scatter.
+    ``bins int64 [B, H*W]`` and ``columns int64 [B, num_bins]`` (each image's column of
+    each bin, ``-1`` absent) must stay alive and unchanged while this object is used.
+    """
+
+    def __init__(self, bins: torch.Tensor, taps: Any, columns: torch.Tensor, num_bins: int, feat_width: int) -> None:
+        mod = _module()
+        assert mod is not None
+        self._fn = mod.scatter_taps
+        self._bins, self._columns = _np(bins), _np(columns)
+        self._taps = (len(taps.xa), *_tap_arrays(taps))
+        self._num_bins, self._feat_width = int(num_bins), int(feat_width)
+
+    def __call__(self, image: int, out: Any, row: int) -> None:
+        """Fill ``out`` (a NumPy ``[1, L]`` view) with image ``image``'s weights, ``row`` columns per location."""
+        bad, mismatched = self._fn(self._bins[image:image + 1], *self._taps, out, self._columns[image],
+                                   self._feat_width, row, 0)
+        _scatter_errors(int(bad), int(mismatched), self._num_bins)
 
 
 @lru_cache(maxsize=64)
