@@ -129,9 +129,12 @@ class ResponseAccumulator(Consumer):
             Optional precomputed :func:`~depthsel.alignment.bin_weight_maps`.
         """
         view = None
+        known_nonnegative = False
         if bins is None and hasattr(activations, "binned"):
             view = activations
             activations, bins = self._from_view(view)
+            # The capture proved the layer ends in a ReLU: no need to read A again for a sign.
+            known_nonnegative = self.layer in getattr(view, "nonnegative", ())
         if isinstance(bins, torch.Tensor) and bins.ndim == 4 and bins.shape[1] == 1:
             bins = bins[:, 0]
         # Types, ranks, batch sizes, dtypes and the bin range: one check for every caller,
@@ -157,7 +160,7 @@ class ResponseAccumulator(Consumer):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
             self.skipped += 1
             return
-        sums, abs_sums = self._batch_sums(act.to(self.compute_dtype), bins, weights, per_image)
+        sums, abs_sums = self._batch_sums(act.to(self.compute_dtype), bins, weights, per_image, known_nonnegative)
         if self.num_units is None:
             self._alloc(act.shape[1], act.device)
         if self.sums.device != act.device:
@@ -181,11 +184,12 @@ class ResponseAccumulator(Consumer):
         return counts
 
     def _batch_sums(self, act: torch.Tensor, bins: torch.Tensor, weights: torch.Tensor | None,
-                    counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, K, Nb]`` sums of ``A`` and ``|A|`` of one checked batch."""
+                    counts: torch.Tensor, known_nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, K, Nb]`` sums of ``A`` and ``|A|`` of one checked batch (``|A| = A`` if ``known_nonnegative``)."""
         if self.method == "adjoint" and weights is None and per_image_sums_available(act, bins):
             # The numba loops: one image's weight map at a time, in cache (same numbers).
-            return per_image_binned_sums(act, bins, self.num_bins, self.align_corners, counts)
+            return per_image_binned_sums(act, bins, self.num_bins, self.align_corners, counts,
+                                         nonnegative=known_nonnegative)
         if self.method == "adjoint" and weights is None:
             # Build the bin weight maps once for both the signed and the |A| sums.
             weights = bin_weight_maps(bins.long(), self.num_bins, tuple(act.shape[-2:]),
@@ -194,7 +198,7 @@ class ResponseAccumulator(Consumer):
                            method=self.method, weights=weights, check=False)
         # After a ReLU (most hooked layers) no activation is negative, |A| = A, and one
         # product serves both sums: one read of A instead of a second product.
-        nonnegative = act.numel() == 0 or bool(act.amin() >= 0)
+        nonnegative = known_nonnegative or act.numel() == 0 or bool(act.amin() >= 0)
         abs_sums = sums if nonnegative else binned_sums(
             act, bins, self.num_bins, use_abs=True, align_corners=self.align_corners,
             method=self.method, weights=weights, check=False)

@@ -23,7 +23,7 @@ from .hooks import HookHandles
 from .layers import LayerSelector, LayerSpec, unwrap_model
 
 __all__ = ["Capture", "RepeatedHookWarning", "TokenGridAdapter", "Adapter", "count_hooks",
-           "InplaceModificationError"]
+           "InplaceModificationError", "ends_nonnegative"]
 
 Adapter = Callable[[Any], torch.Tensor]
 
@@ -118,6 +118,35 @@ def _default_adapter(output: Any) -> Any:
     return output
 
 
+# Modules whose output is never negative (NaN stays NaN). Exact types only: a subclass may
+# override forward.
+_NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6)
+
+
+def _unhooked(module: nn.Module, own: int = 0) -> bool:
+    """No forward hook but ``own`` of ours, and no instance-level ``forward``, can change the output."""
+    return len(module._forward_hooks) <= own and "forward" not in module.__dict__
+
+
+def ends_nonnegative(module: nn.Module, own_hooks: int = 0) -> bool:
+    """Whether ``module``'s output is provably never negative (it may hold NaN).
+
+    True for an exact ``nn.ReLU``/``nn.ReLU6``, or an exact ``nn.Sequential`` whose last
+    module is one (recursively), when no forward hook anywhere on that chain (and no
+    global forward hook) can replace the output: ``own_hooks`` of the outer module's hooks
+    are the caller's own, which return nothing. The dissection then knows ``|A| = A``
+    without reading the activations a second time to look for a negative value.
+    """
+    # A global hook runs on every module and may replace any output; where torch keeps them
+    # elsewhere (a private name), the proof is given up rather than assumed.
+    if getattr(torch.nn.modules.module, "_global_forward_hooks", True):
+        return False
+    own = own_hooks
+    while type(module) is nn.Sequential and len(module) and _unhooked(module, own):
+        module, own = module[-1], 0
+    return type(module) in _NONNEGATIVE_MODULES and _unhooked(module, own)
+
+
 def count_hooks(model: nn.Module) -> int:
     """Total forward/backward hooks registered on ``model`` and its submodules."""
     total = 0
@@ -176,6 +205,10 @@ class Capture:
         self.on_output = on_output
         self.keep = keep
         self.outputs: dict[str, torch.Tensor] = {}
+        #: Layers of the last forward pass whose output is provably never negative
+        #: (:func:`ends_nonnegative`): their ``|A|`` sums are the signed ones.
+        self.nonnegative: set[str] = set()
+        self._own_hooks: dict[str, int] = {}
         self._handles = HookHandles()
         self._fired: dict[str, int] = {}
         self._input_hw: tuple[int, int] | None = None
@@ -213,6 +246,8 @@ class Capture:
                     "LAYER:grid=HxW:skip=N) or hook a "
                     "layer with a spatial output"
                 )
+            if out is output and ends_nonnegative(_module, own_hooks=self._own_hooks[name]):
+                self.nonnegative.add(name)
             if self.detach:
                 out = out.detach()
             version = _version(out)
@@ -231,6 +266,7 @@ class Capture:
         # the image size so token grids can be checked against it.
         self._fired.clear()
         self._versions.clear()
+        self.nonnegative = set()
         first = args[0] if isinstance(args, tuple) and args else None
         if isinstance(first, torch.Tensor) and first.ndim == 4:
             self._input_hw = (int(first.shape[-2]), int(first.shape[-1]))
@@ -256,6 +292,7 @@ class Capture:
     def clear(self) -> None:
         """Drop captured outputs (frees their memory and graph)."""
         self.outputs = {}
+        self.nonnegative = set()
         self._fired.clear()
         self._versions.clear()
 
@@ -268,6 +305,9 @@ class Capture:
             if root is not self.model:
                 self._handles.append(self.model.register_forward_pre_hook(self._reset_forward))
             for name, module in self.modules.items():
+                # Hooks registered before ours run first and may replace the output: only
+                # with none before ours is the module's own output what we see.
+                self._own_hooks[name] = 1 if not module._forward_hooks else 0
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
             self._handles.append(root.register_forward_hook(self._check_inplace))
             if root is not self.model:

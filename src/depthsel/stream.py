@@ -74,6 +74,10 @@ class BatchView:
         ``int64 [B]`` dataset indices of the batch's items.
     number
         Batch number within this call (a resumed pass counts from 0 again).
+    nonnegative
+        Layers whose output is provably never negative
+        (:func:`~depthsel.capture.ends_nonnegative`): a consumer may take ``|A| = A``
+        without looking. Empty when unknown, which is always safe.
     """
 
     batch: Mapping[str, Any]
@@ -83,6 +87,7 @@ class BatchView:
     indices: torch.Tensor
     number: int
     output_key: str | None = None
+    nonnegative: frozenset[str] = frozenset()
     _prediction: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -269,13 +274,14 @@ def stream(
                 if on_batch is not None:
                     on_batch(batch)
                 output = forward(model, batch)
-                acts = dict(cap.outputs)
+                acts, nonnegative = dict(cap.outputs), frozenset(cap.nonnegative)
                 cap.clear()
                 missing = [n for n in modules if n not in acts]
                 if missing:
                     raise ShapeMismatchError(f"layers {missing} did not run in the forward pass")
                 view = BatchView(batch, output, acts, BinnedDepth(batch["depth"], batch.get("valid"),
-                                 align_corners=align_corners), idx, i, output_key=key)
+                                 align_corners=align_corners), idx, i, output_key=key,
+                                 nonnegative=nonnegative)
                 for c in consumers.values():
                     c.update(view)
                 done += int(idx.shape[0])
