@@ -17,5 +17,6 @@ root = "../shared/data/7scenes_redkitchen"
 frames = {"end": ("0:80", "80:100"), "start": ("20:100", "0:20")}[block]
 cfg = ExperimentConfig(name=name, out_dir=out, data="folder", train_data={"root": root, "frames": frames[0]},
                        test_data={"root": root, "frames": frames[1]}, size=(64, 96), epochs=60,
-                       binning="quantile", num_bins=nb, seeds=seeds, curve_every=0, permutations=199)
+                       binning="quantile", num_bins=nb, seeds=seeds, curve_every=0, permutations=199,
+                       model_config={"width": 0.5})  # the recipe of its round (the default is 1.0 since round 7)
 run_experiment(cfg, progress=False)

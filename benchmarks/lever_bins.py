@@ -12,5 +12,6 @@ seeds=[int(s) for s in sys.argv[1].split(",")]
 root="../shared/data/7scenes_redkitchen"
 cfg=ExperimentConfig(name=sys.argv[2], out_dir=sys.argv[3] if len(sys.argv) > 3 else "runs", data="folder",
     train_data={"root": root, "frames": "0:80"}, test_data={"root": root, "frames": "80:100"},
-    size=(64, 96), epochs=60, binning="quantile", num_bins=8, seeds=seeds, curve_every=0, permutations=199)
+    size=(64, 96), epochs=60, binning="quantile", num_bins=8, seeds=seeds, curve_every=0, permutations=199,
+    model_config={"width": 0.5})  # the recipe of its round (the default is 1.0 since round 7)
 run_experiment(cfg, progress=False)

@@ -65,7 +65,10 @@ def config(name: str, out: Path, seeds: list[int], frames: tuple[str, str], perm
     return ExperimentConfig(name=name, out_dir=str(out), data="folder",
                             train_data={"root": ROOT, "frames": frames[0]}, test_data={"root": ROOT, "frames": frames[1]},
                             size=SIZE, epochs=60, binning="quantile", num_bins=4, seeds=seeds, curve_every=0,
-                            permutations=permutations, init_weights=str(out / pre_path(scenes)))
+                            permutations=permutations, init_weights=str(out / pre_path(scenes)),
+                            # Width 0.5 as in rounds 4-5 (the default is 1.0 since round 7); the
+                            # width-1.0 recipe passes its model_config and weights as a lever.
+                            model_config={"width": 0.5})
 
 
 def with_lever(cfg: ExperimentConfig, overrides: str | None) -> ExperimentConfig:

@@ -150,3 +150,31 @@ def test_ds_by_bin_splits_the_layer_mean_by_assigned_bin(tmp_path: Path, capsys)
     script.main([str(tmp_path / "tiny")])
     table = capsys.readouterr().out
     assert table.count("\n| ") == cfg.num_bins + 1 and "2 seeds" in table
+
+
+def test_rescoring_scripts_reproduce_the_experiments_own_numbers(tmp_path: Path, capsys) -> None:
+    # scene_sample_spread and revalidate_syn re-dissect saved models on other scene sets; on the
+    # run's own scenes they must give back the run's stored values (same binner, same formula).
+    from depthsel_plugins.experiments.experiment import ExperimentConfig, run_experiment
+
+    val = {"split": "train", "seed": 1, "num_samples": 6}  # revalidate_syn's validation stream
+    cfg = ExperimentConfig(out_dir=str(tmp_path), name="tiny", size=(32, 32), model_config={"width": 0.25},
+                           epochs=2, batch_size=4, permutations=0, bootstrap=20, seeds=[0, 1],
+                           train_data={"split": "train", "num_samples": 8}, test_data=val)
+    summary = run_experiment(cfg, progress=False)
+    spread = _load(ROOT / "benchmarks" / "scene_sample_spread.py", "scene_sample_spread")
+    rescore = _load(ROOT / "benchmarks" / "revalidate_syn.py", "revalidate_syn_under_test")
+    run_cfg, binner, models = spread.load_run(tmp_path / "tiny")
+    assert binner.edges.tolist() == summary["binner"]["edges"] and len(models) == 4
+    again = spread.measure_set(run_cfg, binner, models, "train", 1, 6)
+    scores = rescore.score_run(tmp_path / "tiny", 6)
+    for i, seed in enumerate(("0", "1")):
+        stored = summary["per_seed"][seed]["interpretable"]["scalars"]
+        assert again[seed]["interpretable"]["target_ds"] == pytest.approx(stored["target_ds"], abs=1e-9)
+        assert again[seed]["interpretable"]["peak_on_target"] == pytest.approx(stored["peak_on_target"], abs=1e-9)
+        assert scores["target_ds"][i] == pytest.approx(stored["target_ds"], abs=1e-9)
+        base = summary["per_seed"][seed]["baseline"]["scalars"]["rmse"]
+        assert scores["rmse_ratio"][i] == pytest.approx(stored["rmse"] / base, rel=1e-9)
+    # Another scene set gives other numbers: the set is really read.
+    other = spread.measure_set(run_cfg, binner, models, "test", 3, 6)
+    assert other["0"]["interpretable"]["target_ds"] != again["0"]["interpretable"]["target_ds"]
