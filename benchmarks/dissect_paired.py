@@ -11,6 +11,10 @@ thread.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dissect_paired.py --rounds 20 \\
         --out benchmarks/results_fastdepth_dissect_paired.json
+
+``--stats-only`` times the statistics alone, per batch, on activations captured once (no
+forward pass, so none of its noise): the number to compare between two versions of the
+code, run alternately (``PYTHONPATH=OTHER/src:OTHER/plugins`` for the other version).
 """
 
 from __future__ import annotations
@@ -35,8 +39,23 @@ from common import SETUPS, ListDataset, build_model, layer_binners, machine, sha
 from dissect_bench import collate  # noqa: E402
 
 
-def pairs(name: str, images: int, rounds: int) -> list[tuple[float, float]]:
-    """(plain seconds, dissection seconds) for every batch of every round."""
+def feed(accs: dict[str, ResponseAccumulator], b: dict[str, Any], out: Any, cap: Any) -> None:
+    """What depthsel.stream hands every consumer: one BatchView per batch.
+
+    Its depth is binned once per binner, with the counts cached; the weight maps are built
+    inside (one image at a time with the numba loops, else once per batch); the layers the
+    capture proved to end in a ReLU skip the sign check. The getattr lets this script time
+    older depthsel code too (A/B runs).
+    """
+    proved = {"nonnegative": frozenset(cap.nonnegative)} if hasattr(cap, "nonnegative") else {}
+    view = BatchView(b, out, cap.outputs, BinnedDepth(b["depth"], b["valid"]), torch.arange(b["depth"].shape[0]),
+                     0, **proved)
+    for acc in accs.values():
+        acc.update(view)
+
+
+def setup(name: str, images: int) -> tuple[Any, list[dict[str, Any]], dict[str, ResponseAccumulator]]:
+    """The model, the batches and one float32-product accumulator per layer."""
     s = SETUPS[name]
     model = build_model(name).eval()
     binners = shared_binners(layer_binners(model, name))
@@ -45,6 +64,31 @@ def pairs(name: str, images: int, rounds: int) -> list[tuple[float, float]]:
                for i in range(0, images, s["batch"])]
     accs = {l: ResponseAccumulator(binners[l].num_bins, compute_dtype=torch.float32, layer=l, binner=binners[l])
             for l in s["layers"]}
+    return model, batches, accs
+
+
+def stats_only(name: str, images: int, rounds: int) -> list[float]:
+    """Seconds of the statistics alone per batch (activations captured once): code A/B without the forward's noise."""
+    model, batches, accs = setup(name, images)
+    captured = []
+    with torch.no_grad():
+        for b in batches:
+            with Capture(model, SETUPS[name]["layers"], detach=True) as cap:
+                captured.append((b, model(b["image"]), cap))
+    times = []
+    for r in range(rounds + 1):
+        for b, out, cap in captured:
+            t = time.thread_time()
+            feed(accs, b, out, cap)
+            if r:  # round 0 warms up
+                times.append(time.thread_time() - t)
+    return times
+
+
+def pairs(name: str, images: int, rounds: int) -> list[tuple[float, float]]:
+    """(plain seconds, dissection seconds) for every batch of every round."""
+    s = SETUPS[name]
+    model, batches, accs = setup(name, images)
     out: list[tuple[float, float]] = []
 
     def plain(b: dict[str, Any]) -> float:
@@ -59,13 +103,7 @@ def pairs(name: str, images: int, rounds: int) -> list[tuple[float, float]]:
         t = time.thread_time()
         with torch.no_grad(), Capture(model, s["layers"], detach=True) as cap:
             out = model(b["image"])
-            # What depthsel.stream hands every consumer: one BatchView, its depth binned once
-            # per binner, with its counts cached; the weight maps are built
-            # inside (one image at a time with the numba loops, else once per batch).
-            view = BatchView(b, out, cap.outputs, BinnedDepth(b["depth"], b["valid"]),
-                             torch.arange(b["depth"].shape[0]), 0)
-            for l in s["layers"]:
-                accs[l].update(view)
+            feed(accs, b, out, cap)
         return time.thread_time() - t
 
     dissect(batches[0])  # warm-up: lookup tables, caches
@@ -97,8 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--stats-only", action="store_true",
+                    help="time only the statistics on activations captured once (for code A/B runs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.stats_only:
+        times = sorted(stats_only(args.setup, args.images, args.rounds))
+        res = {"setup": args.setup, "batches": len(times), "stats_ms_median": 1e3 * times[len(times) // 2],
+               "stats_ms_quartiles": [1e3 * times[len(times) // 4], 1e3 * times[3 * len(times) // 4]],
+               "times": times, "machine": machine("cpu"), "command": " ".join(sys.argv)}
+        print(f"{args.setup}: statistics alone {res['stats_ms_median']:.2f} ms per batch (median of {len(times)}; "
+              f"quartiles {res['stats_ms_quartiles'][0]:.2f}, {res['stats_ms_quartiles'][1]:.2f})")
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1))
+        return 0
     ps = pairs(args.setup, args.images, args.rounds)
     plain_s, dis_s = sum(a for a, _ in ps), sum(b for _, b in ps)
     lo, hi = bootstrap(ps)
