@@ -123,3 +123,86 @@ def test_the_skipped_sign_check_gives_the_plain_update_and_is_really_skipped(mon
     for n in ref:
         for state in ("sums", "abs_sums", "counts"):
             assert torch.equal(getattr(got[n], state), getattr(ref[n], state)), (n, state)
+
+
+# ---- red-team regressions (round 7): each claimed a negative layer non-negative before its fix ----
+class _Block(nn.Module):
+    """conv -> Sequential(conv, ReLU) -> ``after`` -> head: the hooked layer is ``blk``."""
+
+    def __init__(self, after: Any = None, last: nn.Module | None = None) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blk = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), last if last is not None else nn.ReLU())
+        self.after = after or (lambda y: y)
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(self.after(self.blk(self.stem(x))))) * 10
+
+
+class _Plain:
+    """The reference: ``update(activations, bins)`` on the stream's own captured tensors (sign always checked)."""
+
+    def __init__(self, binner: Any) -> None:
+        self.acc, self.binner, self.claims = ResponseAccumulator(binner.num_bins), binner, []
+
+    def update(self, view: Any) -> None:
+        self.claims.append("blk" in view.nonnegative)
+        self.acc.update(view.activations["blk"], view.binned.bins(self.binner))
+
+
+def _against_plain(model: nn.Module, **kw: Any) -> tuple[list[bool], ResponseAccumulator, ResponseAccumulator]:
+    torch.manual_seed(0)
+    binner = depthsel.get_binner("sid", num_bins=5, min_depth=0.75, max_depth=10.0)
+    new, plain = ResponseAccumulator(5, layer="blk", binner=binner), _Plain(binner)
+    stream(model.eval(), ToyDepthDataset(5, seed=3), {"new": new, "plain": plain},  # type: ignore[dict-item]
+           layers=["blk"], batch_size=3, progress=False, **kw)
+    return plain.claims, new, plain.acc
+
+
+def _sub_half_in_place(y: torch.Tensor) -> torch.Tensor:
+    return y.sub_(0.5)
+
+
+@pytest.mark.parametrize("case", ["inference_mode", "adapter_same_object", "relu6_negative_bound",
+                                  "instance_call_impl", "class_forward_patched", "functional_patched",
+                                  "function_mode", "data_edit_after_hook"])
+def test_ways_around_the_proof_give_the_plain_statistics(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    kw: dict[str, Any] = {}
+    model = _Block(after=_sub_half_in_place if case in ("inference_mode", "adapter_same_object") else None)
+    if case == "adapter_same_object":  # an adapter that edits the output and returns the same object
+        model, kw = _Block(), {"adapters": {"blk": _sub_half_in_place}}
+    elif case == "relu6_negative_bound":
+        relu6 = nn.ReLU6()
+        relu6.min_val = -3.0
+        model = _Block(last=relu6)
+    elif case == "instance_call_impl":
+        inner = model.blk[1]
+        inner._call_impl = lambda *a, **k: nn.ReLU._call_impl(inner, *a, **k) - 1.0  # type: ignore[method-assign]
+    elif case == "class_forward_patched":
+        monkeypatch.setattr(nn.ReLU, "forward", lambda self, x: torch.relu(x) - 1.0)
+    elif case == "functional_patched":
+        relu = torch.nn.functional.relu
+        monkeypatch.setattr(torch.nn.functional, "relu", lambda x, inplace=False: relu(x) - 1.0)
+    elif case == "data_edit_after_hook":  # .data has its own version counter: the in-place check cannot see it
+        model = _Block(after=lambda y: (y.data.sub_(0.5), y)[1])
+
+    if case == "inference_mode":  # no version counters: an in-place edit after the hook goes unseen
+        with torch.inference_mode():
+            claims, new, plain = _against_plain(model, **kw)
+    elif case == "function_mode":
+        class _Shift(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+                out = func(*args, **(kwargs or {}))
+                return out - 1.0 if func is torch.nn.functional.relu else out
+
+        with _Shift():
+            claims, new, plain = _against_plain(model, **kw)
+    else:
+        claims, new, plain = _against_plain(model, **kw)
+    if case != "data_edit_after_hook":
+        assert claims and not any(claims)  # no proof claimed
+    assert torch.equal(new.sums, plain.sums) and torch.equal(new.counts, plain.counts)
+    # The data edit is claimed (nothing sees it), and the negative sums refute the claim.
+    assert torch.equal(new.abs_sums, plain.abs_sums) and bool((new.abs_sums >= 0).all())

@@ -160,7 +160,13 @@ class ResponseAccumulator(Consumer):
             # An all-invalid batch carries no information; count it instead of dividing by 0.
             self.skipped += 1
             return
-        sums, abs_sums = self._batch_sums(act.to(self.compute_dtype), bins, weights, per_image, known_nonnegative)
+        act = act.to(self.compute_dtype)
+        sums, abs_sums = self._batch_sums(act, bins, weights, per_image, known_nonnegative)
+        if known_nonnegative and bool((sums < 0).any()):
+            # The proof was wrong after all (e.g. an edit through ``.data`` after the hook, which
+            # no version counter sees): a sum of non-negative values cannot be negative. Take
+            # |A| the slow way. Not every wrong proof shows here; see Capture.nonnegative.
+            sums, abs_sums = self._batch_sums(act, bins, weights, per_image, False)
         if self.num_units is None:
             self._alloc(act.shape[1], act.device)
         if self.sums.device != act.device:

@@ -161,7 +161,7 @@ class Binner(ABC):
 
         :class:`~depthsel.binned.BinnedDepth` masks a batch once and bins it under every
         binner that keeps this base rule; checking the same depth again per binner was a
-        full pass over it each time.
+        full pass over it each time. ``d`` is shared by those binners: never change it in place.
         """
         edges = self.edges.to(device=d.device)
         # The index counts the edges strictly below d: 0 (depth <= edges[0], which covers

@@ -118,33 +118,54 @@ def _default_adapter(output: Any) -> Any:
     return output
 
 
-# Modules whose output is never negative (NaN stays NaN). Exact types only: a subclass may
-# override forward.
-_NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6)
+# Modules whose output is never negative (NaN stays NaN), with the forward each had when
+# depthsel was imported: a class-level patch of either (or of F.relu/F.hardtanh, which they
+# call) voids the proof. Exact types only: a subclass may override forward.
+_NONNEGATIVE_FORWARD = {nn.ReLU: nn.ReLU.forward, nn.ReLU6: nn.ReLU6.forward}
+_SEQUENTIAL_FORWARD = nn.Sequential.forward
+_FUNCTIONAL = (torch.nn.functional.relu, torch.nn.functional.hardtanh)
 
 
 def _unhooked(module: nn.Module, own: int = 0) -> bool:
-    """No forward hook but ``own`` of ours, and no instance-level ``forward``, can change the output."""
-    return len(module._forward_hooks) <= own and "forward" not in module.__dict__
+    """No forward hook but ``own`` of ours, and nothing set on the instance, can change the output."""
+    return (len(module._forward_hooks) <= own and "forward" not in module.__dict__
+            and "_call_impl" not in module.__dict__ and getattr(module, "_compiled_call_impl", None) is None)
+
+
+def _no_override_in_effect() -> bool:
+    """No global hook, no torch function/dispatch mode, no patched functional: each may change any output."""
+    mod = torch.nn.modules.module
+    # Where torch keeps these elsewhere (private names), the proof is given up rather than assumed.
+    if getattr(mod, "_global_forward_hooks", True):
+        return False
+    for stack in ("_len_torch_function_stack", "_len_torch_dispatch_stack"):
+        length = getattr(torch._C, stack, None)
+        if length is None or length():
+            return False
+    return (torch.nn.functional.relu, torch.nn.functional.hardtanh) == _FUNCTIONAL
 
 
 def ends_nonnegative(module: nn.Module, own_hooks: int = 0) -> bool:
     """Whether ``module``'s output is provably never negative (it may hold NaN).
 
-    True for an exact ``nn.ReLU``/``nn.ReLU6``, or an exact ``nn.Sequential`` whose last
-    module is one (recursively), when no forward hook anywhere on that chain (and no
-    global forward hook) can replace the output: ``own_hooks`` of the outer module's hooks
-    are the caller's own, which return nothing. The dissection then knows ``|A| = A``
-    without reading the activations a second time to look for a negative value.
+    True for an exact ``nn.ReLU``, or ``nn.ReLU6`` whose lower bound is not negative, or
+    an exact ``nn.Sequential`` whose last module is one (recursively), when nothing can
+    replace the output on the way: no forward hook anywhere on that chain (``own_hooks``
+    of the outer module's hooks are the caller's own, which return nothing), no
+    instance-level ``forward``/``_call_impl``, no compiled module, no patched class
+    ``forward`` or ``F.relu``, no global hook and no torch function or dispatch mode.
+    The dissection then knows ``|A| = A`` without reading the activations a second
+    time to look for a negative value.
     """
-    # A global hook runs on every module and may replace any output; where torch keeps them
-    # elsewhere (a private name), the proof is given up rather than assumed.
-    if getattr(torch.nn.modules.module, "_global_forward_hooks", True):
+    if not _no_override_in_effect():
         return False
     own = own_hooks
-    while type(module) is nn.Sequential and len(module) and _unhooked(module, own):
+    while type(module) is nn.Sequential and type(module).forward is _SEQUENTIAL_FORWARD and len(module) \
+            and _unhooked(module, own):
         module, own = module[-1], 0
-    return type(module) in _NONNEGATIVE_MODULES and _unhooked(module, own)
+    kind = type(module)
+    return (kind in _NONNEGATIVE_FORWARD and kind.forward is _NONNEGATIVE_FORWARD[kind]
+            and float(getattr(module, "min_val", 0.0)) >= 0.0 and _unhooked(module, own))
 
 
 def count_hooks(model: nn.Module) -> int:
@@ -246,11 +267,16 @@ class Capture:
                     "LAYER:grid=HxW:skip=N) or hook a "
                     "layer with a spatial output"
                 )
-            if out is output and ends_nonnegative(_module, own_hooks=self._own_hooks[name]):
-                self.nonnegative.add(name)
+            # The proof needs the in-place check below: a tensor without a version counter
+            # (inference mode) could be changed after this hook, unseen. An adapter, even one
+            # that returns the same object, may have changed it.
+            proved = (name not in self.adapters and out is output and _version(out) is not None
+                      and ends_nonnegative(_module, own_hooks=self._own_hooks[name]))
             if self.detach:
                 out = out.detach()
             version = _version(out)
+            if proved:
+                self.nonnegative.add(name)
             if version is not None:
                 # detach() shares the version counter, so a later in-place op shows here too.
                 self._versions[name] = (out, version)
