@@ -267,15 +267,14 @@ class Capture:
                     "LAYER:grid=HxW:skip=N) or hook a "
                     "layer with a spatial output"
                 )
-            # The proof needs the in-place check below: a tensor without a version counter
-            # (inference mode) could be changed after this hook, unseen. An adapter, even one
-            # that returns the same object, may have changed it.
-            proved = (name not in self.adapters and out is output and _version(out) is not None
-                      and ends_nonnegative(_module, own_hooks=self._own_hooks[name]))
+            module_output = out is output and name not in self.adapters
             if self.detach:
                 out = out.detach()
             version = _version(out)
-            if proved:
+            # The proof needs the in-place check below: a tensor without a version counter
+            # (inference mode) could be changed after this hook, unseen. An adapter, even one
+            # that returns the same object, may have changed it.
+            if module_output and version is not None and ends_nonnegative(_module, self._own_hooks[name]):
                 self.nonnegative.add(name)
             if version is not None:
                 # detach() shares the version counter, so a later in-place op shows here too.
