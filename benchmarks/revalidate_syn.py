@@ -31,6 +31,7 @@ from depthsel.data import CachedDataset  # noqa: E402
 from depthsel.stats import seed_summary  # noqa: E402
 from depthsel_plugins.experiments.measure import _dissect, layer_mean, per_image_metrics  # noqa: E402
 
+from lever_select_table import fixed_rule  # noqa: E402  (the rule, one home)
 from scene_sample_spread import load_run  # noqa: E402
 
 KEYS = ("target_ds", "peak_on_target", "dead_units", "rmse_ratio")
@@ -74,10 +75,7 @@ def main() -> None:
         s = row["summary"]
         print(f"| {name} | {s['target_ds']['n']} | "
               + " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['half_width']:.3f}" for k in KEYS) + " |")
-    first = next(iter(rows.values()))["summary"]["rmse_ratio"]
-    allowed = first["mean"] + first["half_width"]
-    ok = [n for n, r in rows.items() if r["summary"]["rmse_ratio"]["mean"] <= allowed]
-    best = max(ok, key=lambda n: rows[n]["summary"]["target_ds"]["mean"])
+    best, allowed = fixed_rule({n: r["summary"] for n, r in rows.items()})
     print(f"\nwinner by the fixed rule: {best} (RMSE ratio bound {allowed:.3f})")
     if args.out:
         args.out.write_text(json.dumps({"scenes": args.scenes, "bound": allowed, "winner": best, "runs": rows},
